@@ -1,0 +1,107 @@
+"""Builders for tests: a tiny byte-level BPE tokenizer and tiny random models, no downloads."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_TRAIN_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Natural language autoencoders explain activations of language models.",
+    "def add(a, b):\n    return a + b\n",
+    "Paris is the capital of France. Berlin is the capital of Germany.",
+    "User: what is two plus two? Assistant: four.",
+    "<explanation>The text is about cooking pasta.</explanation>",
+    "Summary of the following text: <text>hello</text> <summary>",
+    "1234567890 !?.,;:'\"()[]{}<>/\\|-_=+*&^%$#@~` concept",
+] * 4
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TRAIN_TEXT, trainer=trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer():
+    """A ~400-token byte-level BPE tokenizer with a ChatML template (built in memory, deterministic)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_config(arch: str = "llama", *, vocab_size: int = 400, d: int = 64, n_layers: int = 3):
+    """A tiny config of a real architecture: llama, qwen2 or gemma3 (text)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=d,
+        intermediate_size=2 * d,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "gemma3":
+        return Gemma3TextConfig(**common, head_dim=16, sliding_window=64)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str = "llama", *, seed: int = 0, **kw):
+    """A tiny random causal LM in eval mode (fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, **kw), dtype=torch.float32)
+    return model.eval()
+
+
+def tiny_target(arch: str = "llama", *, seed: int = 0, **kw):
+    """A :class:`nla.target.Target` around a tiny random model and the tiny tokenizer."""
+    from nla.target import target_from_model
+
+    tok = tiny_tokenizer()
+    return target_from_model(tiny_model(arch, seed=seed, vocab_size=len(tok), **kw), tok, name=f"tiny-{arch}")
+
+
+def save_tiny_target(path, arch: str = "llama", *, seed: int = 0, **kw):
+    """Write a tiny model + tokenizer as a local HF directory (loadable by ``load_target(path)``)."""
+    t = tiny_target(arch, seed=seed, **kw)
+    t.model.save_pretrained(path)
+    t.tokenizer.save_pretrained(path)
+    return path
