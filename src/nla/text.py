@@ -1,0 +1,35 @@
+"""The explanation tag format shared by teachers, the AV, and the RL reward.
+
+The AV answers ``<explanation>...</explanation>``. :func:`extract_explanation` is strict: no closing
+tag means no explanation (``None``), which the RL reward scores as a failure.
+"""
+
+from __future__ import annotations
+
+import re
+
+OPEN, CLOSE = "<explanation>", "</explanation>"
+_TAGGED = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+_CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def wrap_explanation(text: str) -> str:
+    return f"{OPEN}{text.strip()}{CLOSE}"
+
+
+def extract_explanation(answer: str) -> str | None:
+    """The stripped text inside the first complete ``<explanation>`` pair, or None if there is none."""
+    m = _TAGGED.search(answer)
+    if m is None:
+        return None
+    inner = m.group(1).strip()
+    return inner or None
+
+
+def cjk_fraction(text: str) -> float:
+    """Share of non-space characters that are CJK: high values mean the injection silently failed
+    (the AV saw the raw marker character)."""
+    chars = [c for c in text if not c.isspace()]
+    if not chars:
+        return 0.0
+    return sum(1 for c in chars if _CJK.match(c)) / len(chars)
