@@ -105,3 +105,53 @@ def save_tiny_target(path, arch: str = "llama", *, seed: int = 0, **kw):
     t.model.save_pretrained(path)
     t.tokenizer.save_pretrained(path)
     return path
+
+
+class FakeJsonServer:
+    """A local HTTP server on 127.0.0.1 (a thread) for API-client tests: no network needed.
+
+    ``respond(request) -> (status, json_body)`` decides each answer; ``request`` is a dict with ``path``,
+    ``headers`` (lower-cased names) and ``json``. Every request is recorded in ``self.requests``.
+    Use as a context manager; ``url`` is ``http://127.0.0.1:<port>``.
+    """
+
+    def __init__(self, respond) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.respond, self.requests, self._lock = respond, [], threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                import json
+
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                req = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "json": json.loads(body or b"{}")}
+                with outer._lock:
+                    outer.requests.append(req)
+                status, payload = outer.respond(req)
+                data = json.dumps(payload).encode("utf-8")
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
