@@ -1,0 +1,35 @@
+"""``nla eval``: the evaluation card of an NLA (stage ladder, controls, retrieval, format health).
+
+    nla eval --av runs/rl/final/av --ar runs/rl/final/ar --sft-av runs/av/final --sft-ar runs/ar/final \\
+        --data runs/teach/eval.parquet --train-data runs/teach/ar_sft.parquet --out card.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from nla.config import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from nla.evaluate import EvalConfig
+
+    p = sub.add_parser(
+        "eval",
+        help="Evaluate AV/AR checkpoints on held-out activations: FVE ladder beside its controls.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(p, EvalConfig)
+    p.add_argument("--json", action="store_true", help="Print the whole card as JSON.")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nla.evaluate import EvalConfig, evaluation_card, format_card
+
+    card = evaluation_card(config_from_args(EvalConfig, args))
+    sys.stdout.write((json.dumps(card, indent=2, ensure_ascii=False) if args.json else format_card(card)) + "\n")
+    return 0

@@ -1,0 +1,50 @@
+"""``nla train rl``: joint GRPO of the AV against a co-trained AR (rewards from the current AR).
+
+    nla train rl --av runs/av/final --ar runs/ar/final --data runs/acts --eval-data runs/acts --steps 200
+    accelerate launch --multi_gpu --num_processes 8 -m nla.cli train rl --config rl.yaml     # DDP
+
+Re-running the same command with the same ``--out-dir`` resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from nla.config import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from nla.rl import RLConfig
+
+    p = sub.add_parser(
+        "rl",
+        help="Joint RL: GRPO on the AV with rewards from the current AR, which keeps training on the rollouts.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(p, RLConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nla.rl import RLConfig, train_rl
+
+    cfg = config_from_args(RLConfig, args)
+    res = train_rl(cfg)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        summary = {
+            "out_dir": str(res.out_dir),
+            "av": str(res.out_dir / "final" / "av"),
+            "ar": str(res.out_dir / "final" / "ar"),
+            "steps": res.steps,
+            "resumed_from": res.resumed_from,
+            "last_step": res.last.record() if res.last is not None else None,
+            "final_eval": res.final_eval,
+            "seconds": round(res.elapsed_s, 1),
+        }
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0

@@ -1,0 +1,310 @@
+"""The whole NLA recipe as one resumable command (``nla train pipeline``).
+
+Stages, each writing into ``<run_dir>/<stage>/`` and finishing with a ``<run_dir>/<stage>/DONE`` marker
+(a JSON summary)::
+
+    extract  -> extract/acts               activations of the target at layer L, split by document
+    teach    -> teach/{ar_sft,av_sft,eval}.parquet   warm-start explanations from the teacher
+    ar_sft   -> ar_sft/final               the AR trained on teacher text
+    av_sft   -> av_sft/final               the AV trained on teacher text
+    rl       -> rl/final/{av,ar}           joint GRPO (rl split)
+    eval     -> eval/card.json             the stage ladder with controls (see :mod:`nla.evaluate`)
+
+Re-running the same command skips stages with a DONE marker and resumes the interrupted one (every stage
+resumes internally). ``--stop-after STAGE`` stops after a stage; ``--from STAGE`` clears STAGE and every
+later stage and redoes them (earlier stages must be done). Options come from a preset (``--preset
+cpu-smollm2`` or ``gpu``, or a YAML path), then ``--config``, then flags; ``<stage>_options`` mappings pass
+any other option straight to a stage's own config.
+
+>>> run_pipeline(load_pipeline_config("cpu-smollm2", run_dir="runs/nla"))     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nla.config import config_to_dict, load_yaml, make_config, option
+from nla.errors import NLAError
+from nla.paths import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("extract", "teach", "ar_sft", "av_sft", "rl", "eval")
+DONE = "DONE"
+TEACH_SPLITS = ("ar_sft", "av_sft", "eval")
+
+
+@dataclass
+class PipelineConfig:
+    """Options of ``nla train pipeline`` (every stage's main knobs; ``*_options`` for the rest)."""
+
+    run_dir: str = option("runs/pipeline", "Run directory: one sub-directory per stage.")
+    model: str = option("smollm2-135m", "Target model: embedded name, HF id or local HF directory.")
+    layer: int | None = option(None, "Layer L; default round(2/3 n_layers).")
+    corpus: str = option("default", "Corpus spec for extract ('default', a JSONL/parquet/txt path, hf:NAME).")
+    limit_docs: int | None = option(None, "Use only the first N documents of the corpus.")
+    positions_per_doc: int = option(8, "Activation positions per document.")
+    skip: int = option(50, "Skip the first tokens of each document.")
+    max_tokens: int = option(512, "Cap each document at this many tokens.")
+    split_fractions: list[float] = option([0.25, 0.25, 0.4, 0.1], "Document fractions of av_sft ar_sft rl eval.")
+    teacher: str = option("offline", "Teacher: offline, hf, anthropic, openai.")
+    teacher_model: str = option("", "Teacher model (default: the teacher's own default).")
+    teacher_base_url: str = option("", "Teacher API base URL.")
+    teacher_concurrency: int = option(8, "Parallel teacher requests (API teachers).")
+    teach_rows: int = option(0, "Explain at most this many rows of each of ar_sft/av_sft (0 = all).")
+    eval_rows: int = option(64, "Held-out rows explained by the teacher and scored in the card.")
+    ar_steps: int = option(200, "AR-SFT optimizer steps.")
+    ar_batch_size: int = option(8, "AR-SFT batch size.")
+    ar_lr: float = option(5e-5, "AR-SFT learning rate.")
+    ar_lora: bool = option(False, "AR-SFT with LoRA.")
+    av_steps: int = option(200, "AV-SFT optimizer steps.")
+    av_batch_size: int = option(8, "AV-SFT batch size.")
+    av_lr: float = option(2e-5, "AV-SFT learning rate.")
+    av_lora: bool = option(False, "AV-SFT with LoRA.")
+    rl_steps: int = option(60, "RL steps.")
+    rl_prompts_per_step: int = option(4, "RL activations per step.")
+    rl_group_size: int = option(4, "RL samples per activation (G).")
+    rl_max_new_tokens: int = option(100, "RL response cap.")
+    rl_av_lr: float = option(1e-5, "RL learning rate of the AV.")
+    rl_ar_lr: float = option(5e-5, "RL learning rate of the AR.")
+    rl_kl_coef: float = option(0.01, "RL KL coefficient.")
+    rl_lora: bool = option(False, "RL with LoRA on the AV.")
+    eval_max_new_tokens: int = option(150, "Cap of the greedy explanations of the eval card.")
+    save_every: int = option(25, "Checkpoint every this many steps in the training stages.")
+    bf16: str = option("auto", "bf16 autocast in the training stages.", choices=["auto", "true", "false"])
+    seed: int = option(0, "Seed of every stage.")
+    extract_options: dict[str, Any] = option({}, "Extra ExtractConfig options (YAML mapping).")
+    teach_options: dict[str, Any] = option({}, "Extra TeachConfig options (YAML mapping).")
+    ar_sft_options: dict[str, Any] = option({}, "Extra ARTrainConfig options (YAML mapping).")
+    av_sft_options: dict[str, Any] = option({}, "Extra AVTrainConfig options (YAML mapping).")
+    rl_options: dict[str, Any] = option({}, "Extra RLConfig options (YAML mapping).")
+    eval_options: dict[str, Any] = option({}, "Extra EvalConfig options (YAML mapping).")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_options"):
+                value = getattr(self, f.name)
+                if isinstance(value, str):  # from the command line
+                    value = yaml.safe_load(value) or {}
+                if not isinstance(value, dict):
+                    raise ValueError(f"{f.name} must be a mapping of option: value")
+                setattr(self, f.name, value)
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    stages: dict[str, str]  # stage -> "ran", "skipped" (already done) or "not run"
+    card: dict[str, Any] | None  # eval/card.json when the eval stage is done
+
+
+# ----------------------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("nla") / "data" / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """A preset's option mapping: a bundled name (``cpu-smollm2``, ``gpu``) or a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return load_yaml(path)
+    res = resources.files("nla") / "data" / "presets" / f"{name_or_path}.yaml"
+    if not res.is_file():
+        raise NLAError(f"unknown preset {name_or_path!r}; bundled presets: {', '.join(preset_names())} (or a .yaml path)")
+    data = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
+    return dict(data)
+
+
+def load_pipeline_config(preset: str | None = None, config: str | Path | None = None, **overrides: Any) -> PipelineConfig:
+    """Defaults < preset < YAML ``config`` < ``overrides``; unknown keys are an error."""
+    values: dict[str, Any] = load_preset(preset) if preset else {}
+    if config:
+        values.update(load_yaml(Path(config)))
+    values.update(overrides)
+    return make_config(PipelineConfig, values, source=f"preset {preset}" if preset else "pipeline config")
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+
+class _Stages:
+    """One method per stage; each returns a JSON-able summary written into the DONE marker."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.run = Path(cfg.run_dir)
+
+    def dir(self, stage: str) -> Path:
+        return self.run / stage
+
+    @property
+    def acts(self) -> Path:
+        return self.dir("extract") / "acts"
+
+    def teach_out(self, split: str) -> Path:
+        return self.dir("teach") / f"{split}.parquet"
+
+    def extract(self) -> dict[str, Any]:
+        from nla.extract import ExtractConfig, extract
+
+        c = self.cfg
+        ec = make_config(ExtractConfig, {
+            "model": c.model, "corpus": c.corpus, "out": str(self.acts), "layer": c.layer, "limit_docs": c.limit_docs,
+            "positions_per_doc": c.positions_per_doc, "skip": c.skip, "max_tokens": c.max_tokens, "seed": c.seed,
+            "split_fractions": list(c.split_fractions), **c.extract_options}, source="extract options")  # fmt: skip
+        res = extract(ec)
+        empty = [s for s in ("av_sft", "ar_sft", "rl", "eval") if res.rows_per_split.get(s, 0) == 0]
+        if empty:
+            raise NLAError(f"the corpus is too small: the {', '.join(empty)} split(s) got no rows; use more documents")
+        return {"rows": res.n_rows, "rows_per_split": res.rows_per_split, "docs": res.n_used_docs, "seconds": res.seconds}
+
+    def teach(self) -> dict[str, Any]:
+        from nla.teach import TeachConfig, teach
+
+        c = self.cfg
+        out: dict[str, Any] = {}
+        for split in TEACH_SPLITS:
+            target = self.teach_out(split)
+            if target.exists() and Path(str(target) + ".nla_meta.yaml").exists():
+                out[split] = "kept"
+                continue
+            limit = c.eval_rows if split == "eval" else c.teach_rows
+            tc = make_config(TeachConfig, {
+                "data": str(self.acts), "split": split, "out": str(target), "teacher": c.teacher, "model": c.teacher_model,
+                "base_url": c.teacher_base_url, "concurrency": c.teacher_concurrency, "limit": limit, "seed": c.seed,
+                **c.teach_options}, source="teach options")  # fmt: skip
+            res = teach(tc)
+            if res.n_kept == 0:
+                raise NLAError(f"the teacher kept no row of the {split} split (drops: {res.drops})")
+            out[split] = {"rows": res.n_rows, "kept": res.n_kept, "drops": res.drops}
+        return out
+
+    def _train_common(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"model": c.model, "seed": c.seed, "bf16": c.bf16, "save_every": c.save_every, "eval_every": 0}
+
+    def ar_sft(self) -> dict[str, Any]:
+        from nla.train_ar import ARTrainConfig, train_ar
+
+        c = self.cfg
+        ac = make_config(ARTrainConfig, {
+            **self._train_common(), "out_dir": str(self.dir("ar_sft")), "data": str(self.teach_out("ar_sft")),
+            "eval_data": str(self.teach_out("eval")), "max_steps": c.ar_steps, "batch_size": c.ar_batch_size,
+            "lr": c.ar_lr, "lora": c.ar_lora, **c.ar_sft_options}, source="ar_sft options")  # fmt: skip
+        res = train_ar(ac)
+        return {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval}
+
+    def av_sft(self) -> dict[str, Any]:
+        from nla.train_av import AVTrainConfig, train_av
+
+        c = self.cfg
+        vc = make_config(AVTrainConfig, {
+            **self._train_common(), "out_dir": str(self.dir("av_sft")), "data": str(self.teach_out("av_sft")),
+            "eval_data": str(self.teach_out("eval")), "max_steps": c.av_steps, "batch_size": c.av_batch_size,
+            "lr": c.av_lr, "lora": c.av_lora, **c.av_sft_options}, source="av_sft options")  # fmt: skip
+        _, res = train_av(vc)
+        return {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval,
+                "injection_scale": res.extra.get("injection_scale")}
+
+    def rl(self) -> dict[str, Any]:
+        from nla.rl import RLConfig, train_rl
+
+        c = self.cfg
+        rc = make_config(RLConfig, {
+            "av": str(self.dir("av_sft") / "final"), "ar": str(self.dir("ar_sft") / "final"), "data": str(self.acts),
+            "split": "rl", "eval_data": str(self.teach_out("eval")), "out_dir": str(self.dir("rl")),
+            "steps": c.rl_steps, "prompts_per_step": c.rl_prompts_per_step, "group_size": c.rl_group_size,
+            "max_new_tokens": c.rl_max_new_tokens, "av_lr": c.rl_av_lr, "ar_lr": c.rl_ar_lr, "kl_coef": c.rl_kl_coef,
+            "lora": c.rl_lora, "eval_rows": c.eval_rows, "save_every": c.save_every, "seed": c.seed, "bf16": c.bf16,
+            **c.rl_options}, source="rl options")  # fmt: skip
+        res = train_rl(rc)
+        return {"steps": res.steps, "final_eval": res.final_eval,
+                "last_step": res.last.record() if res.last is not None else None}
+
+    def eval(self) -> dict[str, Any]:
+        from nla.evaluate import EvalConfig, evaluation_card, format_card
+
+        c = self.cfg
+        ec = make_config(EvalConfig, {
+            "av": str(self.dir("rl") / "final" / "av"), "ar": str(self.dir("rl") / "final" / "ar"),
+            "sft_av": str(self.dir("av_sft") / "final"), "sft_ar": str(self.dir("ar_sft") / "final"),
+            "data": str(self.teach_out("eval")), "train_data": str(self.teach_out("ar_sft")), "rows": c.eval_rows,
+            "max_new_tokens": c.eval_max_new_tokens, "seed": c.seed, "out": str(self.dir("eval") / "card.json"),
+            **c.eval_options}, source="eval options")  # fmt: skip
+        card = evaluation_card(ec)
+        log.info("evaluation card:\n%s", format_card(card))
+        return {"card": str(self.dir("eval") / "card.json"), "ladder": card["ladder"]}
+
+
+def _check_stage(name: str | None, what: str) -> None:
+    if name is not None and name not in STAGES:
+        raise NLAError(f"{what} must be one of {', '.join(STAGES)}, got {name!r}")
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    *,
+    start: str | None = None,
+    stop_after: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Run the stages in order, skipping finished ones; see the module docstring."""
+    _check_stage(start, "--from")
+    _check_stage(stop_after, "--stop-after")
+    if start and stop_after and STAGES.index(stop_after) < STAGES.index(start):
+        raise NLAError(f"--stop-after {stop_after} comes before --from {start}")
+    stages = _Stages(cfg)
+    run = stages.run
+    run.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    previous = run / "pipeline.yaml"
+    if previous.exists() and previous.read_text(encoding="utf-8") != resolved:
+        log.warning("%s was started with other options; finished stages are kept as they are", run)
+    atomic_write_text(previous, resolved)
+    if start is not None:
+        for name in STAGES[: STAGES.index(start)]:
+            if not (stages.dir(name) / DONE).exists():
+                raise NLAError(f"--from {start} needs the earlier stage {name} to be done; run without --from first")
+        for name in STAGES[STAGES.index(start) :]:
+            if stages.dir(name).exists():
+                log.info("--from %s: clearing %s", start, stages.dir(name))
+                shutil.rmtree(stages.dir(name))
+    status = {name: "not run" for name in STAGES}
+    for name in STAGES:
+        marker = stages.dir(name) / DONE
+        if marker.exists():
+            status[name] = "skipped"
+            log.info("stage %s: already done (%s)", name, marker)
+        else:
+            log.info("stage %s: running", name)
+            if on_stage is not None:
+                on_stage(name)
+            t0 = time.perf_counter()
+            summary = getattr(stages, name)()
+            summary = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), **summary}
+            atomic_write_text(marker, json.dumps(summary, indent=2, default=str) + "\n")
+            status[name] = "ran"
+            log.info("stage %s: done in %.0f s", name, summary["seconds"])
+        if name == stop_after:
+            break
+    card_path = stages.dir("eval") / "card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else None
+    return PipelineResult(run, status, card)
+
+
+__all__ = ["STAGES", "PipelineConfig", "PipelineResult", "load_pipeline_config", "load_preset", "preset_names",
+           "run_pipeline"]
