@@ -19,7 +19,7 @@ import copy
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from nla.inject import Injector, Marker, chat_prompt_ids, choose_marker, fill_te
 from nla.lora import ADAPTER_CONFIG, is_lora, load_adapter, merged_copy, save_adapter
 from nla.meta import MODEL_SIDECAR, extraction_scale, read_model_sidecar, template, write_sidecar
 from nla.paths import atomic_dir
-from nla.text import cjk_fraction
+from nla.text import cjk_fraction, extract_explanation
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,19 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was)
+
+
+@dataclass
+class Responses:
+    """Generated responses: token ids (end-of-turn included when it was produced), text, truncation."""
+
+    ids: list[list[int]]
+    texts: list[str]
+    truncated: list[bool]  # no end-of-turn within the cap
+    explanations: list[str | None] = field(init=False)  # inside a complete tag pair, else None
+
+    def __post_init__(self) -> None:
+        self.explanations = [extract_explanation(t) for t in self.texts]
 
 
 class ActivationVerbalizer:
@@ -181,7 +194,7 @@ class ActivationVerbalizer:
 
     # ------------------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(
+    def sample(
         self,
         vectors: torch.Tensor,  # (N, d)
         *,
@@ -192,19 +205,26 @@ class ActivationVerbalizer:
         num_samples: int = 1,
         batch_size: int = 16,
         seed: int | None = None,
-    ) -> list[list[str]]:
-        """``num_samples`` raw decoded responses per vector (end-of-turn and padding removed)."""
+    ) -> Responses:
+        """``num_samples`` responses per vector, flat (row ``i * S + j`` is sample j of vector i), with
+        their token ids and truncation flags. Batched with left padding and a KV cache; the vector is
+        injected in the prefill forward only. Sampling is plain (top-k off; ``top_p`` 1.0 by default), so
+        the raw-logit log-probs at ``temperature`` are the sampling distribution. ``seed`` makes
+        sampling reproducible without touching the global RNG."""
         vectors = self._check_vectors(vectors)
         rows = vectors.repeat_interleave(num_samples, dim=0)  # (N*S, d)
         prompt = self.prompt_ids()
-        stops = sorted({self.eot_id, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])})
+        eos = self.tokenizer.eos_token_id
+        stops = sorted({self.eot_id, *([eos] if eos is not None else [])})
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
                                       pad_token_id=self.tokenizer.pad_token_id)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        out_ids: list[list[int]] = []
         texts: list[str] = []
+        truncated: list[bool] = []
         rng = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
         with rng, _eval_mode(self.model):
             if seed is not None:
@@ -216,18 +236,21 @@ class ActivationVerbalizer:
                     out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (b, P + new)
                 if inj.calls != 1:
                     raise RuntimeError(f"injection ran {inj.calls} times during generate; expected once")
-                texts += [self._decode_new(row, stops) for row in out[:, ids.shape[1] :]]
+                for row in out[:, ids.shape[1] :].tolist():  # generate(input_ids=...) returns prompt + new
+                    stop = next((i for i, t in enumerate(row) if t in stops), None)
+                    kept = row[: stop + 1] if stop is not None else row[:max_new_tokens]
+                    out_ids.append(kept)
+                    texts.append(self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True))
+                    truncated.append(stop is None)
         if injection_failed(texts):
             log.warning("AV outputs are mostly CJK: the injection has probably failed (marker seen raw)")
-        return [texts[i * num_samples : (i + 1) * num_samples] for i in range(vectors.shape[0])]
+        return Responses(out_ids, texts, truncated)
 
-    def _decode_new(self, new: torch.Tensor, stops: list[int]) -> str:  # (L,)
-        ids = new.tolist()
-        for i, t in enumerate(ids):
-            if t in stops:
-                ids = ids[:i]
-                break
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def generate(self, vectors: torch.Tensor, *, num_samples: int = 1, **kwargs: Any) -> list[list[str]]:  # (N, d)
+        """``num_samples`` decoded responses per vector (end-of-turn and padding removed); the keyword
+        arguments are those of :meth:`sample`."""
+        texts = self.sample(vectors, num_samples=num_samples, **kwargs).texts
+        return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(texts) // num_samples)]
 
     # ------------------------------------------------------------------------------ scoring
     def response_ids(self, response: str, max_response_tokens: int | None = None) -> list[int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 
 from nla.activations import read_split
 from nla.activations import vectors as table_vectors
+from nla.av import Responses
 from nla.config import option
 from nla.errors import NLAError
 from nla.meta import MODEL_SIDECAR
@@ -33,19 +34,6 @@ from nla.text import cjk_fraction, extract_explanation
 
 log = logging.getLogger(__name__)
 _TAGS = re.compile(r"</?explanation>")
-
-
-@dataclass
-class Responses:
-    """Generated responses: token ids (end-of-turn included when it was produced), text, truncation."""
-
-    ids: list[list[int]]
-    texts: list[str]
-    truncated: list[bool]  # no end-of-turn within the cap
-    explanations: list[str | None] = field(init=False)  # inside a complete tag pair, else None
-
-    def __post_init__(self) -> None:
-        self.explanations = [extract_explanation(t) for t in self.texts]
 
 
 @dataclass
@@ -88,58 +76,6 @@ def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
     return VectorSet(vecs[keep], doc_ids, col("detokenized_text_truncated"), col("explanation"))
 
 
-@torch.no_grad()
-def sample_responses(
-    av: Any,
-    vectors: torch.Tensor,  # (N, d)
-    *,
-    num_samples: int = 1,
-    max_new_tokens: int = 150,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    batch_size: int = 16,
-    seed: int | None = None,
-) -> Responses:
-    """``num_samples`` responses per vector (rows ``i * S + j``) with their token ids.
-
-    Sampling is plain (top-k/top-p off), so the policy's raw-logit log-probs at ``temperature`` are the
-    sampling distribution. ``seed`` makes it reproducible without touching the global RNG.
-    """
-    from nla.av import _eval_mode, left_pad
-
-    rows = vectors.to(av.device, torch.float32).repeat_interleave(num_samples, dim=0)  # (N*S, d)
-    prompt = av.prompt_ids()
-    eos = av.tokenizer.eos_token_id
-    stops = sorted({av.eot_id, *([eos] if eos is not None else [])})
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
-                                  pad_token_id=av.tokenizer.pad_token_id)
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    ids_out: list[list[int]] = []
-    texts: list[str] = []
-    cut: list[bool] = []
-    devices = [av.device] if av.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _eval_mode(av.model):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for start in range(0, rows.shape[0], batch_size):
-            chunk = rows[start : start + batch_size]  # (b, d)
-            ids, mask = left_pad([prompt] * chunk.shape[0], av.tokenizer.pad_token_id, av.device)
-            with av.injector(chunk) as inj:
-                out = av.model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (b, P + new)
-            if inj.calls != 1:
-                raise RuntimeError(f"injection ran {inj.calls} times during generate; expected once")
-            for row in out[:, ids.shape[1] :].tolist():
-                stop = next((i for i, t in enumerate(row) if t in stops), None)
-                kept = row[: stop + 1] if stop is not None else row[:max_new_tokens]
-                ids_out.append(kept)
-                texts.append(av.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True))
-                cut.append(stop is None)
-    return Responses(ids_out, texts, cut)
-
-
 def response_stats(resp: Responses) -> dict[str, float]:
     """Length distribution (tokens), tag-failure, truncation, valid and CJK rates of responses."""
     n = max(1, len(resp.texts))
@@ -179,7 +115,7 @@ def round_trip(
     from nla.train_ar import evaluate_ar
 
     if responses is None:
-        responses = sample_responses(av, vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        responses = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
     metrics = evaluate_ar(ar, [scored_text(t) for t in responses.texts], vectors, baseline, k=k, seed=seed)
     metrics.update(response_stats(responses))
     return metrics, responses
@@ -270,4 +206,4 @@ def format_card(card: dict[str, Any]) -> str:
 
 
 __all__ = ["EvalConfig", "Responses", "VectorSet", "evaluation_card", "format_card", "load_vectors",
-           "response_stats", "round_trip", "sample_responses", "scored_text"]
+           "response_stats", "round_trip", "scored_text"]

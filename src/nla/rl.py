@@ -41,10 +41,10 @@ from torch import nn
 
 from nla import rl_math
 from nla.ar import ActivationReconstructor
-from nla.av import ActivationVerbalizer
+from nla.av import ActivationVerbalizer, Responses
 from nla.config import config_to_dict, option
 from nla.errors import NLAError
-from nla.evaluate import Responses, load_vectors, response_stats, round_trip, sample_responses
+from nla.evaluate import load_vectors, response_stats, round_trip
 from nla.inject import Injector
 from nla.lora import apply_lora, is_lora
 from nla.metrics import fve_nrm, mse_nrm
@@ -271,8 +271,8 @@ class RLTrainer:
         cfg = self.cfg
         seed = cfg.seed * 1_000_003 + step * 1_009 + self.rank
         with self._autocast():
-            resp = sample_responses(self.av, vectors, num_samples=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                                    do_sample=True, temperature=cfg.temperature, batch_size=cfg.gen_batch_size, seed=seed)
+            resp = self.av.sample(vectors, num_samples=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                                  do_sample=True, temperature=cfg.temperature, batch_size=cfg.gen_batch_size, seed=seed)
         valid = rl_math.response_valid(resp.texts, resp.truncated)
         return Rollouts(vectors.repeat_interleave(cfg.group_size, dim=0).cpu(), resp, valid)
 
