@@ -11,7 +11,6 @@ from nla.teachers import (
     AnthropicTeacher,
     HFTeacher,
     JsonClient,
-    OfflineTeacher,
     OpenAITeacher,
     Teacher,
     TeacherOptions,
@@ -20,6 +19,7 @@ from nla.teachers import (
     readable,
     strip_marker,
 )
+from nla.teachers_offline import OfflineTeacher
 
 from helpers import FakeJsonServer, tiny_target
 
