@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,9 @@ from nla.config import option
 from nla.errors import NLAError
 from nla.meta import MODEL_SIDECAR
 from nla.paths import atomic_write_text
-from nla.text import cjk_fraction, extract_explanation
+from nla.text import cjk_fraction, text_for_ar
 
 log = logging.getLogger(__name__)
-_TAGS = re.compile(r"</?explanation>")
 
 
 @dataclass
@@ -93,12 +91,6 @@ def response_stats(resp: Responses) -> dict[str, float]:
     }
 
 
-def scored_text(text: str) -> str:
-    """What the AR reads: the explanation inside the tags, or the response without tags when they fail."""
-    inner = extract_explanation(text)
-    return inner if inner is not None else _TAGS.sub(" ", text).strip()
-
-
 def round_trip(
     av: Any,
     ar: Any,
@@ -116,7 +108,7 @@ def round_trip(
 
     if responses is None:
         responses = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    metrics = evaluate_ar(ar, [scored_text(t) for t in responses.texts], vectors, baseline, k=k, seed=seed)
+    metrics = evaluate_ar(ar, [text_for_ar(t) for t in responses.texts], vectors, baseline, k=k, seed=seed)
     metrics.update(response_stats(responses))
     return metrics, responses
 
@@ -206,4 +198,4 @@ def format_card(card: dict[str, Any]) -> str:
 
 
 __all__ = ["EvalConfig", "Responses", "VectorSet", "evaluation_card", "format_card", "load_vectors",
-           "response_stats", "round_trip", "scored_text"]
+           "response_stats", "round_trip"]

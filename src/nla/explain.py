@@ -36,7 +36,7 @@ from nla.errors import NLAError
 from nla.meta import MODEL_SIDECAR, read_model_sidecar
 from nla.metrics import cosine, fve_nrm, mse_nrm
 from nla.positions import content_spans, overlap_mask, parse_positions
-from nla.text import CLOSE, OPEN, cjk_fraction, extract_explanation
+from nla.text import cjk_fraction, extract_explanation, text_for_ar
 
 if TYPE_CHECKING:
     from nla.ar import ActivationReconstructor
@@ -372,7 +372,7 @@ class NLA:
             return samples
         flat = [(i, s) for i, row in enumerate(samples) for s in row]
         if flat:
-            texts = [scoring_text(s) for _, s in flat]
+            texts = [text_for_ar(s.raw) for _, s in flat]
             pred = self.ar.predict(texts, batch_size=max(1, batch_size)).float().cpu()  # (M, d)
             gold = vectors[[i for i, _ in flat]]  # (M, d)
             cos, mse = cosine(pred, gold), mse_nrm(pred, gold)  # (M,), (M,)
@@ -469,13 +469,6 @@ class NLA:
         return self._score(vectors, answers, batch_size), self._control(vectors)
 
 
-def scoring_text(sample: Sample) -> str:
-    """What the AR reads: the parsed explanation, or (no closed tag) the raw answer without tags."""
-    if sample.explanation is not None:
-        return sample.explanation
-    return sample.raw.replace(OPEN, " ").replace(CLOSE, " ").strip()
-
-
 def _main(row: list[Sample]) -> dict[str, Any]:
     s = row[0]
     return dict(explanation=s.explanation, raw=s.raw, fve=s.fve, cosine=s.cosine, mse_nrm=s.mse_nrm, cjk=s.cjk)
@@ -493,6 +486,5 @@ __all__ = [
     "load_vector_file",
     "local_checkpoint",
     "resolve_nla_paths",
-    "scoring_text",
     "sidecar_baseline",
 ]

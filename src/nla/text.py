@@ -26,6 +26,13 @@ def extract_explanation(answer: str) -> str | None:
     return inner or None
 
 
+def text_for_ar(answer: str) -> str:
+    """What the AR reads from an AV answer: the explanation inside the tags, or, when the tags fail, the
+    answer with any tags removed (so a format failure is still scored, and counted separately)."""
+    inner = extract_explanation(answer)
+    return inner if inner is not None else answer.replace(OPEN, " ").replace(CLOSE, " ").strip()
+
+
 def cjk_fraction(text: str) -> float:
     """Share of non-space characters that are CJK: high values mean the injection silently failed
     (the AV saw the raw marker character)."""
