@@ -193,3 +193,23 @@ def test_cli_train_ar_resumes_and_prints_controls(tiny_run: dict, tmp_path: Path
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["steps"] == 3
     assert main(["train", "ar", "--out-dir", str(tmp_path / "e")]) == 2
     assert capsys.readouterr().err.strip().startswith("nla: error: --data")
+
+
+def test_train_ar_from_init_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
+    ar = ActivationReconstructor.from_target(load_target(tiny_run["base"]), 1)
+    ar.save_pretrained(tmp_path / "full")
+    ar.enable_lora(r=4, alpha=8)
+    ar.save_pretrained(tmp_path / "adapter", adapter_only=True)
+    common = dict(data=str(tiny_run["train"]), eval_data=str(tiny_run["eval"]), max_steps=2, batch_size=8, lr=1e-2,
+                  eval_every=0)
+    train_ar(ARTrainConfig(init=str(tmp_path / "adapter"), save_adapter_only=True, out_dir=str(tmp_path / "a"), **common))
+    tuned = ActivationReconstructor.from_pretrained(tmp_path / "a" / "final")
+    assert tuned.has_lora and (tmp_path / "a" / "final" / "adapter_model.safetensors").exists()
+    assert not torch.equal(tuned.head.weight, ar.head.weight)
+    train_ar(ARTrainConfig(init=str(tmp_path / "full"), out_dir=str(tmp_path / "f"), **common))
+    full = ActivationReconstructor.from_pretrained(tmp_path / "f" / "final")
+    assert not full.has_lora and not torch.equal(full.predict(["fox dog"]), ar.predict(["fox dog"]))
+    with pytest.raises(NLAError, match="LoRA"):
+        train_ar(ARTrainConfig(init=str(tmp_path / "full"), save_adapter_only=True, out_dir=str(tmp_path / "x"), **common))
+    with pytest.raises(NLAError, match="layer"):
+        train_ar(ARTrainConfig(init=str(tmp_path / "full"), layer=2, out_dir=str(tmp_path / "y"), **common))

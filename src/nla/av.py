@@ -387,7 +387,10 @@ class ActivationVerbalizer:
             raise NLAError(f"{path}/{MODEL_SIDECAR} lacks a valid d_model or tokens.* entry: {e}") from e
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        tokenizer = load_tokenizer(str(path))
+        has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+        if not has_tok and not ext.get("base_model"):
+            raise NLAError(f"{path} has no tokenizer and its sidecar names no base model to take one from")
+        tokenizer = load_tokenizer(str(path) if has_tok else str(ext["base_model"]))
         if (path / ADAPTER_CONFIG).exists():
             base = ext.get("base_model")
             if not base:

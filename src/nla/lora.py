@@ -68,18 +68,21 @@ def apply_lora(
     alpha: float,
     dropout: float = 0.0,
     target_modules: list[str] | str | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> nn.Module:
     """Wrap ``model`` in a peft LoRA model: base weights frozen, only the adapters trainable.
 
     ``target_modules`` follows peft (a list of module-name suffixes or one full-match regex); the default
-    is every linear projection inside the text decoder blocks.
+    is every linear projection inside the text decoder blocks. ``modules_to_save`` names modules (by their
+    last name component, e.g. ``input_layernorm``) that are trained and saved in full beside the adapter.
     """
     from peft import LoraConfig, get_peft_model
 
     if r <= 0:
         raise NLAError(f"LoRA rank must be positive, got {r}")
     targets = default_target_modules(model) if target_modules is None else target_modules
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                        modules_to_save=list(modules_to_save) if modules_to_save else None)
     try:
         with warnings.catch_warnings():  # peft calls a deprecated transformers property
             warnings.simplefilter("ignore", FutureWarning)

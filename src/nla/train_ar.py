@@ -51,6 +51,8 @@ class ARTrainConfig(TrainConfig):
         None, "Layer L the vectors come from (default: extraction.layer_index of the sidecar)."
     )
     template: str = option(meta.DEFAULT_AR_TEMPLATE, "AR prompt template with an {explanation} placeholder.")
+    init: str = option("", "Start from this AR checkpoint (full or adapter-only; its template and layer) "
+                       "instead of a fresh copy of the target, e.g. to refit an AR on AV explanations.")
     lora: bool = option(False, "Train LoRA adapters (+ the head) instead of the full backbone.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: float = option(32.0, "LoRA alpha.")
@@ -228,9 +230,16 @@ def build_ar(cfg: ARTrainConfig, model: str, layer: int) -> ActivationReconstruc
     """The AR to train: copied from the target, with LoRA or partial freezing as configured."""
     if cfg.lora and cfg.train_last_n_layers is not None:
         raise NLAError("choose one of --lora and --train-last-n-layers")
-    target = load_target(model, dtype=cfg.dtype)
-    ar = ActivationReconstructor.from_target(target, target.check_layer(layer), template=cfg.template)
-    del target
+    if cfg.init:
+        ar = ActivationReconstructor.from_pretrained(cfg.init, dtype=cfg.dtype, trainable=True)
+        if ar.layer != layer:
+            raise NLAError(f"--init {cfg.init} reads layer {ar.layer} but the data comes from layer {layer}")
+        if cfg.lora and ar.has_lora:
+            raise NLAError(f"--init {cfg.init} already has LoRA adapters (they train); drop --lora")
+    else:
+        target = load_target(model, dtype=cfg.dtype)
+        ar = ActivationReconstructor.from_target(target, target.check_layer(layer), template=cfg.template)
+        del target
     ar.max_length = cfg.max_length
     if cfg.lora:
         ar.enable_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
@@ -277,14 +286,14 @@ def train_ar(cfg: ARTrainConfig) -> TrainResult:
         raise NLAError("--data (teacher parquet for training) is required")
     if not cfg.eval_data:
         raise NLAError("--eval-data (held-out teacher parquet, document-disjoint from --data) is required")
-    if cfg.save_adapter_only and not cfg.lora:
-        raise NLAError("--save-adapter-only needs --lora")
     train = load_ar_data(cfg.data)
     model, layer = _resolve_model_and_layer(cfg, train.sidecar)
     held = load_ar_data(cfg.eval_data)
     _check_compatible(train, held, layer)
     torch.manual_seed(cfg.seed)
     ar = build_ar(cfg, model, layer)
+    if cfg.save_adapter_only and not ar.has_lora:
+        raise NLAError("--save-adapter-only needs LoRA (--lora, or an adapter-only --init)")
     d = ar.d_model
     for name, part in (("--data", train), ("--eval-data", held)):
         if part.vectors.shape[1] != d:

@@ -1,0 +1,40 @@
+"""``nla export``: turn full AV/AR checkpoints into compact LoRA adapters on their base model.
+
+    nla export --av runs/rl/final/av --ar runs/rl/final/ar --out nla-small --rank 16
+
+Each linear layer's fine-tuning delta becomes its best rank-r approximation (SVD); norms are kept in
+full; embedding changes are dropped (reported). The export is lossy: score it with ``nla eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nla.config import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from nla.export import ExportConfig
+
+    p = sub.add_parser("export", help="Export full AV/AR checkpoints as compact LoRA adapters (SVD of the deltas).",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p, ExportConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nla.errors import NLAError
+    from nla.export import ExportConfig, export_nla
+
+    cfg = config_from_args(ExportConfig, args)
+    for name in ("av", "ar", "out"):
+        if not getattr(cfg, name):
+            raise NLAError(f"--{name} is required")
+    rep = export_nla(cfg.av, cfg.ar, cfg.out, rank=cfg.rank, dtype=cfg.dtype, keep_tokenizer=cfg.keep_tokenizer)
+    sys.stdout.write(f"wrote {rep.out} ({rep.size_mib:.1f} MiB, rank {rep.rank})\n")
+    for role in ("av", "ar"):
+        dropped = ", ".join(f"{k} ({v:.2g})" for k, v in sorted(rep.dropped[role].items())) or "nothing"
+        sys.stdout.write(f"  {role}: rank-{rep.rank} factors keep {rep.kept_energy[role]:.1%} of the linear "
+                         f"layers' delta energy; dropped: {dropped}\n")
+    return 0

@@ -1,0 +1,29 @@
+"""``nla verbalize``: the AV's explanations of a training split, as teacher-format parquet.
+
+    nla verbalize --av runs/rl/final/av --data runs/acts --split ar_sft --limit 2000 --out runs/av_text.parquet
+    nla train ar --init runs/rl/final/ar --data runs/av_text.parquet --eval-data runs/teach/eval.parquet
+
+Refitting the AR on what the AV actually writes is the offline form of RL's online AR updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nla.config import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from nla.verbalize import VerbalizeConfig
+
+    p = sub.add_parser("verbalize", help="Write an AV's explanations of a split as teacher-format parquet.",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p, VerbalizeConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nla.verbalize import VerbalizeConfig, verbalize
+
+    verbalize(config_from_args(VerbalizeConfig, args))
+    return 0

@@ -1,0 +1,211 @@
+"""Compact export of a trained NLA (``nla export``): full checkpoints -> LoRA adapters on the base model.
+
+A fully fine-tuned AV or AR differs from its base model by a delta ``W_tuned - W_base`` per weight. For
+every linear projection inside the decoder blocks the delta is replaced by its best rank-``r``
+approximation (truncated SVD, Eckart-Young), written as a standard peft LoRA adapter (``B @ A`` with
+``lora_alpha = r``, so the scaling is 1); changed norm weights are stored in full (peft
+``modules_to_save``, a few KB). What neither can hold -- changes to the embeddings and the LM head -- is
+dropped, and :class:`ExportReport` says how large it was. The AR keeps its full ``(d, d)``
+head. The result loads with the usual ``from_pretrained`` (``adapter: true`` in ``nla_meta.yaml``, base
+weights from ``extraction.base_model``), and is what ships as the package's default NLA.
+
+An export is lossy: always score the exported pair (``nla eval``) rather than assume the numbers of the
+full checkpoints.
+
+>>> report = export_nla("runs/rl/final/av", "runs/rl/final/ar", "nla-small", rank=16)  # doctest: +SKIP
+>>> report.kept_energy["av"], report.size_mib                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nla.config import option
+from nla.errors import NLAError
+from nla.paths import atomic_dir
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def lowrank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Best rank-``rank`` factorisation of ``delta`` (out, in): ``B (out, r) @ A (r, in)``.
+
+    Returns ``(B, A, kept)`` where ``kept`` is the fraction of ``||delta||_F^2`` the factors keep (1.0 for
+    a zero delta). The singular values are split evenly (``B = U sqrt(S)``, ``A = sqrt(S) V^T``) so both
+    factors have similar magnitudes, which keeps them accurate in half precision.
+    """
+    if delta.ndim != 2:
+        raise ValueError(f"delta must be a matrix, got shape {tuple(delta.shape)}")
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    d = delta.double()
+    r = min(rank, *d.shape)
+    u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    total = float((s**2).sum())
+    root = s[:r].sqrt()
+    b = u[:, :r] * root  # (out, r)
+    a = root[:, None] * vh[:r]  # (r, in)
+    if r < rank:  # pad so every module has the adapter's rank
+        b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], dim=1)
+        a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], dim=0)
+    kept = float((s[:r] ** 2).sum()) / total if total > 0 else 1.0
+    return b.to(delta.dtype), a.to(delta.dtype), kept
+
+
+@dataclass
+class LoraExtraction:
+    """What :func:`extract_lora` kept and dropped of one model's fine-tuning delta."""
+
+    modules: int = 0  # linear projections converted
+    kept_energy: float = 1.0  # fraction of the summed squared delta norm kept by the factors
+    dropped: dict[str, float] = field(default_factory=dict)  # other changed weights -> ||delta|| / ||W||
+
+
+def extract_lora(tuned: nn.Module, base: nn.Module, *, rank: int, atol: float = 0.0) -> tuple[nn.Module, LoraExtraction]:
+    """Wrap ``base`` (modified in place) in a LoRA adapter approximating ``tuned - base``.
+
+    Both models must have the same architecture and parameter names. Targets are every linear layer in
+    the decoder blocks (:func:`nla.lora.default_target_modules`). Returns the peft model and a report;
+    parameters that changed but cannot be expressed (norms, embeddings, a head) are listed in
+    ``report.dropped`` with their relative change (entries at or below ``atol`` are omitted).
+    """
+    from nla.lora import apply_lora
+
+    tuned_params = dict(tuned.named_parameters())
+    base_params = {n: p.detach().clone() for n, p in base.named_parameters()}
+    missing = sorted(set(base_params) ^ set(tuned_params))
+    if missing:
+        raise NLAError(f"the tuned and base models differ in their parameters, e.g. {missing[0]}")
+
+    def change(key: str) -> float:
+        w = base_params[key].float()
+        return float((tuned_params[key].detach().float() - w).norm() / w.norm().clamp_min(1e-12))
+
+    # norms (1-d weights) are tiny: keep them in full, by module name (peft matches the last component)
+    vectors = {k for k, w in base_params.items() if w.ndim == 1 and change(k) > atol}
+    save_full = sorted({k.rsplit(".", 2)[-2] for k in vectors})
+    peft_model = apply_lora(base, r=rank, alpha=float(rank), modules_to_save=save_full or None)
+    report = LoraExtraction()
+    kept_sq = total_sq = 0.0
+    covered: set[str] = set()
+    for name, param in peft_model.named_parameters():
+        if ".modules_to_save.default." in name:
+            key = name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
+            with torch.no_grad():
+                param.copy_(tuned_params[key])
+            covered.add(key)
+    for name, module in peft_model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+            continue
+        key = name.removeprefix("base_model.model.") + ".weight"
+        if key not in tuned_params:
+            raise NLAError(f"LoRA target {key} has no counterpart in the tuned model")
+        delta = tuned_params[key].detach().float() - base_params[key].float()
+        b, a, kept = lowrank_factors(delta, rank)
+        sq = float(delta.double().pow(2).sum())
+        kept_sq, total_sq = kept_sq + kept * sq, total_sq + sq
+        with torch.no_grad():
+            module.lora_B["default"].weight.copy_(b)
+            module.lora_A["default"].weight.copy_(a)
+        covered.add(key)
+        report.modules += 1
+    report.kept_energy = kept_sq / total_sq if total_sq > 0 else 1.0
+    report.dropped = {k: c for k in base_params if k not in covered and (c := change(k)) > atol}
+    if report.dropped:
+        worst = max(report.dropped, key=report.dropped.__getitem__)
+        log.warning("LoRA export drops changes to %d weights it cannot express (largest: %s, %.2g relative)",
+                    len(report.dropped), worst, report.dropped[worst])
+    return peft_model, report
+
+
+@dataclass
+class ExportReport:
+    """Summary of :func:`export_nla`: per model (``av``/``ar``) the kept delta energy and dropped weights."""
+
+    out: Path
+    rank: int
+    kept_energy: dict[str, float]
+    dropped: dict[str, dict[str, float]]
+    size_mib: float
+
+
+def _cast_lora(model: nn.Module, dtype: torch.dtype) -> None:
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.to(dtype)
+
+
+def _drop_tokenizer(path: Path) -> None:
+    for name in TOKENIZER_FILES:
+        (path / name).unlink(missing_ok=True)
+
+
+@dataclass
+class ExportConfig:
+    """Options of ``nla export``."""
+
+    av: str = option("", "Full AV checkpoint directory (e.g. runs/rl/final/av).")
+    ar: str = option("", "Full AR checkpoint directory (e.g. runs/rl/final/ar).")
+    out: str = option("", "Output directory; receives av/ and ar/ (written atomically, replaced if present).")
+    rank: int = option(16, "LoRA rank of the exported adapters (size grows linearly with it).")
+    dtype: str = option("float16", "Storage type of the adapter factors.", choices=["float16", "bfloat16", "float32"])
+    keep_tokenizer: bool = option(False, "Also copy the tokenizer files (by default they come from the base model).")
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+
+
+def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank: int = 16,
+               dtype: str = "float16", keep_tokenizer: bool = False) -> ExportReport:
+    """Write ``out/av`` and ``out/ar`` as LoRA adapters (+ the AR head) on their common base model.
+
+    ``dtype`` is the storage type of the adapter factors (the head stays float32). Without
+    ``keep_tokenizer`` the tokenizer files are left out: loading takes them from the base model.
+    ``out`` is complete or absent: everything is written to a temporary directory and renamed.
+    """
+    from nla.ar import ActivationReconstructor
+    from nla.av import ActivationVerbalizer
+    from nla.lora import is_lora
+    from nla.target import load_target
+
+    store = getattr(torch, dtype)
+    av = ActivationVerbalizer.from_pretrained(av_dir)
+    ar = ActivationReconstructor.from_pretrained(ar_dir)
+    for name, base, adapter in (("AV", av.base_model, is_lora(av.model)), ("AR", ar.base_model, ar.has_lora)):
+        if not base:
+            raise NLAError(f"the {name} checkpoint names no extraction.base_model: cannot export it as an adapter")
+        if adapter:
+            raise NLAError(f"the {name} checkpoint is already an adapter; export takes full checkpoints")
+    if av.base_model != ar.base_model:
+        raise NLAError(f"the AV is based on {av.base_model!r} but the AR on {ar.base_model!r}")
+
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        av.model, av_rep = extract_lora(av.model, load_target(av.base_model).model, rank=rank, atol=1e-6)
+        _cast_lora(av.model, store)
+        av.save_pretrained(tmp / "av")
+
+        small = ActivationReconstructor.from_target(load_target(ar.base_model), ar.layer, template=ar.template)
+        small.backbone, ar_rep = extract_lora(ar.backbone, small.backbone, rank=rank, atol=1e-6)
+        small.head.weight.data.copy_(ar.head.weight.data)
+        small.max_length, small.eval_meta = ar.max_length, dict(ar.eval_meta)
+        _cast_lora(small.backbone, store)
+        small.save_pretrained(tmp / "ar", adapter_only=True)
+        if not keep_tokenizer:
+            _drop_tokenizer(tmp / "av")
+            _drop_tokenizer(tmp / "ar")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+    return ExportReport(out=out, rank=rank, kept_energy={"av": av_rep.kept_energy, "ar": ar_rep.kept_energy},
+                        dropped={"av": av_rep.dropped, "ar": ar_rep.dropped}, size_mib=size)
+
+
+__all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "export_nla", "extract_lora", "lowrank_factors"]

@@ -1,0 +1,136 @@
+"""The AV as a teacher (``nla verbalize``): its explanations of a split, as a parquet the AR trains on.
+
+An AR trained on teacher text reads the teacher's style; the AV writes differently (it paraphrases, it
+confabulates details). During RL the AR keeps training on the AV's own explanations; this is the same
+update done offline, on many rows at once: verbalize a TRAINING split (never the eval split) with the
+final AV, then ``nla train ar --init <AR> --data <this parquet>`` refits the AR to what the AV actually
+says. The output has the columns of ``nla teach`` (the input rows + ``explanation``, ``response``,
+``teacher``), so every command that reads teacher data reads it. Rows whose answer has no closed tag
+keep their tag-stripped text (:func:`nla.text.text_for_ar`, what the AR reads at inference too) and are
+counted. Work goes to ``<out>.work`` in chunks: a killed run resumes where it stopped.
+
+    nla verbalize --av runs/rl/final/av --data runs/acts --split ar_sft --limit 2000 --out runs/av_text.parquet
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from nla.activations import vectors as table_vectors
+from nla.config import option
+from nla.errors import NLAError
+from nla.meta import dataset_sidecar_path, write_sidecar
+from nla.teach import _open_work, _write_table, input_sidecar, read_input
+from nla.text import text_for_ar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerbalizeConfig:
+    """Options of ``nla verbalize``."""
+
+    av: str = option("", "AV checkpoint directory (full or adapter).")
+    data: str = option("", "An `nla extract` directory.")
+    split: str = option("ar_sft", "Split to verbalize (a training split: the eval split stays held out).")
+    out: str = option("", "Output parquet (+ .nla_meta.yaml sidecar).")
+    limit: int = option(0, "Verbalize only the first N rows (0 = all).")
+    max_new_tokens: int = option(150, "Longest explanation, in tokens.")
+    do_sample: bool = option(False, "Sample at --temperature instead of greedy decoding (what inference uses).")
+    temperature: float = option(1.0, "Sampling temperature (with --do-sample).")
+    batch_size: int = option(16, "Vectors per generate call.")
+    chunk_size: int = option(128, "Rows per resumable chunk.")
+    seed: int = option(0, "Sampling seed (per chunk: seed + chunk index).")
+    device: str = option("cpu", "Torch device.")
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "chunk_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def verbalize(cfg: VerbalizeConfig) -> Path:
+    """Write the AV's explanations of ``cfg.split`` to ``cfg.out``; returns the output path."""
+    from nla.av import ActivationVerbalizer
+
+    if not cfg.av or not cfg.data or not cfg.out:
+        raise NLAError("verbalize needs --av, --data (an extraction directory) and --out (a .parquet file)")
+    if cfg.split == "eval":
+        log.warning("verbalizing the eval split: an AR trained on it is no longer evaluated on held-out data")
+    t0 = time.perf_counter()
+    data, out = Path(cfg.data), Path(cfg.out)
+    if not data.is_dir():
+        raise NLAError(f"--data {data} is not a directory")
+    table = read_input(data, cfg.split, cfg.limit)
+    vectors = table_vectors(table)  # (N, d)
+    av = ActivationVerbalizer.from_pretrained(cfg.av, device=cfg.device)
+    if vectors.shape[1] != av.d_model:
+        raise NLAError(f"the AV has d_model {av.d_model} but {data}/{cfg.split} has {vectors.shape[1]}-d vectors")
+    n = vectors.shape[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(str(out) + ".work")
+    manifest = {"data": str(data.resolve()), "split": cfg.split, "n_rows": n, "chunk_size": cfg.chunk_size,
+                "inputs": hashlib.sha256(vectors.numpy().tobytes()).hexdigest(),
+                "av": str(Path(cfg.av).resolve()), "max_new_tokens": cfg.max_new_tokens,
+                "do_sample": cfg.do_sample, "temperature": cfg.temperature, "seed": cfg.seed}
+    done = _open_work(work, manifest)
+    n_chunks = math.ceil(n / cfg.chunk_size)
+    resumed = sum(t.num_rows for i, t in done.items() if i < n_chunks)
+    if resumed:
+        log.info("resuming: %d rows already done in %s", resumed, work)
+    bar = tqdm(total=n, initial=resumed, unit="row", desc="verbalize", dynamic_ncols=True)
+    try:
+        for ci in range(n_chunks):
+            if ci in done:
+                continue
+            lo, hi = ci * cfg.chunk_size, min(n, (ci + 1) * cfg.chunk_size)
+            resp = av.sample(vectors[lo:hi].to(cfg.device), max_new_tokens=cfg.max_new_tokens,
+                             do_sample=cfg.do_sample, temperature=cfg.temperature, batch_size=cfg.batch_size,
+                             seed=cfg.seed + ci)
+            chunk = pa.table({
+                "row": pa.array(range(lo, hi), pa.int64()),
+                "explanation": pa.array([text_for_ar(t) for t in resp.texts], pa.string()),
+                "response": pa.array(resp.texts, pa.string()),
+                "tag_ok": pa.array([e is not None for e in resp.explanations], pa.bool_()),
+                "truncated": pa.array([bool(t) for t in resp.truncated], pa.bool_()),
+            })
+            _write_table(chunk, work / f"chunk-{ci:05d}.parquet")
+            done[ci] = chunk
+            bar.update(hi - lo)
+    finally:
+        bar.close()
+
+    results = pa.concat_tables([done[i] for i in range(n_chunks)])
+    output = table
+    for name in ("explanation", "response", "tag_ok", "truncated"):
+        if name in output.column_names:
+            output = output.drop_columns([name])
+        output = output.append_column(name, results.column(name))
+    output = output.append_column("teacher", pa.array([f"av:{cfg.av}"] * n, pa.string()))
+    tag_fail = n - sum(results.column("tag_ok").to_pylist())
+    meta_in = input_sidecar(data, cfg.split)
+    meta = {k: v for k, v in meta_in.items() if k not in ("n_rows", "num_rows", "rows", "file", "shard", "splits")}
+    meta.update(kind="nla_dataset", n_rows=n)
+    meta["teacher"] = {"name": "av", "model": str(cfg.av), "version": "verbalize-v1", "base_url": None}
+    meta["verbalize"] = {"data": str(data), "split": cfg.split, "rows": n, "tag_failures": tag_fail,
+                         "truncated": sum(results.column("truncated").to_pylist()),
+                         "max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
+                         "temperature": cfg.temperature}
+    write_sidecar(dataset_sidecar_path(out), meta)
+    _write_table(output, out)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("wrote %d AV explanations to %s (%d without a closed tag) in %.1f s", n, out, tag_fail,
+             time.perf_counter() - t0)
+    return out
+
+
+__all__ = ["VerbalizeConfig", "verbalize"]
