@@ -131,7 +131,10 @@ class EvalConfig:
     rows: int = option(64, "Held-out rows to evaluate.")
     max_new_tokens: int = option(150, "Cap of the greedy explanations.")
     batch_size: int = option(16, "Generation / AR batch size.")
-    examples: int = option(4, "Examples written into the card.")
+    stage: list[str] = option([], "Further round-trip stages after RL, in ladder order: NAME=AV_DIR,AR_DIR "
+                              "(e.g. shipped=nla-small/av,nla-small/ar).")
+    examples: int = option(6, "Examples written into the card (spread over different documents).")
+    compute: str = option("", "A YAML/JSON file describing the compute used (copied into the card).")
     seed: int = option(0, "Seed of the controls (shuffles, Gaussian vectors, retrieval distractors).")
     out: str = option("", "Write the card as JSON here (optional).")
 
@@ -144,6 +147,7 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
 
     if not cfg.data or not (cfg.ar or cfg.sft_ar):
         raise NLAError("nla eval needs --data and at least one AR (--ar or --sft-ar)")
+    extra = parse_stages(cfg.stage)
     held = load_vectors(cfg.data, cfg.split)
     vecs = held.vectors[: cfg.rows]
     train = load_vectors(cfg.train_data, cfg.train_split).vectors if cfg.train_data else held.vectors
@@ -167,35 +171,104 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         card["rl_current_ar"], texts["rl"] = m, resp.texts
         if sft_ar is not None:
             card["rl_frozen_sft_ar"] = round_trip(av, sft_ar, vecs, baseline, responses=resp, seed=cfg.seed)[0]
+    for name, av_dir, ar_dir in extra:
+        m, resp = round_trip(ActivationVerbalizer.from_pretrained(av_dir),
+                             ActivationReconstructor.from_pretrained(ar_dir), vecs, baseline, **kw)
+        card[name], texts[name] = m, resp.texts
     stages = [s for s in ("ar_sft_teacher", "av_sft_round_trip", "rl_current_ar") if s in card]
+    stages += [name for name, _, _ in extra]
     ref = card[stages[0]] if stages else {}
     card["controls"] = {k: ref[k] for k in ("fve_shuffled", "fve_empty", "fve_random", "fve_mean_predictor") if k in ref}
     card["ladder"] = {s: card[s]["fve_nrm"] for s in stages}
     fves = list(card["ladder"].values())
     card["ladder"]["each_beats_the_one_before"] = all(b > a for a, b in zip(fves, fves[1:], strict=False))
     card["examples"] = [
-        {"context_tail": (held.contexts[i][-200:] if held.contexts else None), **{k: v[i] for k, v in texts.items()}}
-        for i in range(min(cfg.examples, int(vecs.shape[0])))
+        {"row": i, "doc_id": held.doc_ids[i], "context_tail": (held.contexts[i][-200:] if held.contexts else None),
+         **{k: v[i] for k, v in texts.items()}}
+        for i in spread_rows(held.doc_ids[: int(vecs.shape[0])], cfg.examples)
     ]
+    if cfg.compute:
+        card["compute"] = read_compute(cfg.compute)
     if cfg.out:
         atomic_write_text(Path(cfg.out), json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     return card
 
 
-def format_card(card: dict[str, Any]) -> str:
-    """A few readable lines: the ladder and the controls."""
-    lines = [f"held-out rows: {card['rows']}, baseline B = {card['baseline']:.4f}"]
-    for name in ("ar_sft_teacher", "av_sft_round_trip", "rl_current_ar", "rl_frozen_sft_ar"):
-        m = card.get(name)
-        if m:
-            ret = next((f" {k}={v:.3f}" for k, v in m.items() if k.startswith("retrieval_top1")), "")
-            tags = f" tag-fail={m['tag_failure_rate']:.2f} len={m['len_mean']:.0f}" if "tag_failure_rate" in m else ""
-            lines.append(f"{name:>18}: fve_nrm={m['fve_nrm']:+.3f} shuffled={m['fve_shuffled']:+.3f}{ret}{tags}")
+def shipped_card() -> dict[str, Any]:
+    """The evaluation card of the NLA shipped with the package (``nla/data/default_nla/card.json``)."""
+    from nla.explain import default_nla_dir
+
+    path = default_nla_dir() / "card.json"
+    if not path.exists():
+        raise NLAError("no NLA is shipped with this installation; evaluate one with "
+                       "`nla eval --av AV --ar AR --data HELD_OUT`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def parse_stages(specs: list[str]) -> list[tuple[str, str, str]]:
+    """``["name=av_dir,ar_dir", ...]`` -> ``[(name, av_dir, ar_dir), ...]``; one clear error otherwise."""
+    out = []
+    for spec in specs:
+        name, _, dirs = spec.partition("=")
+        av, _, ar = dirs.partition(",")
+        if not name or not av or not ar or "," in ar:
+            raise NLAError(f"bad --stage {spec!r}: expected NAME=AV_DIR,AR_DIR")
+        out.append((name, av, ar))
+    return out
+
+
+def spread_rows(doc_ids: list[str], k: int) -> list[int]:
+    """Up to ``k`` row indices from as many different documents as possible, spread over the rows."""
+    firsts = [i for i, d in enumerate(doc_ids) if i == 0 or d != doc_ids[i - 1]]
+    pool = firsts if len(firsts) >= k else list(range(len(doc_ids)))
+    if k <= 0 or not pool:
+        return []
+    step = len(pool) / min(k, len(pool))
+    return sorted({pool[int(j * step)] for j in range(min(k, len(pool)))})
+
+
+def read_compute(path: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise NLAError(f"cannot read --compute {path}: {e}") from e
+
+
+_STAGE_TITLES = {"ar_sft_teacher": "AR-SFT reading teacher text", "av_sft_round_trip": "AV-SFT round trip",
+                 "rl_current_ar": "after RL (co-trained AR)", "rl_frozen_sft_ar": "after RL (frozen AR-SFT)"}
+
+
+def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
+    """The card as readable text: the ladder with controls and format health, examples, compute."""
+    lines = [f"held-out rows: {card['rows']}, baseline B = {card['baseline']:.4f} ({card.get('baseline_source', '')})",
+             "", f"{'stage':<32} {'fve_nrm':>8} {'shuffled':>8} {'empty':>7} {'top1@8':>7} {'tag-fail':>8} "
+             f"{'trunc':>6} {'len':>5}"]
+    names = [n for n in _STAGE_TITLES if n in card] + [n for n in card.get("ladder", {}) if n not in _STAGE_TITLES
+                                                        and n != "each_beats_the_one_before"]
+    for name in names:
+        m = card[name]
+        ret = next((v for k, v in m.items() if k.startswith("retrieval_top1")), float("nan"))
+        fmt = (f" {m['tag_failure_rate']:>8.2f} {m['truncation_rate']:>6.2f} {m['len_mean']:>5.0f}"
+               if "tag_failure_rate" in m else f" {'-':>8} {'-':>6} {'-':>5}")
+        lines.append(f"{_STAGE_TITLES.get(name, name):<32} {m['fve_nrm']:>+8.3f} {m['fve_shuffled']:>+8.3f} "
+                     f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}")
     ctl = card.get("controls", {})
     if ctl:
-        lines.append("controls: " + " ".join(f"{k}={v:+.3f}" for k, v in ctl.items()))
+        lines += ["", "controls (any AR): " + ", ".join(f"{k.removeprefix('fve_')} {v:+.3f}" for k, v in ctl.items())]
+    if examples and card.get("examples"):
+        lines += ["", "examples (held-out):"]
+        for ex in card["examples"]:
+            lines.append(f"  context: ...{(ex.get('context_tail') or '')[-90:]!r}")
+            for k, v in ex.items():
+                if k not in ("row", "doc_id", "context_tail"):
+                    lines.append(f"    {k}: {text_for_ar(v) if isinstance(v, str) else v}"[:400])
+    if card.get("compute"):
+        lines += ["", "compute:"] + [f"  {k}: {v}" for k, v in card["compute"].items()] \
+            if isinstance(card["compute"], dict) else ["", f"compute: {card['compute']}"]
     return "\n".join(lines)
 
 
 __all__ = ["EvalConfig", "Responses", "VectorSet", "evaluation_card", "format_card", "load_vectors",
-           "response_stats", "round_trip"]
+           "parse_stages", "response_stats", "round_trip", "shipped_card", "spread_rows"]

@@ -1,5 +1,7 @@
 """``nla eval``: the evaluation card of an NLA (stage ladder, controls, retrieval, format health).
 
+    nla eval                      # the card of the NLA shipped with the package (measured when it was built)
+
     nla eval --av runs/rl/final/av --ar runs/rl/final/ar --sft-av runs/av/final --sft-ar runs/ar/final \\
         --data runs/teach/eval.parquet --train-data runs/teach/ar_sft.parquet --out card.json
 """
@@ -28,8 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.evaluate import EvalConfig, evaluation_card, format_card
+    from nla.evaluate import EvalConfig, evaluation_card, format_card, shipped_card
 
-    card = evaluation_card(config_from_args(EvalConfig, args))
+    cfg = config_from_args(EvalConfig, args)
+    if not cfg.data and not cfg.av and not cfg.ar and not cfg.sft_av and not cfg.sft_ar:
+        card = shipped_card()
+    else:
+        card = evaluation_card(cfg)
     sys.stdout.write((json.dumps(card, indent=2, ensure_ascii=False) if args.json else format_card(card)) + "\n")
     return 0
