@@ -33,7 +33,7 @@ def tiny_pipeline(tmp_path) -> PipelineConfig:
         None, run_dir=str(tmp_path / "run"), model=str(model), layer=1, corpus=str(corpus), positions_per_doc=2,
         skip=2, max_tokens=48, split_fractions=[0.25, 0.25, 0.25, 0.25], eval_rows=4, ar_steps=2, ar_batch_size=4,
         av_steps=2, av_batch_size=4, rl_steps=1, rl_prompts_per_step=2, rl_group_size=2, rl_max_new_tokens=8,
-        eval_max_new_tokens=8, save_every=0, teach_options={"tail_tokens": 4, "top_k": 2},
+        eval_max_new_tokens=8, save_every=0, export_rank=2, refit_rows=4, refit_steps=1, refit_batch_size=4, teach_options={"tail_tokens": 4, "top_k": 2},
         av_sft_options={"samples": 1, "sample_tokens": 8}, rl_options={"eval_every": 0, "eval_rows": 4},
     )  # fmt: skip
 
@@ -41,29 +41,35 @@ def tiny_pipeline(tmp_path) -> PipelineConfig:
 def test_pipeline_runs_end_to_end_then_skips_everything(tmp_path, capsys) -> None:
     cfg = tiny_pipeline(tmp_path)
     first = run_pipeline(cfg, stop_after="teach")
-    assert first.stages == {"extract": "ran", "teach": "ran", "ar_sft": "not run", "av_sft": "not run",
-                            "rl": "not run", "eval": "not run"}
+    assert first.stages == {"extract": "ran", "teach": "ran", **{s: "not run" for s in STAGES[2:]}}
     ran: list[str] = []
     second = run_pipeline(cfg, on_stage=ran.append)
-    assert ran == ["ar_sft", "av_sft", "rl", "eval"]
+    assert ran == ["ar_sft", "av_sft", "rl", "export", "refit", "eval", "ship"]
     assert second.stages["extract"] == "skipped" and second.stages["eval"] == "ran"
     run = tmp_path / "run"
     assert all((run / s / "DONE").exists() for s in STAGES)
     card = json.loads((run / "eval" / "card.json").read_text())
     assert card == second.card
-    for part in ("ar_sft_teacher", "av_sft_round_trip", "rl_current_ar", "rl_frozen_sft_ar"):
+    for part in ("ar_sft_teacher", "av_sft_round_trip", "rl_current_ar", "rl_frozen_sft_ar", "shipped"):
         assert "fve_nrm" in card[part] and "fve_shuffled" in card[part], part
     assert {"fve_shuffled", "fve_empty", "fve_random"} <= set(card["controls"])
     assert "retrieval_top1_at_4" in card["rl_current_ar"] and "tag_failure_rate" in card["rl_current_ar"]
-    assert len(card["examples"]) == 4 and {"teacher", "av_sft", "rl"} <= set(card["examples"][0])
+    assert len(card["examples"]) == 4 and {"teacher", "av_sft", "rl", "shipped"} <= set(card["examples"][0])
+    assert card["compute"]["rl_seconds"] > 0 and "ship_seconds" not in card["compute"]
+    assert list(card["ladder"])[:-1] == ["ar_sft_teacher", "av_sft_round_trip", "rl_current_ar", "shipped"]
+    ship = run / "ship" / "nla"  # the compact NLA: adapters + head + card, no tokenizer, no training state
+    assert sorted(p.name for p in ship.iterdir()) == ["ar", "av", "card.json"]
+    assert (ship / "ar" / "adapter_model.safetensors").exists() and (ship / "ar" / "value_head.safetensors").exists()
+    assert not (ship / "ar" / "tokenizer.json").exists() and not (ship / "av" / "model.safetensors").exists()
+    assert main(["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]) == 0
     capsys.readouterr()
     assert main(["eval", "--av", str(run / "rl/final/av"), "--ar", str(run / "rl/final/ar"), "--sft-ar",
                  str(run / "ar_sft/final"), "--data", str(run / "teach/eval.parquet"), "--rows", "3",
                  "--max-new-tokens", "6"]) == 0
     printed = capsys.readouterr().out
-    assert "rl_current_ar: fve_nrm=" in printed and "ar_sft_teacher: fve_nrm=" in printed
+    assert "after RL (co-trained AR)" in printed and "AR-SFT reading teacher text" in printed
     third = run_pipeline(cfg, on_stage=ran.append)
-    assert set(third.stages.values()) == {"skipped"} and len(ran) == 4  # nothing ran again
+    assert set(third.stages.values()) == {"skipped"} and len(ran) == 7  # nothing ran again
     # --from redoes the chosen stage and the later ones only
     assert main(["train", "pipeline", "--config", str(_dump(cfg, tmp_path)), "--from", "eval"]) == 0
     assert json.loads((run / "eval" / "DONE").read_text())["stage"] == "eval"

@@ -143,7 +143,8 @@ def _cast_lora(model: nn.Module, dtype: torch.dtype) -> None:
             p.data = p.data.to(dtype)
 
 
-def _drop_tokenizer(path: Path) -> None:
+def drop_tokenizer_files(path: Path) -> None:
+    """Remove the tokenizer files of a checkpoint directory (loading then takes the base model's)."""
     for name in TOKENIZER_FILES:
         (path / name).unlink(missing_ok=True)
 
@@ -201,11 +202,11 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
         _cast_lora(small.backbone, store)
         small.save_pretrained(tmp / "ar", adapter_only=True)
         if not keep_tokenizer:
-            _drop_tokenizer(tmp / "av")
-            _drop_tokenizer(tmp / "ar")
+            drop_tokenizer_files(tmp / "av")
+            drop_tokenizer_files(tmp / "ar")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     return ExportReport(out=out, rank=rank, kept_energy={"av": av_rep.kept_energy, "ar": ar_rep.kept_energy},
                         dropped={"av": av_rep.dropped, "ar": ar_rep.dropped}, size_mib=size)
 
 
-__all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "export_nla", "extract_lora", "lowrank_factors"]
+__all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "drop_tokenizer_files", "export_nla", "extract_lora", "lowrank_factors"]

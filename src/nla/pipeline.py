@@ -8,7 +8,12 @@ Stages, each writing into ``<run_dir>/<stage>/`` and finishing with a ``<run_dir
     ar_sft   -> ar_sft/final               the AR trained on teacher text
     av_sft   -> av_sft/final               the AV trained on teacher text
     rl       -> rl/final/{av,ar}           joint GRPO (rl split)
+    export   -> export/nla/{av,ar}         the RL pair as LoRA adapters on the base model (:mod:`nla.export`)
+    refit    -> refit/final                the exported AR refit on the exported AV's own explanations
+                                           of ar_sft rows (:mod:`nla.verbalize`; the offline form of
+                                           RL's online AR updates)
     eval     -> eval/card.json             the stage ladder with controls (see :mod:`nla.evaluate`)
+    ship     -> ship/nla/{av,ar,card.json} the compact NLA (what ships as the package default)
 
 Re-running the same command skips stages with a DONE marker and resumes the interrupted one (every stage
 resumes internally). ``--stop-after STAGE`` stops after a stage; ``--from STAGE`` clears STAGE and every
@@ -40,7 +45,7 @@ from nla.paths import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("extract", "teach", "ar_sft", "av_sft", "rl", "eval")
+STAGES: tuple[str, ...] = ("extract", "teach", "ar_sft", "av_sft", "rl", "export", "refit", "eval", "ship")
 DONE = "DONE"
 TEACH_SPLITS = ("ar_sft", "av_sft", "eval")
 
@@ -80,7 +85,13 @@ class PipelineConfig:
     rl_ar_lr: float = option(5e-5, "RL learning rate of the AR.")
     rl_kl_coef: float = option(0.01, "RL KL coefficient.")
     rl_lora: bool = option(False, "RL with LoRA on the AV.")
-    eval_max_new_tokens: int = option(150, "Cap of the greedy explanations of the eval card.")
+    export_rank: int = option(16, "LoRA rank of the exported AV and AR.")
+    export_dtype: str = option("float16", "Storage type of the exported adapters.", choices=["float16", "bfloat16", "float32"])
+    refit_rows: int = option(1024, "ar_sft rows the exported AV explains for the AR refit (0 = skip the refit).")
+    refit_steps: int = option(150, "AR refit optimizer steps.")
+    refit_batch_size: int = option(16, "AR refit batch size.")
+    refit_lr: float = option(1e-4, "AR refit learning rate (LoRA adapters + head).")
+    eval_max_new_tokens: int = option(150, "Cap of the greedy explanations of the eval card and the refit.")
     save_every: int = option(25, "Checkpoint every this many steps in the training stages.")
     bf16: str = option("auto", "bf16 autocast in the training stages.", choices=["auto", "true", "false"])
     seed: int = option(0, "Seed of every stage.")
@@ -89,6 +100,7 @@ class PipelineConfig:
     ar_sft_options: dict[str, Any] = option({}, "Extra ARTrainConfig options (YAML mapping).")
     av_sft_options: dict[str, Any] = option({}, "Extra AVTrainConfig options (YAML mapping).")
     rl_options: dict[str, Any] = option({}, "Extra RLConfig options (YAML mapping).")
+    refit_options: dict[str, Any] = option({}, "Extra ARTrainConfig options of the refit (YAML mapping).")
     eval_options: dict[str, Any] = option({}, "Extra EvalConfig options (YAML mapping).")
 
     def __post_init__(self) -> None:
@@ -235,19 +247,92 @@ class _Stages:
         return {"steps": res.steps, "final_eval": res.final_eval,
                 "last_step": res.last.record() if res.last is not None else None}
 
+    def export(self) -> dict[str, Any]:
+        from nla.export import export_nla
+
+        c = self.cfg
+        rep = export_nla(self.dir("rl") / "final" / "av", self.dir("rl") / "final" / "ar", self.dir("export") / "nla",
+                         rank=c.export_rank, dtype=c.export_dtype)
+        return {"rank": rep.rank, "size_mib": round(rep.size_mib, 2), "kept_energy": rep.kept_energy,
+                "dropped": rep.dropped}
+
+    @property
+    def shipped_ar(self) -> Path:
+        refit = self.dir("refit") / "final"
+        return refit if refit.exists() else self.dir("export") / "nla" / "ar"
+
+    def refit(self) -> dict[str, Any]:
+        from nla.train_ar import ARTrainConfig, load_ar_data, train_ar
+        from nla.verbalize import VerbalizeConfig, verbalize
+
+        c = self.cfg
+        if c.refit_rows <= 0:
+            return {"skipped": "refit_rows is 0: the exported AR ships as it is"}
+        exported = self.dir("export") / "nla"
+        text = verbalize(VerbalizeConfig(av=str(exported / "av"), data=str(self.acts), split="ar_sft",
+                                         out=str(self.dir("refit") / "av_text.parquet"), limit=c.refit_rows,
+                                         max_new_tokens=c.eval_max_new_tokens, seed=c.seed))
+        if not load_ar_data(text).explanations:
+            return {"skipped": "the exported AV wrote no usable explanation: the exported AR ships as it is"}
+        ac = make_config(ARTrainConfig, {
+            **self._train_common(), "out_dir": str(self.dir("refit")), "data": str(text), "init": str(exported / "ar"),
+            "eval_data": str(self.teach_out("eval")), "max_steps": c.refit_steps, "batch_size": c.refit_batch_size,
+            "lr": c.refit_lr, "save_adapter_only": True, **c.refit_options}, source="refit options")  # fmt: skip
+        res = train_ar(ac)
+        return {"rows": c.refit_rows, "steps": res.steps, "final_loss": res.final_loss, "eval_on_teacher_text": res.final_eval}
+
     def eval(self) -> dict[str, Any]:
         from nla.evaluate import EvalConfig, evaluation_card, format_card
 
         c = self.cfg
+        compute = self.dir("eval") / "compute.yaml"
+        atomic_write_text(compute, yaml.safe_dump(self.compute(), sort_keys=False))
         ec = make_config(EvalConfig, {
             "av": str(self.dir("rl") / "final" / "av"), "ar": str(self.dir("rl") / "final" / "ar"),
             "sft_av": str(self.dir("av_sft") / "final"), "sft_ar": str(self.dir("ar_sft") / "final"),
+            "stage": [f"shipped={self.dir('export') / 'nla' / 'av'},{self.shipped_ar}"],
             "data": str(self.teach_out("eval")), "train_data": str(self.teach_out("ar_sft")), "rows": c.eval_rows,
             "max_new_tokens": c.eval_max_new_tokens, "seed": c.seed, "out": str(self.dir("eval") / "card.json"),
-            **c.eval_options}, source="eval options")  # fmt: skip
+            "compute": str(compute), **c.eval_options}, source="eval options")  # fmt: skip
         card = evaluation_card(ec)
         log.info("evaluation card:\n%s", format_card(card))
         return {"card": str(self.dir("eval") / "card.json"), "ladder": card["ladder"]}
+
+    def compute(self) -> dict[str, Any]:
+        """Wall time of every finished stage (from the DONE markers) and the machine it ran on."""
+        import os
+
+        import torch
+
+        out: dict[str, Any] = {}
+        for name in STAGES:
+            marker = self.dir(name) / DONE
+            if marker.exists():
+                out[f"{name}_seconds"] = json.loads(marker.read_text(encoding="utf-8")).get("seconds")
+        out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        out["torch_threads"] = torch.get_num_threads()
+        return out
+
+    @property
+    def nla_dir(self) -> Path:
+        return self.dir("ship") / "nla"
+
+    def ship(self) -> dict[str, Any]:
+        from nla.export import drop_tokenizer_files
+        from nla.paths import atomic_dir
+
+        with atomic_dir(self.nla_dir) as tmp:
+            shutil.copytree(self.dir("export") / "nla" / "av", tmp / "av")
+            shutil.copytree(self.shipped_ar, tmp / "ar")
+            for junk in ("checkpoint", "metrics.jsonl", "run.json"):
+                if (tmp / "ar" / junk).exists():
+                    raise NLAError(f"unexpected {junk} in {self.shipped_ar}")
+            drop_tokenizer_files(tmp / "ar")
+            shutil.copy(self.dir("eval") / "card.json", tmp / "card.json")
+        size = sum(f.stat().st_size for f in self.nla_dir.rglob("*") if f.is_file()) / 2**20
+        log.info("the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it",
+                 self.nla_dir, size, self.nla_dir, self.nla_dir)
+        return {"dir": str(self.nla_dir), "size_mib": round(size, 2)}
 
 
 def _check_stage(name: str | None, what: str) -> None:
