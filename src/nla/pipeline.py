@@ -262,6 +262,8 @@ class _Stages:
         return refit if refit.exists() else self.dir("export") / "nla" / "ar"
 
     def refit(self) -> dict[str, Any]:
+        import torch
+
         from nla.train_ar import ARTrainConfig, load_ar_data, train_ar
         from nla.verbalize import VerbalizeConfig, verbalize
 
@@ -271,7 +273,8 @@ class _Stages:
         exported = self.dir("export") / "nla"
         text = verbalize(VerbalizeConfig(av=str(exported / "av"), data=str(self.acts), split="ar_sft",
                                          out=str(self.dir("refit") / "av_text.parquet"), limit=c.refit_rows,
-                                         max_new_tokens=c.eval_max_new_tokens, seed=c.seed))
+                                         max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
+                                         device="cuda" if torch.cuda.is_available() else "cpu"))
         if not load_ar_data(text).explanations:
             return {"skipped": "the exported AV wrote no usable explanation: the exported AR ships as it is"}
         ac = make_config(ARTrainConfig, {
