@@ -33,7 +33,7 @@ def tiny_pipeline(tmp_path) -> PipelineConfig:
         None, run_dir=str(tmp_path / "run"), model=str(model), layer=1, corpus=str(corpus), positions_per_doc=2,
         skip=2, max_tokens=48, split_fractions=[0.25, 0.25, 0.25, 0.25], eval_rows=4, ar_steps=2, ar_batch_size=4,
         av_steps=2, av_batch_size=4, rl_steps=1, rl_prompts_per_step=2, rl_group_size=2, rl_max_new_tokens=8,
-        eval_max_new_tokens=8, save_every=0, export_rank=2, refit_rows=4, refit_steps=1, refit_batch_size=4, teach_options={"tail_tokens": 4, "top_k": 2},
+        eval_max_new_tokens=8, save_every=0, export_rank=2, refit_rows=4, refit_steps=1, refit_batch_size=4, distill_steps=1, teach_options={"tail_tokens": 4, "top_k": 2},
         av_sft_options={"samples": 1, "sample_tokens": 8}, rl_options={"eval_every": 0, "eval_rows": 4},
     )  # fmt: skip
 

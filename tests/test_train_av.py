@@ -54,7 +54,8 @@ def test_load_av_data_skips_bad_rows_and_checks_columns(tmp_path) -> None:
     vecs[2] = 0.0
     expl[3] = "  "
     data = load_av_data(_write(tmp_path / "a.parquet", vecs, expl))
-    assert data.skipped == {"wrong_length": 0, "non_finite": 1, "zero_vector": 1, "empty_response": 1}
+    assert data.skipped == {"wrong_length": 0, "non_finite": 1, "zero_vector": 1, "empty_response": 1,
+                            "unfinished_response": 0}
     assert data.doc_ids == ["doc0", "doc4", "doc5"]
     assert data.responses[0] == f"<explanation>{PASTA}</explanation>"
     assert data.meta["extraction"]["layer_index"] == 1
@@ -144,3 +145,30 @@ def test_cli_train_av_lora_and_bad_inputs(tiny_dir, tmp_path, capsys) -> None:
     leak = _write(tmp_path / "leak.parquet", vecs[:3], expl[:3])
     assert main(["train", "av", "--data", str(data), "--eval-data", str(leak), "--model", str(tiny_dir)]) == 2
     assert "shares 3 documents" in capsys.readouterr().err
+
+
+def test_train_from_an_adapter_init_trains_only_that_adapter(tiny_dir, tmp_path) -> None:
+    from nla.lora import apply_lora, is_lora
+    from nla.target import load_target
+
+    vecs, expl = _two_clusters(16)
+    data = _write(tmp_path / "d.parquet", vecs, expl)
+    table = pq.read_table(data)  # verbalize-style flags: two rows the AV did not finish
+    table = table.append_column("tag_ok", pa.array([i != 0 for i in range(16)]))
+    table = table.append_column("truncated", pa.array([i == 1 for i in range(16)]))
+    pq.write_table(table, data)
+    assert load_av_data(data).skipped["unfinished_response"] == 2
+    av = ActivationVerbalizer.from_target(load_target(str(tiny_dir)), injection_scale=7.0, layer=1)
+    av.model = apply_lora(av.model, r=4, alpha=4)
+    av.save_pretrained(tmp_path / "init")
+    before = {n: p.detach().clone() for n, p in av.model.named_parameters()}
+    _, res = train_av(AVTrainConfig(init=str(tmp_path / "init"), data=str(data), out_dir=str(tmp_path / "run"),
+                                    max_steps=2, batch_size=4, lr=1e-2, eval_fraction=0.25, samples=0, eval_every=0))
+    assert res.extra["injection_scale"] == 7.0 and res.extra["train_rows"] < 14
+    out = ActivationVerbalizer.from_pretrained(tmp_path / "run" / "final")
+    assert is_lora(out.model) and out.injection_scale == 7.0 and out.marker == av.marker
+    after = dict(out.model.named_parameters())
+    changed = {n for n, p in before.items() if not torch.equal(p, after[n])}
+    assert changed and all("lora_B" in n or "lora_A" in n for n in changed)
+    with pytest.raises(NLAError, match="--lora"):
+        train_av(AVTrainConfig(init=str(tmp_path / "init"), data=str(data), out_dir=str(tmp_path / "x"), lora=True))

@@ -9,9 +9,10 @@ Stages, each writing into ``<run_dir>/<stage>/`` and finishing with a ``<run_dir
     av_sft   -> av_sft/final               the AV trained on teacher text
     rl       -> rl/final/{av,ar}           joint GRPO (rl split)
     export   -> export/nla/{av,ar}         the RL pair as LoRA adapters on the base model (:mod:`nla.export`)
-    refit    -> refit/final                the exported AR refit on the exported AV's own explanations
-                                           of ar_sft rows (:mod:`nla.verbalize`; the offline form of
-                                           RL's online AR updates)
+    refit    -> refit/{av,ar}/final        the export is lossy, so the RL AV explains ar_sft rows
+                                           (:mod:`nla.verbalize`); the LoRA AV is distilled on those
+                                           explanations and the LoRA AR refit on them (the offline form
+                                           of RL's online AR updates)
     eval     -> eval/card.json             the stage ladder with controls (see :mod:`nla.evaluate`)
     ship     -> ship/nla/{av,ar,card.json} the compact NLA (what ships as the package default)
 
@@ -87,8 +88,10 @@ class PipelineConfig:
     rl_lora: bool = option(False, "RL with LoRA on the AV.")
     export_rank: int = option(16, "LoRA rank of the exported AV and AR.")
     export_dtype: str = option("float16", "Storage type of the exported adapters.", choices=["float16", "bfloat16", "float32"])
-    refit_rows: int = option(1024, "ar_sft rows the exported AV explains for the AR refit (0 = skip the refit).")
-    refit_steps: int = option(150, "AR refit optimizer steps.")
+    refit_rows: int = option(1024, "ar_sft rows the RL AV explains for the refit of the exported pair (0 = no refit).")
+    distill_steps: int = option(100, "Steps distilling the RL AV's explanations into the exported LoRA AV (0 = none).")
+    distill_lr: float = option(1e-4, "Learning rate of that distillation.")
+    refit_steps: int = option(150, "Steps refitting the exported AR on the RL AV's explanations (0 = none).")
     refit_batch_size: int = option(16, "AR refit batch size.")
     refit_lr: float = option(1e-4, "AR refit learning rate (LoRA adapters + head).")
     eval_max_new_tokens: int = option(150, "Cap of the greedy explanations of the eval card and the refit.")
@@ -100,7 +103,8 @@ class PipelineConfig:
     ar_sft_options: dict[str, Any] = option({}, "Extra ARTrainConfig options (YAML mapping).")
     av_sft_options: dict[str, Any] = option({}, "Extra AVTrainConfig options (YAML mapping).")
     rl_options: dict[str, Any] = option({}, "Extra RLConfig options (YAML mapping).")
-    refit_options: dict[str, Any] = option({}, "Extra ARTrainConfig options of the refit (YAML mapping).")
+    distill_options: dict[str, Any] = option({}, "Extra AVTrainConfig options of the distillation (YAML mapping).")
+    refit_options: dict[str, Any] = option({}, "Extra ARTrainConfig options of the AR refit (YAML mapping).")
     eval_options: dict[str, Any] = option({}, "Extra EvalConfig options (YAML mapping).")
 
     def __post_init__(self) -> None:
@@ -256,33 +260,48 @@ class _Stages:
         return {"rank": rep.rank, "size_mib": round(rep.size_mib, 2), "kept_energy": rep.kept_energy,
                 "dropped": rep.dropped}
 
-    @property
-    def shipped_ar(self) -> Path:
-        refit = self.dir("refit") / "final"
-        return refit if refit.exists() else self.dir("export") / "nla" / "ar"
+    def shipped(self, role: str) -> Path:
+        """The shipped AV or AR: the refit one when the refit ran, else the plain export."""
+        refit = self.dir("refit") / role / "final"
+        return refit if refit.exists() else self.dir("export") / "nla" / role
 
     def refit(self) -> dict[str, Any]:
+        import pyarrow.parquet as pq
         import torch
 
         from nla.train_ar import ARTrainConfig, load_ar_data, train_ar
+        from nla.train_av import AVTrainConfig, train_av
         from nla.verbalize import VerbalizeConfig, verbalize
 
         c = self.cfg
         if c.refit_rows <= 0:
-            return {"skipped": "refit_rows is 0: the exported AR ships as it is"}
+            return {"skipped": "refit_rows is 0: the plain export ships"}
         exported = self.dir("export") / "nla"
-        text = verbalize(VerbalizeConfig(av=str(exported / "av"), data=str(self.acts), split="ar_sft",
-                                         out=str(self.dir("refit") / "av_text.parquet"), limit=c.refit_rows,
+        text = verbalize(VerbalizeConfig(av=str(self.dir("rl") / "final" / "av"), data=str(self.acts), split="ar_sft",
+                                         out=str(self.dir("refit") / "rl_av_text.parquet"), limit=c.refit_rows,
                                          max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
                                          device="cuda" if torch.cuda.is_available() else "cpu"))
-        if not load_ar_data(text).explanations:
-            return {"skipped": "the exported AV wrote no usable explanation: the exported AR ships as it is"}
-        ac = make_config(ARTrainConfig, {
-            **self._train_common(), "out_dir": str(self.dir("refit")), "data": str(text), "init": str(exported / "ar"),
-            "eval_data": str(self.teach_out("eval")), "max_steps": c.refit_steps, "batch_size": c.refit_batch_size,
-            "lr": c.refit_lr, "save_adapter_only": True, **c.refit_options}, source="refit options")  # fmt: skip
-        res = train_ar(ac)
-        return {"rows": c.refit_rows, "steps": res.steps, "final_loss": res.final_loss, "eval_on_teacher_text": res.final_eval}
+        out: dict[str, Any] = {"rows": c.refit_rows}
+        finished = [ok and not cut for ok, cut in zip(*pq.read_table(text, columns=["tag_ok", "truncated"]).to_pydict().values(),
+                                                    strict=True)]
+        out["finished_rows"] = sum(finished)
+        if c.distill_steps > 0 and sum(finished) >= 2:
+            vc = make_config(AVTrainConfig, {
+                **self._train_common(), "out_dir": str(self.dir("refit") / "av"), "data": str(text),
+                "init": str(exported / "av"), "max_steps": c.distill_steps, "batch_size": c.av_batch_size,
+                "lr": c.distill_lr, "max_response_tokens": c.eval_max_new_tokens, "samples": 0,
+                **c.distill_options}, source="distill options")  # fmt: skip
+            _, res = train_av(vc)
+            out["av"] = {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval}
+        if c.refit_steps > 0 and load_ar_data(text).explanations:
+            ac = make_config(ARTrainConfig, {
+                **self._train_common(), "out_dir": str(self.dir("refit") / "ar"), "data": str(text),
+                "init": str(exported / "ar"), "eval_data": str(self.teach_out("eval")), "max_steps": c.refit_steps,
+                "batch_size": c.refit_batch_size, "lr": c.refit_lr, "save_adapter_only": True,
+                **c.refit_options}, source="refit options")  # fmt: skip
+            res = train_ar(ac)
+            out["ar"] = {"steps": res.steps, "final_loss": res.final_loss, "eval_on_teacher_text": res.final_eval}
+        return out
 
     def eval(self) -> dict[str, Any]:
         from nla.evaluate import EvalConfig, evaluation_card, format_card
@@ -293,7 +312,7 @@ class _Stages:
         ec = make_config(EvalConfig, {
             "av": str(self.dir("rl") / "final" / "av"), "ar": str(self.dir("rl") / "final" / "ar"),
             "sft_av": str(self.dir("av_sft") / "final"), "sft_ar": str(self.dir("ar_sft") / "final"),
-            "stage": [f"shipped={self.dir('export') / 'nla' / 'av'},{self.shipped_ar}"],
+            "stage": [f"shipped={self.shipped('av')},{self.shipped('ar')}"],
             "data": str(self.teach_out("eval")), "train_data": str(self.teach_out("ar_sft")), "rows": c.eval_rows,
             "max_new_tokens": c.eval_max_new_tokens, "seed": c.seed, "out": str(self.dir("eval") / "card.json"),
             "compute": str(compute), **c.eval_options}, source="eval options")  # fmt: skip
@@ -325,12 +344,9 @@ class _Stages:
         from nla.paths import atomic_dir
 
         with atomic_dir(self.nla_dir) as tmp:
-            shutil.copytree(self.dir("export") / "nla" / "av", tmp / "av")
-            shutil.copytree(self.shipped_ar, tmp / "ar")
-            for junk in ("checkpoint", "metrics.jsonl", "run.json"):
-                if (tmp / "ar" / junk).exists():
-                    raise NLAError(f"unexpected {junk} in {self.shipped_ar}")
-            drop_tokenizer_files(tmp / "ar")
+            for role in ("av", "ar"):
+                shutil.copytree(self.shipped(role), tmp / role)
+                drop_tokenizer_files(tmp / role)
             shutil.copy(self.dir("eval") / "card.json", tmp / "card.json")
         size = sum(f.stat().st_size for f in self.nla_dir.rglob("*") if f.is_file()) / 2**20
         log.info("the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it",

@@ -59,6 +59,8 @@ class AVTrainConfig(TrainConfig):
     injection_scale: float | None = option(None, "Norm the injected vector is rescaled to; default: a round number just above the mean training norm.")
     template: str = option(DEFAULT_AV_TEMPLATE, "AV instruction; must contain <concept>{injection_char}</concept>.")
     max_response_tokens: int = option(160, "Responses are cut to this many tokens (end-of-turn included).")
+    init: str = option("", "Start from this AV checkpoint (full, or a LoRA adapter whose adapter then trains) "
+                       "instead of a fresh copy of the target; its marker, scale and template are kept.")
     lora: bool = option(False, "Train LoRA adapters instead of all weights.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: float = option(32.0, "LoRA alpha.")
@@ -134,11 +136,18 @@ def load_av_data(path: str | Path) -> AVData:
         vecs[torch.from_numpy(ok_len)] = torch.from_numpy(flat.reshape(-1, d))
     finite = torch.isfinite(vecs).all(-1) & torch.from_numpy(ok_len)
     nonzero = vecs.abs().sum(-1) > 0
+    # rows an AV wrote (``nla verbalize``) without finishing are not training targets
+    finished = [True] * n
+    for flag, bad in (("tag_ok", False), ("truncated", True)):
+        if flag in cols:
+            finished = [f and v is not bad for f, v in zip(finished, table.column(flag).to_pylist(), strict=True)]
     has_resp = torch.tensor([bool(r) for r in responses])
+    unfinished = torch.tensor([not f for f in finished], dtype=torch.bool)
     skipped["non_finite"] = int((torch.from_numpy(ok_len) & ~torch.isfinite(vecs).all(-1)).sum())
     skipped["zero_vector"] = int((finite & ~nonzero).sum())
     skipped["empty_response"] = int((finite & nonzero & ~has_resp).sum())
-    keep = finite & nonzero & has_resp
+    skipped["unfinished_response"] = int((finite & nonzero & has_resp & unfinished).sum())
+    keep = finite & nonzero & has_resp & ~unfinished
     if any(skipped.values()):
         log.warning("%s: skipped %d of %d rows (%s)", path, n - int(keep.sum()), n,
                     ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
@@ -211,28 +220,39 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
             raise NLAError(f"eval data shares {len(overlap)} documents with the training data (e.g. {sorted(overlap)[0]}); split by document")
     else:
         train, held = split_by_document(data, cfg.eval_fraction, cfg.seed)
-    model_name, layer = _resolve(cfg, data.meta)
-    target = load_target(model_name)
-    if train.vectors.shape[1] != target.d_model:
-        raise NLAError(f"the vectors have {train.vectors.shape[1]} dimensions but {model_name} has d_model {target.d_model}")
-    if held is not None and held.vectors.shape[1] != target.d_model:
-        raise NLAError(f"the eval vectors have {held.vectors.shape[1]} dimensions, expected {target.d_model}")
-    layer = target.default_layer if layer is None else layer
-    scale = cfg.injection_scale if cfg.injection_scale is not None else default_injection_scale(train.vectors)
-    log.info("AV-SFT on %d rows (%d docs), eval %d rows; target %s layer %d, injection scale %g (mean norm %.1f)",
-             len(train.responses), len(set(train.doc_ids)), 0 if held is None else len(held.responses),
-             model_name, layer, scale, float(train.vectors.norm(dim=-1).mean()))
-    corpus = train.responses[:2000]
-    av = ActivationVerbalizer.from_target(target, injection_scale=scale, layer=layer, template=cfg.template,
-                                          corpus_texts=corpus)
-    av.eval_meta = {"baseline_mse": mean_baseline(train.vectors), "baseline": "mean of the normalised training vectors"}
-    del target
-    if cfg.lora:
-        from nla.lora import apply_lora
+    from nla.lora import apply_lora, is_lora
 
-        av.model = apply_lora(av.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    model_name, layer = _resolve(cfg, data.meta)
+    if cfg.init:  # the model, marker, scale and template come from the checkpoint
+        av = ActivationVerbalizer.from_pretrained(cfg.init)
+        if cfg.lora:
+            raise NLAError("--lora needs a fresh AV; a LoRA --init keeps training its own adapter")
+        model_name, d_model, layer = av.base_model or cfg.init, av.d_model, av.layer if layer is None else layer
+        if av.layer != layer:
+            raise NLAError(f"--init {cfg.init} reads layer {av.layer} but the data comes from layer {layer}")
+        for name, p in av.model.named_parameters():  # an adapter trains its LoRA factors (and saved norms)
+            p.requires_grad_(not is_lora(av.model) or "lora_" in name or "modules_to_save" in name)
+        scale = av.injection_scale
     else:
-        av.model.requires_grad_(True)
+        target = load_target(model_name)
+        d_model = target.d_model
+        layer = target.default_layer if layer is None else layer
+        scale = cfg.injection_scale if cfg.injection_scale is not None else default_injection_scale(train.vectors)
+    for name, part in (("", train), ("eval ", held)):
+        if part is not None and part.vectors.shape[1] != d_model:
+            raise NLAError(f"the {name}vectors have {part.vectors.shape[1]} dimensions but {model_name} has d_model {d_model}")
+    log.info("AV-SFT on %d rows (%d docs), eval %d rows; target %s layer %d, injection scale %g (mean norm %.1f)%s",
+             len(train.responses), len(set(train.doc_ids)), 0 if held is None else len(held.responses),
+             model_name, layer, scale, float(train.vectors.norm(dim=-1).mean()), f", from {cfg.init}" if cfg.init else "")
+    if not cfg.init:
+        av = ActivationVerbalizer.from_target(target, injection_scale=scale, layer=layer, template=cfg.template,
+                                              corpus_texts=train.responses[:2000])
+        del target
+        if cfg.lora:
+            av.model = apply_lora(av.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        else:
+            av.model.requires_grad_(True)
+    av.eval_meta = {"baseline_mse": mean_baseline(train.vectors), "baseline": "mean of the normalised training vectors"}
     resp_ids = [av.response_ids(r, cfg.max_response_tokens) for r in train.responses]
     cut = sum(len(x) >= cfg.max_response_tokens for x in resp_ids)
     if cut:
