@@ -82,6 +82,11 @@ def test_export_reloads_to_the_tuned_models(tmp_path: Path) -> None:
 
     rep16 = export_nla(tmp_path / "av", tmp_path / "ar", tmp_path / "half", rank=1)  # lossy, fp16 storage
     assert rep16.kept_energy["av"] < 1.0 and rep16.size_mib < rep.size_mib
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "half" / "av" / "adapter_model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert ActivationVerbalizer.from_pretrained(tmp_path / "half" / "av").model.dtype == torch.float32
 
 
 def test_export_rejects_mismatched_pairs_and_leaves_nothing(tmp_path: Path) -> None:

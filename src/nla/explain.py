@@ -314,7 +314,7 @@ class NLA:
     @classmethod
     def from_pretrained(
         cls,
-        av: str | os.PathLike[str],
+        av: str | os.PathLike[str] | None = None,
         ar: str | os.PathLike[str] | None = None,
         *,
         target: str | Target | None = None,
@@ -325,10 +325,13 @@ class NLA:
         """Load an AV (and AR) checkpoint, ours or official (HF dir + ``nla_meta.yaml``), or hub ids.
 
         ``target`` defaults to the AV sidecar's ``extraction.base_model``. ``baseline`` overrides the
-        sidecar's ``eval.baseline_mse``.
+        sidecar's ``eval.baseline_mse``. Without ``av``: the NLA shipped with the package (AV and AR).
         """
         from nla.av import ActivationVerbalizer
         from nla.target import Target, load_target
+
+        if av is None:
+            av, ar = resolve_nla_paths(None, None if ar is None else str(ar))
 
         av_path, av_meta = local_checkpoint(av)
         ar_path, ar_meta = local_checkpoint(ar) if ar is not None else (None, None)

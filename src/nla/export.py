@@ -137,10 +137,19 @@ class ExportReport:
     size_mib: float
 
 
-def _cast_lora(model: nn.Module, dtype: torch.dtype) -> None:
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            p.data = p.data.to(dtype)
+def cast_adapter(path: Path, dtype: str) -> None:
+    """Rewrite the adapter weights in checkpoint directory ``path`` in ``dtype`` (loading casts them back)."""
+    from safetensors.torch import load_file, save
+
+    from nla.lora import ADAPTER_WEIGHTS
+    from nla.paths import atomic_write_bytes
+
+    file = Path(path) / ADAPTER_WEIGHTS
+    if not file.exists():
+        raise NLAError(f"{path} holds no {ADAPTER_WEIGHTS}")
+    kind = getattr(torch, dtype)
+    tensors = {k: (v.to(kind) if v.is_floating_point() else v) for k, v in load_file(str(file)).items()}
+    atomic_write_bytes(file, save(tensors, metadata={"format": "pt"}))
 
 
 def drop_tokenizer_files(path: Path) -> None:
@@ -178,7 +187,6 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
     from nla.lora import is_lora
     from nla.target import load_target
 
-    store = getattr(torch, dtype)
     av = ActivationVerbalizer.from_pretrained(av_dir)
     ar = ActivationReconstructor.from_pretrained(ar_dir)
     for name, base, adapter in (("AV", av.base_model, is_lora(av.model)), ("AR", ar.base_model, ar.has_lora)):
@@ -192,21 +200,20 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
     out = Path(out)
     with atomic_dir(out) as tmp:
         av.model, av_rep = extract_lora(av.model, load_target(av.base_model).model, rank=rank, atol=1e-6)
-        _cast_lora(av.model, store)
         av.save_pretrained(tmp / "av")
 
         small = ActivationReconstructor.from_target(load_target(ar.base_model), ar.layer, template=ar.template)
         small.backbone, ar_rep = extract_lora(ar.backbone, small.backbone, rank=rank, atol=1e-6)
         small.head.weight.data.copy_(ar.head.weight.data)
         small.max_length, small.eval_meta = ar.max_length, dict(ar.eval_meta)
-        _cast_lora(small.backbone, store)
         small.save_pretrained(tmp / "ar", adapter_only=True)
-        if not keep_tokenizer:
-            drop_tokenizer_files(tmp / "av")
-            drop_tokenizer_files(tmp / "ar")
+        for role in ("av", "ar"):
+            cast_adapter(tmp / role, dtype)
+            if not keep_tokenizer:
+                drop_tokenizer_files(tmp / role)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     return ExportReport(out=out, rank=rank, kept_energy={"av": av_rep.kept_energy, "ar": ar_rep.kept_energy},
                         dropped={"av": av_rep.dropped, "ar": ar_rep.dropped}, size_mib=size)
 
 
-__all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "drop_tokenizer_files", "export_nla", "extract_lora", "lowrank_factors"]
+__all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "cast_adapter", "drop_tokenizer_files", "export_nla", "extract_lora", "lowrank_factors"]

@@ -340,12 +340,13 @@ class _Stages:
         return self.dir("ship") / "nla"
 
     def ship(self) -> dict[str, Any]:
-        from nla.export import drop_tokenizer_files
+        from nla.export import cast_adapter, drop_tokenizer_files
         from nla.paths import atomic_dir
 
         with atomic_dir(self.nla_dir) as tmp:
-            for role in ("av", "ar"):
+            for role in ("av", "ar"):  # the refit adapters trained in fp32: store them compactly again
                 shutil.copytree(self.shipped(role), tmp / role)
+                cast_adapter(tmp / role, self.cfg.export_dtype)
                 drop_tokenizer_files(tmp / role)
             shutil.copy(self.dir("eval") / "card.json", tmp / "card.json")
         size = sum(f.stat().st_size for f in self.nla_dir.rglob("*") if f.is_file()) / 2**20

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from nla.config import option
 from nla.errors import NLAError
 from nla.meta import MODEL_SIDECAR, SIDECAR_SUFFIX, dataset_sidecar_path, read_sidecar, write_sidecar
-from nla.paths import cache_dir
+from nla.paths import atomic_write_bytes, cache_dir
 from nla.teachers import INSTRUCTION_VERSION, Teacher, TeacherOptions, make_teacher, parse_answer, public_url
 from nla.text import wrap_explanation
 
@@ -186,19 +186,8 @@ def _open_work(work: Path, manifest: dict[str, Any]) -> dict[int, pa.Table]:
             raise NLAError(f"{work} holds an unfinished run with different {', '.join(diff)}; delete it or choose another --out")
     else:
         work.mkdir(parents=True, exist_ok=True)
-        _atomic_bytes(mpath, json.dumps(manifest, indent=1).encode("utf-8"))
+        atomic_write_bytes(mpath, json.dumps(manifest, indent=1).encode("utf-8"))
     return {int(p.stem.split("-")[1]): pq.read_table(p) for p in sorted(work.glob("chunk-*.parquet"))}
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_table(table: pa.Table, path: Path) -> None:
