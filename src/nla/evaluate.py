@@ -148,6 +148,7 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     if not cfg.data or not (cfg.ar or cfg.sft_ar):
         raise NLAError("nla eval needs --data and at least one AR (--ar or --sft-ar)")
     extra = parse_stages(cfg.stage)
+    compute = read_compute(cfg.compute) if cfg.compute else None  # fail before the long work, not after
     held = load_vectors(cfg.data, cfg.split)
     vecs = held.vectors[: cfg.rows]
     train = load_vectors(cfg.train_data, cfg.train_split).vectors if cfg.train_data else held.vectors
@@ -187,8 +188,8 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
          **{k: v[i] for k, v in texts.items()}}
         for i in spread_rows(held.doc_ids[: int(vecs.shape[0])], cfg.examples)
     ]
-    if cfg.compute:
-        card["compute"] = read_compute(cfg.compute)
+    if compute is not None:
+        card["compute"] = compute
     if cfg.out:
         atomic_write_text(Path(cfg.out), json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     return card

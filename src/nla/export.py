@@ -137,7 +137,7 @@ class ExportReport:
     size_mib: float
 
 
-def cast_adapter(path: Path, dtype: str) -> None:
+def cast_adapter(path: str | Path, dtype: str) -> None:
     """Rewrite the adapter weights in checkpoint directory ``path`` in ``dtype`` (loading casts them back)."""
     from safetensors.torch import load_file, save
 
@@ -152,10 +152,10 @@ def cast_adapter(path: Path, dtype: str) -> None:
     atomic_write_bytes(file, save(tensors, metadata={"format": "pt"}))
 
 
-def drop_tokenizer_files(path: Path) -> None:
+def drop_tokenizer_files(path: str | Path) -> None:
     """Remove the tokenizer files of a checkpoint directory (loading then takes the base model's)."""
     for name in TOKENIZER_FILES:
-        (path / name).unlink(missing_ok=True)
+        (Path(path) / name).unlink(missing_ok=True)
 
 
 @dataclass
