@@ -36,7 +36,7 @@ def test_default_explains_offline_and_differs_across_inputs(tmp_path, smollm2, c
     html, jsonl = tmp_path / "r.html", tmp_path / "r.jsonl"
     assert main(["explain", "The Eiffel Tower is in Paris.", "--positions", "last", "--max-new-tokens", "40",
                  "--html", str(html), "--jsonl", str(jsonl)]) == 0
-    assert "Paris" in capsys.readouterr().out and html.stat().st_size > 1000
+    assert "EMPTY explanation" in capsys.readouterr().out and html.stat().st_size > 1000
     rec = json.loads(jsonl.read_text().splitlines()[0])
     assert rec["fve"] is not None and rec["raw"]
     nla = NLA.from_pretrained(target=smollm2)  # the shipped default, AV and AR
