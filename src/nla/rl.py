@@ -50,6 +50,7 @@ from nla.lora import apply_lora, is_lora
 from nla.metrics import fve_nrm, mse_nrm
 from nla.paths import atomic_dir, atomic_write_text
 from nla.train_ar import Baseline
+from nla.trainer import load_trainable_state, trainable_state
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +175,6 @@ RewardFn = Callable[[Rollouts], torch.Tensor]
 def _rng_state() -> dict[str, Any]:
     # sampling is seeded per (step, rank); the torch stream is saved for anything else that draws from it
     return {"torch": torch.get_rng_state()}
-
-
-def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(params) != set(weights):
-        raise NLAError(f"the RL checkpoint's {what} weights do not match the model: use the same options or another out_dir")
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w)
 
 
 class RLTrainer:
@@ -465,8 +453,8 @@ class RLTrainer:
             state = {"step": self.step, "elapsed": self.elapsed, "rng": _rng_state(),
                      "av_opt": self.av_opt.state_dict(), "ar_opt": None if self.ar_opt is None else self.ar_opt.state_dict()}
             with atomic_dir(self.out_dir / CHECKPOINT) as tmp:
-                save_file(_trainable(self.av.model), str(tmp / "av.safetensors"))
-                save_file(_trainable(self.ar), str(tmp / "ar.safetensors"))
+                save_file(trainable_state(self.av.model), str(tmp / "av.safetensors"))
+                save_file(trainable_state(self.ar), str(tmp / "ar.safetensors"))
                 torch.save(state, tmp / "state.pt")
         self.accel.wait_for_everyone()
 
@@ -477,8 +465,8 @@ class RLTrainer:
         if not (ckpt / "state.pt").exists():
             return False
         state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
-        _load_trainable(self.av.model, load_file(str(ckpt / "av.safetensors")), "AV")
-        _load_trainable(self.ar, load_file(str(ckpt / "ar.safetensors")), "AR")
+        load_trainable_state(self.av.model, load_file(str(ckpt / "av.safetensors")), f"{ckpt} (AV)")
+        load_trainable_state(self.ar, load_file(str(ckpt / "ar.safetensors")), f"{ckpt} (AR)")
         self.av_opt.load_state_dict(state["av_opt"])
         if self.ar_opt is not None and state["ar_opt"] is not None:
             self.ar_opt.load_state_dict(state["ar_opt"])

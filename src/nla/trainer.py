@@ -190,8 +190,24 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
-def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters of ``model`` on the CPU, by name (what a resumable checkpoint stores)."""
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Copy ``weights`` into the trainable parameters of ``model``; they must match name for name."""
+    params = dict(model.named_parameters())
+    wanted = {n for n, p in params.items() if p.requires_grad}
+    if set(weights) != wanted:
+        raise NLAError(
+            f"checkpoint {where} does not match the model's trainable parameters "
+            f"({len(set(weights) - wanted)} unexpected, {len(wanted - set(weights))} missing): "
+            "change out_dir or use the same model options as the interrupted run"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
 
 
 def _kept(record: dict[str, Any], step: int) -> bool:
@@ -441,7 +457,7 @@ def _save_checkpoint(
             "rng": _rng_state(),
         }
         with atomic_dir(path) as tmp:
-            save_file(_trainable_state(accel.unwrap_model(model)), str(tmp / WEIGHTS))
+            save_file(trainable_state(accel.unwrap_model(model)), str(tmp / WEIGHTS))
             torch.save(state, tmp / STATE)
     accel.wait_for_everyone()
 
@@ -449,21 +465,10 @@ def _save_checkpoint(
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / WEIGHTS))
-    params = dict(model.named_parameters())
-    wanted = {n for n, p in params.items() if p.requires_grad}
-    if set(weights) != wanted:
-        raise NLAError(
-            f"checkpoint {path} does not match the model's trainable parameters "
-            f"({len(set(weights) - wanted)} unexpected, {len(wanted - set(weights))} missing): "
-            "change out_dir or use the same model options as the interrupted run"
-        )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+    load_trainable_state(model, load_file(str(path / WEIGHTS)), str(path))
     state = torch.load(path / STATE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     return state
 
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "lr_at", "to_device"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "load_trainable_state", "lr_at", "to_device", "trainable_state"]
