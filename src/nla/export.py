@@ -27,7 +27,7 @@ from torch import nn
 
 from nla.config import option
 from nla.errors import NLAError
-from nla.paths import atomic_dir
+from nla.paths import atomic_dir, dir_size_mib
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,12 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
         raise NLAError(f"the AV is based on {av.base_model!r} but the AR on {ar.base_model!r}")
 
     out = Path(out)
+    base = load_target(av.base_model)  # one load: the AR copies its blocks before the AV wraps the model
+    small = ActivationReconstructor.from_target(base, ar.layer, template=ar.template)
     with atomic_dir(out) as tmp:
-        av.model, av_rep = extract_lora(av.model, load_target(av.base_model).model, rank=rank, atol=1e-6)
+        av.model, av_rep = extract_lora(av.model, base.model, rank=rank, atol=1e-6)
         av.save_pretrained(tmp / "av")
 
-        small = ActivationReconstructor.from_target(load_target(ar.base_model), ar.layer, template=ar.template)
         small.backbone, ar_rep = extract_lora(ar.backbone, small.backbone, rank=rank, atol=1e-6)
         small.head.weight.data.copy_(ar.head.weight.data)
         small.max_length, small.eval_meta = ar.max_length, dict(ar.eval_meta)
@@ -211,9 +212,8 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
             cast_adapter(tmp / role, dtype)
             if not keep_tokenizer:
                 drop_tokenizer_files(tmp / role)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     return ExportReport(out=out, rank=rank, kept_energy={"av": av_rep.kept_energy, "ar": ar_rep.kept_energy},
-                        dropped={"av": av_rep.dropped, "ar": ar_rep.dropped}, size_mib=size)
+                        dropped={"av": av_rep.dropped, "ar": ar_rep.dropped}, size_mib=dir_size_mib(out))
 
 
 __all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "cast_adapter", "drop_tokenizer_files", "export_nla", "extract_lora", "lowrank_factors"]

@@ -65,3 +65,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dir_size_mib(path: Path) -> float:
+    """Total size of the files under ``path``, in MiB."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20

@@ -269,7 +269,7 @@ class _Stages:
         import pyarrow.parquet as pq
         import torch
 
-        from nla.train_ar import ARTrainConfig, load_ar_data, train_ar
+        from nla.train_ar import ARTrainConfig, train_ar
         from nla.train_av import AVTrainConfig, train_av
         from nla.verbalize import VerbalizeConfig, verbalize
 
@@ -282,8 +282,8 @@ class _Stages:
                                          max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
                                          device="cuda" if torch.cuda.is_available() else "cpu"))
         out: dict[str, Any] = {"rows": c.refit_rows}
-        finished = [ok and not cut for ok, cut in zip(*pq.read_table(text, columns=["tag_ok", "truncated"]).to_pydict().values(),
-                                                    strict=True)]
+        cols = pq.read_table(text, columns=["explanation", "tag_ok", "truncated"]).to_pydict()
+        finished = [ok and not cut for ok, cut in zip(cols["tag_ok"], cols["truncated"], strict=True)]
         out["finished_rows"] = sum(finished)
         if c.distill_steps > 0 and sum(finished) >= 2:
             vc = make_config(AVTrainConfig, {
@@ -293,7 +293,7 @@ class _Stages:
                 **c.distill_options}, source="distill options")  # fmt: skip
             _, res = train_av(vc)
             out["av"] = {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval}
-        if c.refit_steps > 0 and load_ar_data(text).explanations:
+        if c.refit_steps > 0 and any(e.strip() for e in cols["explanation"]):
             ac = make_config(ARTrainConfig, {
                 **self._train_common(), "out_dir": str(self.dir("refit") / "ar"), "data": str(text),
                 "init": str(exported / "ar"), "eval_data": str(self.teach_out("eval")), "max_steps": c.refit_steps,
@@ -341,7 +341,7 @@ class _Stages:
 
     def ship(self) -> dict[str, Any]:
         from nla.export import cast_adapter, drop_tokenizer_files
-        from nla.paths import atomic_dir
+        from nla.paths import atomic_dir, dir_size_mib
 
         with atomic_dir(self.nla_dir) as tmp:
             for role in ("av", "ar"):  # the refit adapters trained in fp32: store them compactly again
@@ -349,7 +349,7 @@ class _Stages:
                 cast_adapter(tmp / role, self.cfg.export_dtype)
                 drop_tokenizer_files(tmp / role)
             shutil.copy(self.dir("eval") / "card.json", tmp / "card.json")
-        size = sum(f.stat().st_size for f in self.nla_dir.rglob("*") if f.is_file()) / 2**20
+        size = dir_size_mib(self.nla_dir)
         log.info("the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it",
                  self.nla_dir, size, self.nla_dir, self.nla_dir)
         return {"dir": str(self.nla_dir), "size_mib": round(size, 2)}

@@ -176,7 +176,7 @@ def _fingerprint(contexts: list[str]) -> str:
     return h.hexdigest()
 
 
-def _open_work(work: Path, manifest: dict[str, Any]) -> dict[int, pa.Table]:
+def open_work(work: Path, manifest: dict[str, Any]) -> dict[int, pa.Table]:
     """Create ``work`` or check that it belongs to the same run; return the finished chunks."""
     mpath = work / "manifest.json"
     if mpath.exists():
@@ -190,7 +190,7 @@ def _open_work(work: Path, manifest: dict[str, Any]) -> dict[int, pa.Table]:
     return {int(p.stem.split("-")[1]): pq.read_table(p) for p in sorted(work.glob("chunk-*.parquet"))}
 
 
-def _write_table(table: pa.Table, path: Path) -> None:
+def write_table(table: pa.Table, path: Path) -> None:
     """Write a parquet file through a temporary file and a rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -281,7 +281,7 @@ def teach(cfg: TeachConfig, teacher: Teacher | None = None, *, cache: AnswerCach
         "data": str(data.resolve()), "split": cfg.split, "n_rows": n, "chunk_size": cfg.chunk_size,
         "inputs": _fingerprint(contexts), "teacher": teacher.name, "model": teacher.model, "version": teacher.version,
     }  # fmt: skip
-    done = _open_work(work, manifest)
+    done = open_work(work, manifest)
     n_chunks = math.ceil(n / cfg.chunk_size)
     resumed = sum(t.num_rows for i, t in done.items() if i < n_chunks)
     if resumed:
@@ -304,7 +304,7 @@ def teach(cfg: TeachConfig, teacher: Teacher | None = None, *, cache: AnswerCach
                     "drop_reason": pa.array([r for _, r in parsed], pa.string()),
                 }
             )
-            _write_table(chunk, work / f"chunk-{ci:05d}.parquet")
+            write_table(chunk, work / f"chunk-{ci:05d}.parquet")
             done[ci] = chunk
     finally:
         bar.close()
@@ -332,11 +332,12 @@ def teach(cfg: TeachConfig, teacher: Teacher | None = None, *, cache: AnswerCach
         "explanation_format": EXPLANATION_FORMAT, "instruction_version": INSTRUCTION_VERSION,
     }  # fmt: skip
     write_sidecar(dataset_sidecar_path(out), meta)
-    _write_table(output, out)
+    write_table(output, out)
     shutil.rmtree(work, ignore_errors=True)
     res = TeachResult(out, n, len(keep), drops, asker.asked, asker.cached, resumed, time.perf_counter() - t0)
     log.info("wrote %d/%d rows to %s (drops: %s) in %.1f s", res.n_kept, n, out, drops or "none", res.seconds)
     return res
 
 
-__all__ = ["AnswerCache", "TeachConfig", "TeachResult", "default_cache", "input_sidecar", "read_input", "teach"]
+__all__ = ["AnswerCache", "TeachConfig", "TeachResult", "default_cache", "input_sidecar", "open_work", "read_input",
+           "teach", "write_table"]

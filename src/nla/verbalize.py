@@ -29,7 +29,7 @@ from nla.activations import vectors as table_vectors
 from nla.config import option
 from nla.errors import NLAError
 from nla.meta import dataset_sidecar_path, write_sidecar
-from nla.teach import _open_work, _write_table, input_sidecar, read_input
+from nla.teach import input_sidecar, open_work, read_input, write_table
 from nla.text import text_for_ar
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
                 "inputs": hashlib.sha256(vectors.numpy().tobytes()).hexdigest(),
                 "av": str(Path(cfg.av).resolve()), "max_new_tokens": cfg.max_new_tokens,
                 "do_sample": cfg.do_sample, "temperature": cfg.temperature, "seed": cfg.seed}
-    done = _open_work(work, manifest)
+    done = open_work(work, manifest)
     n_chunks = math.ceil(n / cfg.chunk_size)
     resumed = sum(t.num_rows for i, t in done.items() if i < n_chunks)
     if resumed:
@@ -103,7 +103,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
                 "tag_ok": pa.array([e is not None for e in resp.explanations], pa.bool_()),
                 "truncated": pa.array([bool(t) for t in resp.truncated], pa.bool_()),
             })
-            _write_table(chunk, work / f"chunk-{ci:05d}.parquet")
+            write_table(chunk, work / f"chunk-{ci:05d}.parquet")
             done[ci] = chunk
             bar.update(hi - lo)
     finally:
@@ -126,7 +126,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
                          "max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
                          "temperature": cfg.temperature}
     write_sidecar(dataset_sidecar_path(out), meta)
-    _write_table(output, out)
+    write_table(output, out)
     shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %d AV explanations to %s (%d without a closed tag) in %.1f s", n, out, tag_fail,
              time.perf_counter() - t0)
