@@ -87,6 +87,29 @@ def test_offline_teacher_is_deterministic_and_mentions_final_token_and_tail() ->
     assert "source code" in parse_answer(a1[1])[0] and "prose" in parse_answer(a1[0])[0]
 
 
+def test_offline_teacher_compact_style_puts_the_final_token_first() -> None:
+    t = tiny_target("llama")
+    ctx = "The quick brown fox jumps over the lazy dog. Paris is the capital of"
+    teacher = OfflineTeacher(TeacherOptions(tail_tokens=4, top_k=2, style="compact"), target=t)
+    expl, reason = parse_answer(teacher.answer([ctx])[0])
+    assert reason is None
+    final, before, setting = expl.split("\n")
+    ids = t.tokenizer(ctx, add_special_tokens=False).input_ids
+    assert final.startswith(f'Final token: "{readable(t.tokenizer.decode(ids[-1:]), [])}"') and final.count("%") == 2
+    assert before == f'Before it: "...{readable(t.tokenizer.decode(ids[-5:-1]), [])}"'
+    assert setting == "Setting: prose."
+    assert teacher.version != OfflineTeacher(TeacherOptions(tail_tokens=4, top_k=2), target=t).version  # separate cache keys
+    with pytest.raises(NLAError, match="unknown offline teacher style 'short'"):
+        OfflineTeacher(TeacherOptions(style="short"), target=t)
+
+
+def test_offline_teacher_names_a_turn_whose_role_is_still_being_written() -> None:
+    t = tiny_target("llama")
+    ctx = "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>ass"
+    expl, _ = parse_answer(OfflineTeacher(TeacherOptions(style="compact"), target=t).answer([ctx])[0])
+    assert expl.endswith("Setting: chat, at the start of a new turn.")
+
+
 def test_offline_teacher_shares_one_forward_per_document_prefix() -> None:
     t = tiny_target("llama")
     doc = "Paris is the capital of France. Berlin is the capital of Germany."

@@ -74,6 +74,8 @@ class TeachConfig:
     seed: int = option(0, "Seed of the retry jitter.")
     tail_tokens: int = option(16, "offline: tokens of the context tail to quote.")
     top_k: int = option(4, "offline: top next-token predictions of the target to list.")
+    style: str = option("full", "offline: 'full' (setting + salient words, tail quote, final token) or 'compact' "
+                        "(final token and next-token predictions first, a short quote, the setting; ~45 tokens).")
     batch_size: int = option(8, "hf/offline: sequences per generate/forward batch.")
     device: str = option("cpu", "hf/offline: torch device.")
 
@@ -82,7 +84,7 @@ class TeachConfig:
         return TeacherOptions(
             model=model, base_url=self.base_url, max_tokens=self.max_tokens, temperature=self.temperature,
             retries=self.retries, backoff=self.backoff, timeout=self.timeout, seed=self.seed,
-            tail_tokens=self.tail_tokens, top_k=self.top_k, batch_size=self.batch_size, device=self.device,
+            tail_tokens=self.tail_tokens, top_k=self.top_k, style=self.style, batch_size=self.batch_size, device=self.device,
         )  # fmt: skip
 
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
+from nla.errors import NLAError
 from nla.teachers import TeacherOptions, _LocalTeacher, readable, special_ids, special_strings
 
 log = logging.getLogger(__name__)
 
-OFFLINE_VERSION = "offline-v1"
+OFFLINE_VERSION = "offline-v2"  # v2: "at the start of a new turn" when the context ends inside a role name
+STYLES = ("full", "compact")
 _STOP = frozenset(
     """about above after again against also among another because been before being below between both
     could does doing down during each even every from further have having here hers herself himself into
@@ -93,7 +95,10 @@ class OfflineTeacher(_LocalTeacher):
     def __init__(self, opts: TeacherOptions | None = None, target: Any = None) -> None:
         super().__init__(opts, target)
         self.tail, self.top_k = max(1, self.opts.tail_tokens), max(1, self.opts.top_k)
-        self.version = f"{OFFLINE_VERSION}-t{self.tail}-k{self.top_k}"
+        if self.opts.style not in STYLES:
+            raise NLAError(f"unknown offline teacher style {self.opts.style!r}; choose one of {', '.join(STYLES)}")
+        self.style = self.opts.style
+        self.version = f"{OFFLINE_VERSION}-t{self.tail}-k{self.top_k}" + ("" if self.style == "full" else f"-{self.style}")
         self.max_batch = 512  # contexts per call: rows of one document in one call share a forward
         self.batch_tokens = 4096  # padded tokens per forward batch
         self.n_sequences = 0  # sequences forwarded so far (for tests and benchmarks)
@@ -170,21 +175,18 @@ class OfflineTeacher(_LocalTeacher):
 
         plain = re.sub("|".join(map(re.escape, specials)), " ", context) if specials else context
         turns = list(_TURN.finditer(context))
+        where = ""
         if turns:
             role = next(g for g in turns[-1].groups() if g)
-            where = f"just after the end of the {role}'s turn" if _TURN_END.search(context, turns[-1].end()) else f"inside the {role}'s turn"
-            head = f"Setting: a chat transcript ({len(turns)} turn{'s' if len(turns) > 1 else ''} so far), {where}"
-        elif len(_CODE.findall(plain)) >= 2:
-            head = "Setting: source code"
-        else:
-            head = "Setting: prose"
-        words = _salient(plain)
-        setting = f"{head}, about {len(plain.split())} words in" + (f"; salient words: {', '.join(words)}." if words else ".")
+            if turns[-1].end() == len(context.rstrip(" ")):  # the role name itself is still being written
+                where = "at the start of a new turn"
+            elif _TURN_END.search(context, turns[-1].end()):
+                where = f"just after the end of the {role}'s turn"
+            else:
+                where = f"inside the {role}'s turn"
+        code = not turns and len(_CODE.findall(plain)) >= 2
 
         decode = lambda x: tok.decode(x, clean_up_tokenization_spaces=False)  # noqa: E731
-        tail = readable(decode(ids[-self.tail :]), specials)
-        quote = f'The text ends with: "{"..." if len(ids) > self.tail else ""}{tail}"'
-
         pieces = [decode([x]) for x in ids[-8:]]
         sids = special_ids(tok)
         is_special = [x in sids for x in ids[-8:]]
@@ -192,6 +194,26 @@ class OfflineTeacher(_LocalTeacher):
         show = lambda s: '"' + readable(s, specials).replace('"', "'") + '"'  # noqa: E731
         top = torch.topk(p, min(self.top_k, p.shape[0]))
         preds = ", ".join(f"{show(decode([int(i)]))} {_pct(float(v))}" for v, i in zip(top.values, top.indices, strict=True))
+
+        if self.style == "compact":
+            before = ids[:-1][-self.tail :]
+            quote = readable(decode(before), specials).replace('"', "'") if before else ""
+            setting = f"chat, {where}" if turns else ("source code" if code else "prose")
+            lines = [
+                f"Final token: {show(pieces[-1])}, {kind}. Next: {preds}.",
+                f'Before it: "{"..." if len(ids) - 1 > self.tail else ""}{quote}"',
+                f"Setting: {setting}.",
+            ]
+            return wrap_explanation("\n".join(lines))
+
+        if turns:
+            head = f"Setting: a chat transcript ({len(turns)} turn{'s' if len(turns) > 1 else ''} so far), {where}"
+        else:
+            head = "Setting: source code" if code else "Setting: prose"
+        words = _salient(plain)
+        setting = f"{head}, about {len(plain.split())} words in" + (f"; salient words: {', '.join(words)}." if words else ".")
+        tail = readable(decode(ids[-self.tail :]), specials)
+        quote = f'The text ends with: "{"..." if len(ids) > self.tail else ""}{tail}"'
         classes = self._vocab_classes(tok, p.shape[0])
         mass = torch.zeros(len(_NEXT)).index_add_(0, classes, p)  # (C,)
         c = int(mass.argmax())
