@@ -98,3 +98,30 @@ def test_export_rejects_mismatched_pairs_and_leaves_nothing(tmp_path: Path) -> N
         export_nla(tmp_path / "av", tmp_path / "ar", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert main(["export", "--av", str(tmp_path / "av"), "--ar", str(tmp_path / "ar")]) == 2
+
+
+def test_export_copies_adapters_and_exports_a_mixed_pair(tmp_path: Path) -> None:
+    base = str(save_tiny_target(tmp_path / "base", "llama"))
+    av = ActivationVerbalizer.from_target(load_target(base), injection_scale=5.0, layer=1)
+    _perturb(av.model, embed=False)
+    av.save_pretrained(tmp_path / "av")
+    ar = ActivationReconstructor.from_target(load_target(base), 1)
+    _perturb(ar.backbone, embed=False)
+    ar.save_pretrained(tmp_path / "ar")
+    export_nla(tmp_path / "av", tmp_path / "ar", tmp_path / "small", rank=4, dtype="float32")
+    v = torch.randn(2, av.d_model)
+
+    # both already adapters: copied and cast, not re-factorised
+    rep = export_nla(tmp_path / "small" / "av", tmp_path / "small" / "ar", tmp_path / "again", rank=1)
+    assert rep.kept_energy == {"av": 1.0, "ar": 1.0}
+    again = ActivationVerbalizer.from_pretrained(tmp_path / "again" / "av")
+    torch.testing.assert_close(again.nll(v, RESPONSES), av.nll(v, RESPONSES), atol=2e-3, rtol=2e-3)  # fp16 storage
+    again_ar = ActivationReconstructor.from_pretrained(tmp_path / "again" / "ar")
+    torch.testing.assert_close(again_ar.predict(TEXTS), ar.predict(TEXTS), atol=2e-2, rtol=2e-2)
+
+    # an adapter AV beside a full AR: only the AR is factorised
+    rep = export_nla(tmp_path / "small" / "av", tmp_path / "ar", tmp_path / "mixed", rank=4, dtype="float32")
+    assert rep.kept_energy["av"] == 1.0 and rep.kept_energy["ar"] == pytest.approx(1.0)
+    assert ActivationReconstructor.from_pretrained(tmp_path / "mixed" / "ar").has_lora
+    torch.testing.assert_close(ActivationVerbalizer.from_pretrained(tmp_path / "mixed" / "av").nll(v, RESPONSES),
+                               av.nll(v, RESPONSES), atol=1e-4, rtol=1e-4)

@@ -162,8 +162,8 @@ def drop_tokenizer_files(path: str | Path) -> None:
 class ExportConfig:
     """Options of ``nla export``."""
 
-    av: str = option("", "Full AV checkpoint directory (e.g. runs/rl/final/av).")
-    ar: str = option("", "Full AR checkpoint directory (e.g. runs/rl/final/ar).")
+    av: str = option("", "AV checkpoint directory (e.g. runs/rl/final/av); a LoRA adapter is copied as it is.")
+    ar: str = option("", "AR checkpoint directory (e.g. runs/rl/final/ar); a LoRA adapter is copied as it is.")
     out: str = option("", "Output directory; receives av/ and ar/ (written atomically, replaced if present).")
     rank: int = option(16, "LoRA rank of the exported adapters (size grows linearly with it).")
     dtype: str = option("float16", "Storage type of the adapter factors.", choices=["float16", "bfloat16", "float32"])
@@ -180,8 +180,12 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
 
     ``dtype`` is the storage type of the adapter factors (the head stays float32). Without
     ``keep_tokenizer`` the tokenizer files are left out: loading takes them from the base model.
-    ``out`` is complete or absent: everything is written to a temporary directory and renamed.
+    ``out`` is complete or absent: everything is written to a temporary directory and renamed. A
+    checkpoint that already is a LoRA adapter (trained with ``--lora`` or continued with ``--init``) is
+    copied with its own rank and only cast to ``dtype``.
     """
+    import shutil
+
     from nla.ar import ActivationReconstructor
     from nla.av import ActivationVerbalizer
     from nla.lora import is_lora
@@ -189,31 +193,40 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
 
     av = ActivationVerbalizer.from_pretrained(av_dir)
     ar = ActivationReconstructor.from_pretrained(ar_dir)
-    for name, base, adapter in (("AV", av.base_model, is_lora(av.model)), ("AR", ar.base_model, ar.has_lora)):
+    adapter = {"av": is_lora(av.model), "ar": ar.has_lora}
+    for name, base in (("AV", av.base_model), ("AR", ar.base_model)):
         if not base:
             raise NLAError(f"the {name} checkpoint names no extraction.base_model: cannot export it as an adapter")
-        if adapter:
-            raise NLAError(f"the {name} checkpoint is already an adapter; export takes full checkpoints")
     if av.base_model != ar.base_model:
         raise NLAError(f"the AV is based on {av.base_model!r} but the AR on {ar.base_model!r}")
 
     out = Path(out)
-    base = load_target(av.base_model)  # one load: the AR copies its blocks before the AV wraps the model
-    small = ActivationReconstructor.from_target(base, ar.layer, template=ar.template)
+    kept: dict[str, float] = {}
+    dropped: dict[str, dict[str, float]] = {}
     with atomic_dir(out) as tmp:
-        av.model, av_rep = extract_lora(av.model, base.model, rank=rank, atol=1e-6)
-        av.save_pretrained(tmp / "av")
-
-        small.backbone, ar_rep = extract_lora(ar.backbone, small.backbone, rank=rank, atol=1e-6)
-        small.head.weight.data.copy_(ar.head.weight.data)
-        small.max_length, small.eval_meta = ar.max_length, dict(ar.eval_meta)
-        small.save_pretrained(tmp / "ar", adapter_only=True)
+        for role, src in (("av", av_dir), ("ar", ar_dir)):  # an adapter already is compact: copied as it is
+            if adapter[role]:
+                log.info("the %s is already a LoRA adapter: copied (its own rank), stored in %s", role.upper(), dtype)
+                shutil.copytree(src, tmp / role)
+                kept[role], dropped[role] = 1.0, {}
+        if not all(adapter.values()):
+            base = load_target(av.base_model)  # one load: the AR copies its blocks before the AV wraps the model
+            if not adapter["ar"]:
+                small = ActivationReconstructor.from_target(base, ar.layer, template=ar.template)
+                small.backbone, ar_rep = extract_lora(ar.backbone, small.backbone, rank=rank, atol=1e-6)
+                small.head.weight.data.copy_(ar.head.weight.data)
+                small.max_length, small.eval_meta = ar.max_length, dict(ar.eval_meta)
+                small.save_pretrained(tmp / "ar", adapter_only=True)
+                kept["ar"], dropped["ar"] = ar_rep.kept_energy, ar_rep.dropped
+            if not adapter["av"]:
+                av.model, av_rep = extract_lora(av.model, base.model, rank=rank, atol=1e-6)
+                av.save_pretrained(tmp / "av")
+                kept["av"], dropped["av"] = av_rep.kept_energy, av_rep.dropped
         for role in ("av", "ar"):
             cast_adapter(tmp / role, dtype)
             if not keep_tokenizer:
                 drop_tokenizer_files(tmp / role)
-    return ExportReport(out=out, rank=rank, kept_energy={"av": av_rep.kept_energy, "ar": ar_rep.kept_energy},
-                        dropped={"av": av_rep.dropped, "ar": ar_rep.dropped}, size_mib=dir_size_mib(out))
+    return ExportReport(out=out, rank=rank, kept_energy=kept, dropped=dropped, size_mib=dir_size_mib(out))
 
 
 __all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "cast_adapter", "drop_tokenizer_files", "export_nla", "extract_lora", "lowrank_factors"]

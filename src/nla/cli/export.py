@@ -1,4 +1,4 @@
-"""``nla export``: turn full AV/AR checkpoints into compact LoRA adapters on their base model.
+"""``nla export``: turn AV/AR checkpoints into compact LoRA adapters on their base model (adapters are copied).
 
     nla export --av runs/rl/final/av --ar runs/rl/final/ar --out nla-small --rank 16
 
