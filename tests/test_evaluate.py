@@ -10,7 +10,8 @@ import pytest
 import nla.explain
 from nla.cli import main
 from nla.errors import NLAError
-from nla.evaluate import format_card, parse_stages, shipped_card, spread_rows
+from nla.evaluate import format_card, grounding, parse_stages, shipped_card, spread_rows
+from nla.text import quote_grounding
 
 
 def test_parse_stages() -> None:
@@ -30,7 +31,7 @@ def test_spread_rows_prefers_distinct_documents() -> None:
 
 def _card() -> dict:
     stage = {"fve_nrm": 0.25, "fve_shuffled": -0.4, "fve_empty": -0.2, "retrieval_top1_at_8": 0.5,
-             "tag_failure_rate": 0.1, "truncation_rate": 0.05, "len_mean": 90.0}
+             "tag_failure_rate": 0.1, "truncation_rate": 0.05, "len_mean": 90.0, "quote_grounding": 0.375}
     return {"rows": 8, "baseline": 0.6, "baseline_source": "train", "ar_sft_teacher": dict(stage, fve_nrm=0.5),
             "shipped": stage, "ladder": {"ar_sft_teacher": 0.5, "shipped": 0.25, "each_beats_the_one_before": False},
             "controls": {"fve_shuffled": -0.4, "fve_random": -2.4},
@@ -43,6 +44,18 @@ def test_format_card_shows_every_stage_example_and_compute() -> None:
     assert "AR-SFT reading teacher text" in text and "+0.500" in text
     assert "shipped" in text and "+0.250" in text and "-0.400" in text
     assert "shipped: cats" in text and "45 steps" in text and "random -2.400" in text
+    assert "quotes-in-ctx" in text and "0.38" in text
+
+
+def test_quote_grounding_counts_quotes_found_in_the_context() -> None:
+    ctx = "<|im_start|>user\nHow do I boil pasta?<|im_end|>\n<|im_start|>assistant\nBring a large pot"
+    good = 'Final token: " pot". Next: " of" 94%.\nBefore it: "...[im_start]assistant\\nBring a large"'
+    assert quote_grounding(good, ctx) == (2, 2)  # " of" is too short to count
+    assert quote_grounding('Before it: "...a small dog", then "pasta?[im_end]"', ctx) == (1, 2)
+    assert quote_grounding("no quotes at all", ctx) == (0, 0)
+    g = grounding(["<explanation>x \"large pot\"</explanation>", "<explanation>\"a cat\"</explanation>"], [ctx, ctx])
+    assert g == {"quote_grounding": 0.5, "quotes_per_explanation": 1.0}
+    assert grounding(["a"], None) == {}
 
 
 def test_shipped_card_is_printed_by_nla_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

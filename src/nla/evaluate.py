@@ -29,7 +29,7 @@ from nla.config import option
 from nla.errors import NLAError
 from nla.meta import MODEL_SIDECAR
 from nla.paths import atomic_write_text
-from nla.text import cjk_fraction, text_for_ar
+from nla.text import cjk_fraction, quote_grounding, text_for_ar
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,16 @@ def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
     return VectorSet(vecs[keep], doc_ids, col("detokenized_text_truncated"), col("explanation"))
 
 
+def grounding(explanations: list[str], contexts: list[str] | None) -> dict[str, float]:
+    """Share of quoted spans found verbatim in their contexts (:func:`nla.text.quote_grounding`)."""
+    if contexts is None:
+        return {}
+    pairs = [quote_grounding(text_for_ar(e), c) for e, c in zip(explanations, contexts, strict=False)]
+    quoted = sum(q for _, q in pairs)
+    return {"quote_grounding": sum(f for f, _ in pairs) / quoted if quoted else float("nan"),
+            "quotes_per_explanation": quoted / max(1, len(pairs))}
+
+
 def response_stats(resp: Responses) -> dict[str, float]:
     """Length distribution (tokens), tag-failure, truncation, valid and CJK rates of responses."""
     n = max(1, len(resp.texts))
@@ -102,14 +112,17 @@ def round_trip(
     batch_size: int = 16,
     k: int = 8,
     seed: int = 0,
+    contexts: list[str] | None = None,
 ) -> tuple[dict[str, float], Responses]:
-    """Greedy AV explanations (or the given ``responses``) scored by ``ar`` with all controls."""
+    """Greedy AV explanations (or the given ``responses``) scored by ``ar`` with all controls; with the
+    held-out ``contexts``, also how many of their quotes occur in them."""
     from nla.train_ar import evaluate_ar
 
     if responses is None:
         responses = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
     metrics = evaluate_ar(ar, [text_for_ar(t) for t in responses.texts], vectors, baseline, k=k, seed=seed)
     metrics.update(response_stats(responses))
+    metrics.update(grounding(responses.texts, contexts))
     return metrics, responses
 
 
@@ -155,13 +168,15 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     baseline = Baseline.from_train(train)
     card: dict[str, Any] = {"data": cfg.data, "rows": int(vecs.shape[0]), "baseline": baseline.value,
                             "baseline_source": f"mean of the normalised vectors of {cfg.train_data or cfg.data}"}
-    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    contexts = held.contexts[: cfg.rows] if held.contexts else None
+    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, contexts=contexts)
     texts: dict[str, list[str]] = {}
     sft_ar = ActivationReconstructor.from_pretrained(cfg.sft_ar) if cfg.sft_ar else None
     if sft_ar is not None and held.explanations is not None:
         from nla.train_ar import evaluate_ar
 
         card["ar_sft_teacher"] = evaluate_ar(sft_ar, held.explanations[: cfg.rows], vecs, baseline, seed=cfg.seed)
+        card["ar_sft_teacher"].update(grounding(held.explanations[: cfg.rows], contexts))
         texts["teacher"] = held.explanations[: cfg.rows]
     if cfg.sft_av and sft_ar is not None:
         m, resp = round_trip(ActivationVerbalizer.from_pretrained(cfg.sft_av), sft_ar, vecs, baseline, **kw)
@@ -171,7 +186,8 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         m, resp = round_trip(av, ActivationReconstructor.from_pretrained(cfg.ar), vecs, baseline, **kw)
         card["rl_current_ar"], texts["rl"] = m, resp.texts
         if sft_ar is not None:
-            card["rl_frozen_sft_ar"] = round_trip(av, sft_ar, vecs, baseline, responses=resp, seed=cfg.seed)[0]
+            card["rl_frozen_sft_ar"] = round_trip(av, sft_ar, vecs, baseline, responses=resp, seed=cfg.seed,
+                                                  contexts=contexts)[0]
     for name, av_dir, ar_dir in extra:
         m, resp = round_trip(ActivationVerbalizer.from_pretrained(av_dir),
                              ActivationReconstructor.from_pretrained(ar_dir), vecs, baseline, **kw)
@@ -245,7 +261,7 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     """The card as readable text: the ladder with controls and format health, examples, compute."""
     lines = [f"held-out rows: {card['rows']}, baseline B = {card['baseline']:.4f} ({card.get('baseline_source', '')})",
              "", f"{'stage':<32} {'fve_nrm':>8} {'shuffled':>8} {'empty':>7} {'top1@8':>7} {'tag-fail':>8} "
-             f"{'trunc':>6} {'len':>5}"]
+             f"{'trunc':>6} {'len':>5} {'quotes-in-ctx':>13}"]
     names = [n for n in _STAGE_TITLES if n in card] + [n for n in card.get("ladder", {}) if n not in _STAGE_TITLES
                                                         and n != "each_beats_the_one_before"]
     for name in names:
@@ -253,8 +269,9 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
         ret = next((v for k, v in m.items() if k.startswith("retrieval_top1")), float("nan"))
         fmt = (f" {m['tag_failure_rate']:>8.2f} {m['truncation_rate']:>6.2f} {m['len_mean']:>5.0f}"
                if "tag_failure_rate" in m else f" {'-':>8} {'-':>6} {'-':>5}")
+        grounded = f" {m['quote_grounding']:>13.2f}" if "quote_grounding" in m else f" {'-':>13}"
         lines.append(f"{_STAGE_TITLES.get(name, name):<32} {m['fve_nrm']:>+8.3f} {m['fve_shuffled']:>+8.3f} "
-                     f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}")
+                     f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}{grounded}")
     ctl = card.get("controls", {})
     if ctl:
         lines += ["", "controls (any AR): " + ", ".join(f"{k.removeprefix('fve_')} {v:+.3f}" for k, v in ctl.items())]
@@ -271,5 +288,5 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "Responses", "VectorSet", "evaluation_card", "format_card", "load_vectors",
+__all__ = ["EvalConfig", "Responses", "VectorSet", "evaluation_card", "format_card", "grounding", "load_vectors",
            "parse_stages", "response_stats", "round_trip", "shipped_card", "spread_rows"]

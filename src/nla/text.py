@@ -40,3 +40,27 @@ def cjk_fraction(text: str) -> float:
     if not chars:
         return 0.0
     return sum(1 for c in chars if _CJK.match(c)) / len(chars)
+
+
+_QUOTED = re.compile(r'"([^"\n]*)"')
+_SPECIAL = re.compile(r"<\|([^|<>]+)\|>")
+
+
+def quote_grounding(explanation: str, context: str, *, min_chars: int = 3) -> tuple[int, int]:
+    """How many double-quoted spans of ``explanation`` occur verbatim in ``context``: ``(found, quoted)``.
+
+    Spans are compared in the teachers' readable form (``<|im_end|>`` -> ``[im_end]``, newlines as ``\\n``,
+    ``"`` as ``'``) after dropping a leading ellipsis; spans shorter than ``min_chars`` are ignored. Quoted
+    next-token predictions are counted too, so even a faithful teacher scores below 1: compare an AV with
+    the teacher's own rate. Confabulated quotes (NLA.md §5.6) show up as a low share.
+    """
+    plain = _SPECIAL.sub(lambda m: f"[{m.group(1)}]", context)
+    plain = plain.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t").replace('"', "'")
+    found = quoted = 0
+    for m in _QUOTED.finditer(explanation):
+        span = m.group(1).removeprefix("...").removeprefix("\u2026")
+        if len(span.strip()) < min_chars:
+            continue
+        quoted += 1
+        found += span in plain
+    return found, quoted
