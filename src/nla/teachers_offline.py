@@ -85,6 +85,16 @@ class OfflineTeacher(_LocalTeacher):
         The text ends with: "...How do I boil pasta?[im_end]\n[im_start]assistant\nBring a large pot"
         The final token is " pot", the start of a word. The model predicts next " of" 94%, " to" 5%, " with" <1%, " filled" <1%, so the next token most likely starts a new word (100%).
 
+    ``style="compact"`` (about 65 tokens with the tags) puts first what a layer-20 activation states most
+    reliably and writes little else: the final token and its kind with the top ``top_k`` predictions, the
+    ``tail_tokens`` tokens before it, and the setting in a few words. On SmolLM2 the final token alone
+    predicts the L20 activation with FVE 0.40 (the mean training vector of each token, held out), the last
+    two tokens 0.45 (``bench/token_ceiling.py``), so a correct first line is worth most of the score::
+
+        Final token: " pot", the start of a word. Next: " of" 94%, " to" 5%, " with" <1%.
+        Before it: "...[im_start]assistant\nBring a large"
+        Setting: chat, inside the assistant's turn.
+
     Contexts that share a prefix (rows of one document) share one forward pass: the longest context is
     run once and logits are read at each row's last token, after checking that the shorter context's
     tokens are a prefix of the longer one's (otherwise that row gets its own forward).
