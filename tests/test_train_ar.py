@@ -213,3 +213,15 @@ def test_train_ar_from_init_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
         train_ar(ARTrainConfig(init=str(tmp_path / "full"), save_adapter_only=True, out_dir=str(tmp_path / "x"), **common))
     with pytest.raises(NLAError, match="layer"):
         train_ar(ARTrainConfig(init=str(tmp_path / "full"), layer=2, out_dir=str(tmp_path / "y"), **common))
+
+
+def test_train_ar_baseline_from_other_data(tiny_run: dict, tmp_path: Path) -> None:
+    common = dict(data=str(tiny_run["train"]), eval_data=str(tiny_run["eval"]), max_steps=1, batch_size=8, eval_every=0)
+    res = train_ar(ARTrainConfig(baseline_data=str(tiny_run["eval"]), out_dir=str(tmp_path / "b"), **common))
+    want = Baseline.from_train(load_ar_data(tiny_run["eval"]).vectors).value
+    assert want != pytest.approx(Baseline.from_train(load_ar_data(tiny_run["train"]).vectors).value)
+    assert res.final_eval["baseline"] == pytest.approx(want)
+    saved = ActivationReconstructor.from_pretrained(tmp_path / "b" / "final").eval_meta
+    assert saved["baseline_mse"] == pytest.approx(want) and str(tiny_run["eval"]) in saved["baseline"]
+    with pytest.raises(NLAError, match="not found"):
+        train_ar(ARTrainConfig(baseline_data=str(tmp_path / "missing.parquet"), out_dir=str(tmp_path / "m"), **common))

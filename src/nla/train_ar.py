@@ -46,6 +46,9 @@ class ARTrainConfig(TrainConfig):
     )
     data: str = option("", "Teacher parquet for training (columns activation_vector, explanation).")
     eval_data: str = option("", "Teacher parquet for held-out evaluation (document-disjoint from --data).")
+    baseline_data: str = option("", "Activations whose normalised mean gives the baseline B stored with the AR "
+                                "(parquet or `nla extract` dir, its ar_sft split); default: the --data rows. Use "
+                                "the full training split when --data is a subset (a refit), so B matches the card.")
     model: str | None = option(None, "Base model (default: extraction.base_model of the data sidecar).")
     layer: int | None = option(
         None, "Layer L the vectors come from (default: extraction.layer_index of the sidecar)."
@@ -305,8 +308,17 @@ def train_ar(cfg: ARTrainConfig) -> TrainResult:
             held.explanations[: cfg.eval_max_rows],
             held.vectors[: cfg.eval_max_rows],
         )
-    baseline = Baseline.from_train(train.vectors)
-    ar.eval_meta = {"baseline_mse": baseline.value, "baseline": "mean of the normalised training vectors"}
+    if cfg.baseline_data:
+        from nla.evaluate import load_vectors
+
+        base_vectors = load_vectors(cfg.baseline_data, "ar_sft").vectors
+        if base_vectors.shape[1] != d:
+            raise NLAError(f"--baseline-data vectors have d={base_vectors.shape[1]} but {model} has d_model={d}")
+        source = f"mean of the normalised vectors of {cfg.baseline_data}"
+    else:
+        base_vectors, source = train.vectors, "mean of the normalised training vectors"
+    baseline = Baseline.from_train(base_vectors)
+    ar.eval_meta = {"baseline_mse": baseline.value, "baseline": source}
     log.info(
         "AR-SFT on %s layer %d: %d train rows, %d eval rows, baseline B=%.4f, %d trainable parameters",
         model, layer, len(train.explanations), len(held.explanations), baseline.value,
