@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduce the NLA shipped in src/nla/data/default_nla from scratch, on the embedded SmolLM2-135M (L=20).
+#
+#   bash scripts/reproduce_default.sh [RUN_DIR]        # default runs/nla; every step resumes after a kill
+#
+# Round 1 is the pipeline (extract, full-style offline teacher, AR-SFT, AV-SFT, RL, rank-16 export,
+# distil + refit). Round 2 continues its two LoRA adapters on the compact teacher style, whose first line
+# is what an activation at layer 20 states most reliably (the final token and the model's next-token
+# predictions), then refits the AR on what the new AV writes. Timings: docs/results.md §8-10.
+set -euo pipefail
+RUN=${1:-runs/nla}
+C=$RUN/compact
+T1="OMP_NUM_THREADS=1"
+
+nla train pipeline --preset cpu-smollm2 --run-dir "$RUN" --stop-after ship
+
+for split in eval ar_sft av_sft; do
+  nla teach --data "$RUN/extract/acts" --split "$split" --teacher offline --style compact --tail-tokens 6 --top-k 3 \
+    --out "$C/teach/$split.parquet"
+done
+# AR-SFT (two runs: 150 steps at lr 3e-4, then 250 more at 2e-4) beside AV-SFT, one thread each
+(
+  env $T1 nla train ar --init "$RUN/ship/nla/ar" --data "$C/teach/ar_sft.parquet" --eval-data "$C/teach/eval.parquet" \
+    --out-dir "$C/ar_sft1" --max-steps 150 --batch-size 16 --lr 3e-4 --warmup-steps 10 --save-adapter-only \
+    --eval-every 0 --save-every 25 --eval-max-rows 512
+  env $T1 nla train ar --init "$C/ar_sft1/final" --data "$C/teach/ar_sft.parquet" --eval-data "$C/teach/eval.parquet" \
+    --out-dir "$C/ar_sft" --max-steps 250 --batch-size 16 --lr 2e-4 --warmup-steps 10 --save-adapter-only \
+    --eval-every 0 --save-every 25 --eval-max-rows 512
+) &
+env $T1 nla train av --init "$RUN/ship/nla/av" --data "$C/teach/av_sft.parquet" --eval-data "$C/teach/eval.parquet" \
+  --out-dir "$C/av_sft" --max-steps 300 --batch-size 16 --lr 3e-4 --warmup-steps 15 --max-response-tokens 96 \
+  --eval-every 0 --eval-rows 96 --save-every 25
+wait
+# the AR learns to read what this AV actually writes (B stays that of the whole ar_sft split)
+nla verbalize --av "$C/av_sft/final" --data "$RUN/extract/acts" --split ar_sft --limit 1024 --max-new-tokens 96 \
+  --out "$C/av_text.parquet"
+nla train ar --init "$C/ar_sft/final" --data "$C/av_text.parquet" --eval-data "$C/teach/eval.parquet" \
+  --baseline-data "$C/teach/ar_sft.parquet" --out-dir "$C/refit_ar" --max-steps 200 --batch-size 16 --lr 1e-4 \
+  --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 --eval-max-rows 512
+nla export --av "$C/av_sft/final" --ar "$C/refit_ar/final" --out "$C/ship"
+nla eval --sft-av "$C/av_sft/final" --sft-ar "$C/ar_sft/final" \
+  --stage "v1-rl=$RUN/rl/final/av,$RUN/rl/final/ar" "v1-shipped=$RUN/ship/nla/av,$RUN/ship/nla/ar" \
+          "shipped=$C/ship/av,$C/ship/ar" \
+  --data "$C/teach/eval.parquet" --train-data "$C/teach/ar_sft.parquet" --rows 128 --max-new-tokens 176 \
+  --examples 6 --out "$C/card.json"
+echo "done: $C/ship/{av,ar} and $C/card.json (copy into src/nla/data/default_nla to ship)"
