@@ -16,10 +16,9 @@ import re
 
 import pyarrow.parquet as pq
 
-from nla.teachers import readable
+from nla.text import readable
 
 _CLAIM = re.compile(r'(?:Final token:|The final token is) "((?:[^"\\]|\\.)*)"')
-_SPECIAL = re.compile(r"<\|[^|<>]+\|>")
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
             if m is None:
                 continue
             named += 1
-            truth = readable(r["token"], _SPECIAL.findall(r["token"])).replace('"', "'")
+            truth = readable(r["token"]).replace('"', "'")
             right += m.group(1) == truth
         n = max(1, len(rows))
         print(f"{path}: {len(rows)} rows, final token named in {named / n:.1%}, right in {right / n:.1%}")

@@ -38,7 +38,6 @@ def main() -> None:
     from nla.target import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
-    B = mean_baseline(_rows(args.data, "ar_sft")[0])
 
     def keys(docs: list[str], ctxs: list[str]) -> list[tuple[tuple, ...]]:
         out = []
@@ -48,9 +47,10 @@ def main() -> None:
             out.append(((ids[-1],), ids, (kind, ids[-1])))
         return out
 
-    train = [_rows(args.data, s) for s in ("av_sft", "ar_sft", "rl")]
-    vecs = torch.cat([t[0] for t in train])
-    train_keys = [k for t in train for k in keys(t[1], t[2])]
+    train = {s: _rows(args.data, s) for s in ("av_sft", "ar_sft", "rl")}
+    B = mean_baseline(train["ar_sft"][0])
+    vecs = torch.cat([t[0] for t in train.values()])
+    train_keys = [k for t in train.values() for k in keys(t[1], t[2])]
     held, docs, ctxs, _ = _rows(args.data, "eval")
     held_keys = keys(docs, ctxs)
     overall = vecs.mean(0)

@@ -63,6 +63,7 @@ def test_parse_joins_wrapped_lines_and_keeps_numbers() -> None:
     assert parse_answer(text) == ("Topic is cooking, pasta in particular.\nFinal token is pot.", None)
     assert strip_marker("3.5 million people live there") == "3.5 million people live there"
     assert readable("<|im_end|>\n\tx", ["<|im_end|>"]) == "[im_end]\\n\\tx"
+    assert readable("<|im_end|>\n\tx") == "[im_end]\\n\\tx"  # specials found in the text itself
 
 
 # ----------------------------------------------------------------------------------- offline teacher

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from nla.errors import NLAError
-from nla.text import CLOSE, OPEN, extract_explanation
+from nla.text import CLOSE, OPEN, extract_explanation, readable
 
 log = logging.getLogger(__name__)
 
@@ -347,16 +347,6 @@ def special_strings(tok: Any) -> list[str]:
         if getattr(added, "special", False):
             found.add(added.content)
     return sorted((s for s in found if s), key=len, reverse=True)
-
-
-def readable(text: str, specials: list[str], *, escape_newlines: bool = True) -> str:
-    """Special tokens as ``[name]`` (``<|im_end|>`` -> ``[im_end]``), newlines/tabs as ``\\n``/``\\t``."""
-    if specials:
-        pattern = "|".join(re.escape(s) for s in specials)
-        text = re.sub(pattern, lambda m: "[" + m.group(0).strip("<|>") + "]", text)
-    if escape_newlines:
-        text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
-    return text
 
 
 # ----------------------------------------------------------------------------------- registry

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from nla.errors import NLAError
-from nla.teachers import TeacherOptions, _LocalTeacher, readable, special_ids, special_strings
+from nla.teachers import TeacherOptions, _LocalTeacher, special_ids, special_strings
+from nla.text import readable
 
 log = logging.getLogger(__name__)
 

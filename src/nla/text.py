@@ -43,19 +43,33 @@ def cjk_fraction(text: str) -> float:
 
 
 _QUOTED = re.compile(r'"([^"\n]*)"')
-_SPECIAL = re.compile(r"<\|([^|<>]+)\|>")
+_SPECIAL = re.compile(r"<\|[^|<>]+\|>")
+
+
+def readable(text: str, specials: list[str] | None = None, *, escape_newlines: bool = True) -> str:
+    """Special tokens as ``[name]`` (``<|im_end|>`` -> ``[im_end]``), newlines/tabs as ``\\n``/``\\t``.
+
+    ``specials``: the tokenizer's special-token strings; ``None`` = every ``<|name|>`` in ``text``.
+    """
+    if specials is None:
+        specials = sorted(set(_SPECIAL.findall(text)))
+    if specials:
+        pattern = "|".join(re.escape(s) for s in specials)
+        text = re.sub(pattern, lambda m: "[" + m.group(0).strip("<|>") + "]", text)
+    if escape_newlines:
+        text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return text
 
 
 def quote_grounding(explanation: str, context: str, *, min_chars: int = 3) -> tuple[int, int]:
     """How many double-quoted spans of ``explanation`` occur verbatim in ``context``: ``(found, quoted)``.
 
-    Spans are compared in the teachers' readable form (``<|im_end|>`` -> ``[im_end]``, newlines as ``\\n``,
-    ``"`` as ``'``) after dropping a leading ellipsis; spans shorter than ``min_chars`` are ignored. Quoted
-    next-token predictions are counted too, so even a faithful teacher scores below 1: compare an AV with
-    the teacher's own rate. Confabulated quotes (NLA.md §5.6) show up as a low share.
+    Spans are compared in the teachers' :func:`readable` form (``<|im_end|>`` -> ``[im_end]``, newlines as
+    ``\\n``, ``"`` as ``'``) after dropping a leading ellipsis; spans shorter than ``min_chars`` are
+    ignored. Quoted next-token predictions are counted too, so even a faithful teacher scores below 1:
+    compare an AV with the teacher's own rate. Confabulated quotes (NLA.md §5.6) show up as a low share.
     """
-    plain = _SPECIAL.sub(lambda m: f"[{m.group(1)}]", context)
-    plain = plain.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t").replace('"', "'")
+    plain = readable(context).replace('"', "'")
     found = quoted = 0
     for m in _QUOTED.finditer(explanation):
         span = m.group(1).removeprefix("...").removeprefix("\u2026")
