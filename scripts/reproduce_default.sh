@@ -6,7 +6,9 @@
 # Round 1 is the pipeline (extract, full-style offline teacher, AR-SFT, AV-SFT, RL, rank-16 export,
 # distil + refit). Round 2 continues its two LoRA adapters on the compact teacher style, whose first line
 # is what an activation at layer 20 states most reliably (the final token and the model's next-token
-# predictions), then refits the AR on what the new AV writes. Timings: docs/results.md §8-10.
+# predictions), then refits the AR on what the new AV writes. Round 3 gives the AV one more epoch of that
+# style and refits the AR on greedy and sampled explanations of both AVs; `nla explain` then decodes
+# best-of-4 (nla.rerank). Timings: docs/results.md §8-11.
 set -euo pipefail
 RUN=${1:-runs/nla}
 C=$RUN/compact
@@ -38,9 +40,29 @@ nla train ar --init "$C/ar_sft/final" --data "$C/av_text.parquet" --eval-data "$
   --baseline-data "$C/teach/ar_sft.parquet" --out-dir "$C/refit_ar" --max-steps 200 --batch-size 16 --lr 1e-4 \
   --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 --eval-max-rows 512
 nla export --av "$C/av_sft/final" --ar "$C/refit_ar/final" --out "$C/ship"
-nla eval --sft-av "$C/av_sft/final" --sft-ar "$C/ar_sft/final" \
+
+# Round 3: a second AV-SFT epoch (other data order) beside sampled explanations of the round-2 AV
+R=$RUN/round3
+env $T1 nla train av --init "$C/av_sft/final" --data "$C/teach/av_sft.parquet" --eval-data "$C/teach/eval.parquet" \
+  --out-dir "$R/av_sft" --max-steps 200 --batch-size 16 --lr 1.5e-4 --warmup-steps 10 --max-response-tokens 96 \
+  --eval-every 0 --eval-rows 96 --save-every 25 --seed 1 &
+env $T1 nla verbalize --av "$C/av_sft/final" --data "$RUN/extract/acts" --split av_sft --limit 1024 \
+  --max-new-tokens 96 --do-sample --temperature 0.7 --seed 7 --out "$R/av2_s07.parquet"
+wait
+env $T1 nla verbalize --av "$R/av_sft/final" --data "$RUN/extract/acts" --split ar_sft --limit 1024 \
+  --max-new-tokens 96 --out "$R/av3_greedy.parquet" &
+env $T1 nla verbalize --av "$R/av_sft/final" --data "$RUN/extract/acts" --split ar_sft --limit 1024 \
+  --max-new-tokens 96 --do-sample --temperature 0.7 --seed 11 --out "$R/av3_s07.parquet"
+wait
+nla train ar --init "$C/refit_ar/final" \
+  --data "$R/av3_greedy.parquet,$R/av3_s07.parquet,$R/av2_s07.parquet,$C/av_text.parquet" \
+  --eval-data "$C/teach/eval.parquet" --baseline-data "$C/teach/ar_sft.parquet" --out-dir "$R/refit_ar" \
+  --max-steps 300 --batch-size 16 --lr 1e-4 --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 \
+  --eval-max-rows 512
+nla export --av "$R/av_sft/final" --ar "$R/refit_ar/final" --out "$R/ship"
+nla eval --sft-av "$R/av_sft/final" --sft-ar "$C/ar_sft/final" \
   --stage "v1-rl=$RUN/rl/final/av,$RUN/rl/final/ar" "v1-shipped=$RUN/ship/nla/av,$RUN/ship/nla/ar" \
-          "shipped=$C/ship/av,$C/ship/ar" \
+          "v2-shipped=$C/ship/av,$C/ship/ar" "shipped=$R/ship/av,$R/ship/ar" --best-of 4 \
   --data "$C/teach/eval.parquet" --train-data "$C/teach/ar_sft.parquet" --rows 128 --max-new-tokens 176 \
-  --examples 6 --out "$C/card.json"
-echo "done: $C/ship/{av,ar} and $C/card.json (copy into src/nla/data/default_nla to ship)"
+  --examples 6 --out "$R/card.json"
+echo "done: $R/ship/{av,ar} and $R/card.json (copy into src/nla/data/default_nla to ship)"

@@ -9,6 +9,7 @@ import yaml
 
 from nla.cli import main
 from nla.explain import NLA, default_nla_dir
+from nla.rerank import DEFAULT_BEST_OF
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,11 @@ def test_shipped_files_are_compact_adapters_with_sidecars_and_a_card() -> None:
     assert shipped["fve_shuffled"] <= 0 and shipped["fve_random"] <= 0
     assert {"retrieval_top1_at_8", "tag_failure_rate", "len_mean"} <= set(shipped)
     assert len({ex["shipped"] for ex in card["examples"]}) == len(card["examples"]) >= 4  # all different
+    best = f"shipped best-of-{DEFAULT_BEST_OF}"  # what `nla explain` prints by default
+    assert card[best]["best_of"] == DEFAULT_BEST_OF and list(card["ladder"])[-2] == best
+    assert card[best]["fve_shuffled"] <= 0 and card[best]["fve_random"] <= 0
+    assert len({ex[best] for ex in card["examples"]}) == len(card["examples"])
+    assert set(card["best_of_transfer"]) == {"reader", "shipped", best}
     assert card["compute"]
 
 
@@ -38,8 +44,8 @@ def test_default_explains_offline_and_differs_across_inputs(tmp_path, smollm2, c
                  "--html", str(html), "--jsonl", str(jsonl)]) == 0
     assert "EMPTY explanation" in capsys.readouterr().out and html.stat().st_size > 1000
     rec = json.loads(jsonl.read_text().splitlines()[0])
-    assert rec["fve"] is not None and rec["raw"]
+    assert rec["fve"] is not None and rec["raw"] and len(rec["samples"]) == DEFAULT_BEST_OF
     nla = NLA.from_pretrained(target=smollm2)  # the shipped default, AV and AR
-    a = nla.explain("def add(a, b):\n    return a + b", positions="last", max_new_tokens=40)[0]
-    b = nla.explain("My grandmother baked bread every Sunday", positions="last", max_new_tokens=40)[0]
+    a = nla.explain("def add(a, b):\n    return a + b", positions="last", max_new_tokens=40, best_of=1)[0]
+    b = nla.explain("My grandmother baked bread every Sunday", positions="last", max_new_tokens=40, best_of=1)[0]
     assert a.raw != b.raw and a.cosine is not None and b.cosine is not None

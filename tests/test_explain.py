@@ -13,6 +13,7 @@ import yaml
 from nla.errors import NLAError
 from nla.explain import NLA, encode_input, load_vector_file
 from nla.metrics import cosine
+from nla.rerank import DEFAULT_BEST_OF
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 LAYER = 1
@@ -55,7 +56,8 @@ def test_explain_one_record_per_selected_token(nla: NLA, spec: str) -> None:
     for r in recs:
         assert r.cosine is not None and math.isfinite(r.cosine) and -1 <= r.cosine <= 1
         assert r.mse_nrm == pytest.approx(2 * (1 - r.cosine), abs=1e-4)
-        assert r.fve is None and len(r.samples) == 1
+        assert r.fve is None and len(r.samples) == DEFAULT_BEST_OF  # with an AR: best of K by default
+        assert r.mse_nrm == min(s.mse_nrm for s in r.samples)
     if spec == "all":
         assert "".join(r.token for r in recs) == TEXT  # token texts rebuild the input
 
@@ -63,7 +65,7 @@ def test_explain_one_record_per_selected_token(nla: NLA, spec: str) -> None:
 def test_scores_are_round_trip_of_the_true_activation(nla: NLA, monkeypatch: pytest.MonkeyPatch) -> None:
     answers = ["<explanation>a fox</explanation>", "<explanation>a dog</explanation>"]
     monkeypatch.setattr(nla.av, "generate", lambda v, **kw: [[answers[i % 2]] for i in range(v.shape[0])])
-    recs = nla.explain(TEXT, "0,-1")
+    recs = nla.explain(TEXT, "0,-1", best_of=1)
     enc = encode_input(nla.target.tokenizer, TEXT)
     acts = nla.activations(enc.input_ids)  # (T, d)
     pred = nla.ar.predict(["a fox", "a dog"])  # (2, d)
@@ -76,7 +78,7 @@ def test_scores_are_round_trip_of_the_true_activation(nla: NLA, monkeypatch: pyt
 def test_failed_injection_is_flagged(nla: NLA, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(nla.av, "generate", lambda v, **kw: [["漢字の説明です"] for _ in range(v.shape[0])])
     with caplog.at_level(logging.WARNING):
-        recs = nla.explain(TEXT, "last")
+        recs = nla.explain(TEXT, "last", best_of=1)
     assert recs[0].cjk and recs[0].explanation is None
     assert "CJK" in caplog.text
 
@@ -88,8 +90,8 @@ def test_sampling_keeps_every_sample(nla: NLA) -> None:
 
 
 def test_batched_equals_one_at_a_time(nla: NLA) -> None:
-    batched = nla.explain(TEXT, "0:4", max_new_tokens=4, batch_size=4)
-    single = nla.explain(TEXT, "0:4", max_new_tokens=4, batch_size=1)
+    batched = nla.explain(TEXT, "0:4", max_new_tokens=4, batch_size=4, best_of=1)
+    single = nla.explain(TEXT, "0:4", max_new_tokens=4, batch_size=1, best_of=1)
     assert [r.raw for r in batched] == [r.raw for r in single]
 
 
@@ -188,6 +190,13 @@ def test_cli_explain_writes_jsonl_and_html(ckpt: dict, tmp_path, capsys: pytest.
     assert "<script>alert(1)</script>" not in html_text and "&lt;script&gt;" in html_text
     stdout = capsys.readouterr().out
     assert "EMPTY explanation" in stdout and "fve not reported" in stdout
+    assert f"best of {DEFAULT_BEST_OF}" in stdout and len(rows[0]["samples"]) == DEFAULT_BEST_OF
+    assert main(["explain", text, "--av", ckpt["av"], "--ar", ckpt["ar"], "--positions", "-1",
+                 "--max-new-tokens", "2", "--best-of", "1", "--jsonl", str(out)]) == 0
+    assert "best of" not in capsys.readouterr().out and len(json.loads(out.read_text())["samples"]) == 1
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    assert f"Default: {DEFAULT_BEST_OF} with an AR" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_chat_file(ckpt: dict, tmp_path) -> None:

@@ -65,9 +65,10 @@ def test_pipeline_runs_end_to_end_then_skips_everything(tmp_path, capsys) -> Non
     capsys.readouterr()
     assert main(["eval", "--av", str(run / "rl/final/av"), "--ar", str(run / "rl/final/ar"), "--sft-ar",
                  str(run / "ar_sft/final"), "--data", str(run / "teach/eval.parquet"), "--rows", "3",
-                 "--max-new-tokens", "6"]) == 0
+                 "--max-new-tokens", "6", "--best-of", "2"]) == 0
     printed = capsys.readouterr().out
     assert "after RL (co-trained AR)" in printed and "AR-SFT reading teacher text" in printed
+    assert "rl_current_ar best-of-2" in printed and "best-of read by a second AR" in printed
     third = run_pipeline(cfg, on_stage=ran.append)
     assert set(third.stages.values()) == {"skipped"} and len(ran) == 7  # nothing ran again
     # --from redoes the chosen stage and the later ones only

@@ -13,7 +13,7 @@ from nla.ar import ActivationReconstructor
 from nla.cli import main
 from nla.errors import NLAError
 from nla.target import load_target
-from nla.train_ar import ARTrainConfig, Baseline, build_ar, evaluate_ar, load_ar_data, train_ar
+from nla.train_ar import ARTrainConfig, Baseline, build_ar, evaluate_ar, load_ar_data, load_ar_parts, train_ar
 
 from helpers import save_tiny_target
 
@@ -105,6 +105,24 @@ def test_load_ar_data_rejects_bad_files(tmp_path: Path) -> None:
     )
     with pytest.raises(NLAError, match="different lengths"):
         load_ar_data(p)
+
+
+def test_several_data_files_train_together(tmp_path: Path) -> None:
+    a = write_teacher_parquet(tmp_path / "a.parquet", ["a", "b"], torch.randn(2, 8), doc_prefix="a", base_model="m")
+    b = write_teacher_parquet(tmp_path / "b.parquet", ["c"], torch.randn(1, 8), doc_prefix="b", base_model="m",
+                              extra_rows=[(" ", [1.0] * 8)])
+    both = load_ar_parts(f"{a}, {b}")
+    assert both.explanations == ["a", "b", "c"] and both.doc_ids == ["a0", "a0", "b0"]
+    assert torch.equal(both.vectors, torch.cat([load_ar_data(a).vectors, load_ar_data(b).vectors]))
+    assert both.skipped["empty_explanation"] == 1 and both.sidecar["extraction"]["base_model"] == "m"
+    other = write_teacher_parquet(tmp_path / "o.parquet", ["x"], torch.randn(1, 8), base_model="m", layer=2)
+    with pytest.raises(NLAError, match="one model and layer"):
+        load_ar_parts(f"{a},{other}")
+    wide = write_teacher_parquet(tmp_path / "w.parquet", ["x"], torch.randn(1, 9), base_model="m")
+    with pytest.raises(NLAError, match="d=9"):
+        load_ar_parts(f"{a},{wide}")
+    with pytest.raises(NLAError, match="no data file"):
+        load_ar_parts(" , ")
 
 
 def test_evaluate_ar_controls_with_an_oracle() -> None:

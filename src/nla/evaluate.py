@@ -29,6 +29,8 @@ from nla.config import option
 from nla.errors import NLAError
 from nla.meta import MODEL_SIDECAR
 from nla.paths import atomic_write_text
+from nla.rerank import DEFAULT_TEMPERATURE
+from nla.rerank import best_of as best_of_k
 from nla.text import cjk_fraction, quote_grounding, text_for_ar
 
 log = logging.getLogger(__name__)
@@ -113,16 +115,24 @@ def round_trip(
     k: int = 8,
     seed: int = 0,
     contexts: list[str] | None = None,
+    best_of: int = 1,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> tuple[dict[str, float], Responses]:
-    """Greedy AV explanations (or the given ``responses``) scored by ``ar`` with all controls; with the
-    held-out ``contexts``, also how many of their quotes occur in them."""
+    """Greedy AV explanations (or the given ``responses``; or with ``best_of`` K > 1 the best of the
+    greedy answer and K-1 samples at ``temperature``, chosen by ``ar``: :mod:`nla.rerank`) scored by
+    ``ar`` with all controls; with the held-out ``contexts``, also how many of their quotes occur in them."""
     from nla.train_ar import evaluate_ar
 
-    if responses is None:
+    if responses is None and best_of > 1:
+        responses = best_of_k(av, ar, vectors, best_of, temperature=temperature, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, seed=seed)[0]
+    elif responses is None:
         responses = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
     metrics = evaluate_ar(ar, [text_for_ar(t) for t in responses.texts], vectors, baseline, k=k, seed=seed)
     metrics.update(response_stats(responses))
     metrics.update(grounding(responses.texts, contexts))
+    if best_of > 1:
+        metrics.update(best_of=float(best_of), temperature=temperature)
     return metrics, responses
 
 
@@ -147,6 +157,9 @@ class EvalConfig:
     stage: list[str] = option([], "Further round-trip stages after RL, in ladder order: NAME=AV_DIR,AR_DIR "
                               "(e.g. shipped=nla-small/av,nla-small/ar).")
     examples: int = option(6, "Examples written into the card (spread over different documents).")
+    best_of: int = option(1, "Also score the last stage with best-of-K decoding (greedy + K-1 samples, the AR "
+                          "keeps the best; nla.rerank), and its texts read by the SFT AR too.")
+    temperature: float = option(DEFAULT_TEMPERATURE, "Temperature of the --best-of samples.")
     compute: str = option("", "A YAML/JSON file describing the compute used (copied into the card).")
     seed: int = option(0, "Seed of the controls (shuffles, Gaussian vectors, retrieval distractors).")
     out: str = option("", "Write the card as JSON here (optional).")
@@ -194,6 +207,8 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         card[name], texts[name] = m, resp.texts
     stages = [s for s in ("ar_sft_teacher", "av_sft_round_trip", "rl_current_ar") if s in card]
     stages += [name for name, _, _ in extra]
+    if cfg.best_of > 1:
+        stages.append(_best_of_stage(cfg, card, texts, vecs, baseline, extra, sft_ar, kw))
     ref = card[stages[0]] if stages else {}
     card["controls"] = {k: ref[k] for k in ("fve_shuffled", "fve_empty", "fve_random", "fve_mean_predictor") if k in ref}
     card["ladder"] = {s: card[s]["fve_nrm"] for s in stages}
@@ -209,6 +224,30 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.out:
         atomic_write_text(Path(cfg.out), json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     return card
+
+
+def _best_of_stage(cfg: EvalConfig, card: dict[str, Any], texts: dict[str, list[str]], vecs: torch.Tensor,
+                   baseline: Any, extra: list[tuple[str, str, str]], sft_ar: Any, kw: dict[str, Any]) -> str:
+    """Score the last AV/AR stage again with best-of-K decoding; with an SFT AR, read both the greedy
+    and the chosen texts with it too (``best_of_transfer``). Returns the new stage's name."""
+    from nla.ar import ActivationReconstructor
+    from nla.av import ActivationVerbalizer
+    from nla.train_ar import evaluate_ar
+
+    pairs = ([("rl_current_ar", cfg.av, cfg.ar)] if cfg.av and cfg.ar else []) + extra
+    if not pairs:
+        raise NLAError("--best-of needs an AV and AR pair to decode with (--av/--ar or a --stage)")
+    base, av_dir, ar_dir = pairs[-1]
+    name = f"{base} best-of-{cfg.best_of}"
+    m, resp = round_trip(ActivationVerbalizer.from_pretrained(av_dir), ActivationReconstructor.from_pretrained(ar_dir),
+                         vecs, baseline, best_of=cfg.best_of, temperature=cfg.temperature, **kw)
+    card[name], texts[name] = m, resp.texts
+    if sft_ar is not None:
+        greedy = texts["rl" if base == "rl_current_ar" else base]
+        card["best_of_transfer"] = {"reader": cfg.sft_ar, **{
+            n: evaluate_ar(sft_ar, [text_for_ar(t) for t in ts], vecs, baseline, seed=cfg.seed)["fve_nrm"]
+            for n, ts in ((base, greedy), (name, resp.texts))}}
+    return name
 
 
 def shipped_card() -> dict[str, Any]:
@@ -272,6 +311,10 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
         grounded = f" {m['quote_grounding']:>13.2f}" if "quote_grounding" in m else f" {'-':>13}"
         lines.append(f"{_STAGE_TITLES.get(name, name):<32} {m['fve_nrm']:>+8.3f} {m['fve_shuffled']:>+8.3f} "
                      f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}{grounded}")
+    tr = card.get("best_of_transfer")
+    if tr:
+        lines += ["", f"best-of read by a second AR ({tr['reader']}): "
+                  + ", ".join(f"{k} {v:+.3f}" for k, v in tr.items() if k != "reader")]
     ctl = card.get("controls", {})
     if ctl:
         lines += ["", "controls (any AR): " + ", ".join(f"{k.removeprefix('fve_')} {v:+.3f}" for k, v in ctl.items())]

@@ -405,20 +405,25 @@ class NLA:
         max_new_tokens: int = 150,
         num_samples: int = 1,
         do_sample: bool = False,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_p: float = 1.0,
         batch_size: int = 16,
         seed: int | None = None,
+        best_of: int | None = None,
     ) -> list[TokenExplanation]:
         """Explain the activation at each selected token (see :mod:`nla.positions` for ``positions``).
 
-        Greedy by default; ``num_samples > 1`` samples (``do_sample`` is implied). The record's main
-        fields come from the first sample; all samples, scored, are in ``samples``.
+        Greedy by default; ``num_samples > 1`` samples (``do_sample`` is implied; ``temperature`` 1.0
+        unless given). The record's main fields come from the first sample; all samples, scored, are in
+        ``samples``. ``best_of`` K > 1 (needs the AR): the greedy answer and K-1 samples (``temperature``
+        0.7 unless given), best-scored first (:mod:`nla.rerank`). Default: best of
+        :data:`nla.rerank.DEFAULT_BEST_OF` with an AR and no sampling options, else greedy (K = 1).
         """
         enc = self.encode(text_or_messages)
         picked = parse_positions(positions, len(enc.input_ids), assistant_mask=enc.assistant_mask)
         vectors = self.activations(enc.input_ids)[picked]  # (P, d)
-        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed)
+        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed,
+                                     best_of)
         return [
             TokenExplanation(token=enc.tokens[p], position=p, **_main(row), control_cosine=c, samples=row)
             for p, row, c in zip(picked, samples, control, strict=True)
@@ -431,15 +436,18 @@ class NLA:
         max_new_tokens: int = 150,
         num_samples: int = 1,
         do_sample: bool = False,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_p: float = 1.0,
         batch_size: int = 16,
         seed: int | None = None,
+        best_of: int | None = None,
     ) -> list[VectorExplanation]:
         """Explain arbitrary directions (N, d) or (d,): a neuron's output weights, an SAE feature, a
-        steering vector. Only the direction matters. With an AR, the round-trip cosine is reported."""
+        steering vector. Only the direction matters. With an AR, the round-trip cosine is reported;
+        ``best_of`` as in :meth:`explain`."""
         vectors = as_vectors(array, int(self.av.d_model))  # (N, d)
-        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed)
+        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed,
+                                     best_of)
         norms = vectors.norm(dim=-1).tolist()
         return [
             VectorExplanation(index=i, norm=float(n), **_main(row), control_cosine=c, samples=row)
@@ -452,17 +460,24 @@ class NLA:
         max_new_tokens: int,
         num_samples: int,
         do_sample: bool,
-        temperature: float,
+        temperature: float | None,
         top_p: float,
         batch_size: int,
         seed: int | None,
+        best_of: int | None = None,
     ) -> tuple[list[list[Sample]], list[float | None]]:
-        if num_samples < 1 or max_new_tokens < 1 or batch_size < 1:
-            raise NLAError("num_samples, max_new_tokens and batch_size must be >= 1")
+        if best_of is None:
+            from nla.rerank import DEFAULT_BEST_OF
+
+            best_of = DEFAULT_BEST_OF if self.ar is not None and num_samples == 1 and not do_sample else 1
+        if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or best_of < 1:
+            raise NLAError("num_samples, max_new_tokens, batch_size and best_of must be >= 1")
+        if best_of > 1:
+            return self._best_of(vectors, best_of, max_new_tokens, temperature, batch_size, seed, num_samples, do_sample)
         gen = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample or num_samples > 1,
-            temperature=temperature,
+            temperature=1.0 if temperature is None else temperature,
             top_p=top_p,
             num_samples=num_samples,
             batch_size=batch_size,
@@ -470,6 +485,24 @@ class NLA:
         )
         answers = self._generate(vectors, **gen)
         return self._score(vectors, answers, batch_size), self._control(vectors)
+
+    def _best_of(
+        self, vectors: torch.Tensor, k: int, max_new_tokens: int, temperature: float | None, batch_size: int,
+        seed: int | None, num_samples: int, do_sample: bool,
+    ) -> tuple[list[list[Sample]], list[float | None]]:
+        """Greedy + k-1 samples per vector, every one scored, the lowest ``mse_nrm`` first (ties keep greedy)."""
+        from nla.rerank import DEFAULT_TEMPERATURE, candidates
+
+        if self.ar is None:
+            raise NLAError("best-of decoding needs an AR to choose with (give --ar)")
+        if num_samples > 1 or do_sample:
+            raise NLAError("best-of decoding makes its own samples: drop --num-samples / --do-sample")
+        cands = candidates(self.av, vectors, k, temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, seed=0 if seed is None else seed)
+        answers = [cands.texts[i * k : (i + 1) * k] for i in range(vectors.shape[0])]
+        scored = self._score(vectors, answers, batch_size)
+        ranked = [sorted(row, key=lambda s: s.mse_nrm if s.mse_nrm is not None else math.inf) for row in scored]
+        return ranked, self._control(vectors)
 
 
 def _main(row: list[Sample]) -> dict[str, Any]:

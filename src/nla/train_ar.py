@@ -44,7 +44,8 @@ class ARTrainConfig(TrainConfig):
     out_dir: str = option(
         "runs/ar", "Run directory: metrics.jsonl, checkpoint/ (resume) and final/ (the AR)."
     )
-    data: str = option("", "Teacher parquet for training (columns activation_vector, explanation).")
+    data: str = option("", "Teacher parquet for training (columns activation_vector, explanation); several, "
+                       "comma-separated, are trained on together (e.g. a few `nla verbalize` outputs).")
     eval_data: str = option("", "Teacher parquet for held-out evaluation (document-disjoint from --data).")
     baseline_data: str = option("", "Activations whose normalised mean gives the baseline B stored with the AR "
                                 "(parquet or `nla extract` dir, its ar_sft split); default: the --data rows. Use "
@@ -161,6 +162,34 @@ def load_ar_data(path: str | Path, *, d_model: int | None = None) -> ARData:
         skipped=skipped,
         doc_ids=[doc_ids[i] for i in idx] if doc_ids is not None else None,
         sidecar=sidecar,
+    )
+
+
+def load_ar_parts(paths: str, *, d_model: int | None = None) -> ARData:
+    """:func:`load_ar_data` of each comma-separated path, concatenated; their sidecars must name the same
+    base model and layer (the first sidecar is kept)."""
+    parts = [load_ar_data(p.strip(), d_model=d_model) for p in paths.split(",") if p.strip()]
+    if not parts:
+        raise NLAError(f"no data file in {paths!r}")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    key = ("base_model", "layer_index")
+    ext0 = first.sidecar.get("extraction") or {}
+    for path, part in zip(paths.split(",")[1:], parts[1:], strict=False):
+        ext = part.sidecar.get("extraction") or {}
+        if any(ext.get(k) != ext0.get(k) for k in key):
+            raise NLAError(f"{path.strip()} comes from {[ext.get(k) for k in key]}, the first file from "
+                           f"{[ext0.get(k) for k in key]}: train on data of one model and layer")
+        if part.vectors.shape[1] != first.vectors.shape[1]:
+            raise NLAError(f"{path.strip()}: d={part.vectors.shape[1]}, the first file has d={first.vectors.shape[1]}")
+    docs = None if any(p.doc_ids is None for p in parts) else [d for p in parts for d in p.doc_ids or []]
+    return ARData(
+        explanations=[e for p in parts for e in p.explanations],
+        vectors=torch.cat([p.vectors for p in parts]),
+        skipped={k: sum(p.skipped[k] for p in parts) for k in first.skipped},
+        doc_ids=docs,
+        sidecar=first.sidecar,
     )
 
 
@@ -289,7 +318,7 @@ def train_ar(cfg: ARTrainConfig) -> TrainResult:
         raise NLAError("--data (teacher parquet for training) is required")
     if not cfg.eval_data:
         raise NLAError("--eval-data (held-out teacher parquet, document-disjoint from --data) is required")
-    train = load_ar_data(cfg.data)
+    train = load_ar_parts(cfg.data)
     model, layer = _resolve_model_and_layer(cfg, train.sidecar)
     held = load_ar_data(cfg.eval_data)
     _check_compatible(train, held, layer)
@@ -374,5 +403,6 @@ __all__ = [
     "evaluate_ar",
     "format_eval",
     "load_ar_data",
+    "load_ar_parts",
     "train_ar",
 ]

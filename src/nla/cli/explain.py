@@ -34,7 +34,10 @@ class NLAOptions:
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
     num_samples: int = option(1, "Explanations per activation (> 1 samples; the first is shown, all are saved).")
     do_sample: bool = option(False, "Sample instead of greedy decoding (implied by --num-samples > 1).")
-    temperature: float = option(1.0, "Sampling temperature.")
+    temperature: float | None = option(None, "Sampling temperature (default: 1.0 for --num-samples, 0.7 for --best-of).")
+    best_of: int | None = option(None, "Best-of-K decoding: the greedy answer and K-1 samples; the AR keeps the "
+                                 "one it reconstructs best (K generations per token). Default: 4 with an AR "
+                                 "(unless --num-samples/--do-sample), else 1 (greedy).")
     top_p: float = option(1.0, "Nucleus sampling threshold.")
     batch_size: int = option(16, "Activations explained per batched generate call.")
     seed: int | None = option(None, "Seed for sampling.")
@@ -45,7 +48,8 @@ class NLAOptions:
 
     def gen_kwargs(self) -> dict[str, Any]:
         return dict(max_new_tokens=self.max_new_tokens, num_samples=self.num_samples, do_sample=self.do_sample,
-                    temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size, seed=self.seed)
+                    temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size, seed=self.seed,
+                    best_of=self.best_of)
 
 
 @dataclass
@@ -121,11 +125,14 @@ def load_nla(cfg: NLAOptions) -> Any:
     return NLA.from_pretrained(av, ar, target=cfg.target, device=cfg.device, dtype=cfg.dtype, baseline=cfg.baseline)
 
 
-def notes_for(nla: Any, records: list[Any]) -> list[str]:
+def notes_for(nla: Any, records: list[Any], best_of: int = 1) -> list[str]:
     """Lines that say what the scores mean (and what is missing)."""
     from nla.report import summary
 
     notes = [f"target {nla.target.name}, layer {nla.layer}"]
+    if best_of > 1:
+        notes.append(f"best of {best_of}: each explanation is the one of {best_of} (greedy + samples) the AR "
+                     "reconstructs best, so its score is the best of them")
     if nla.ar is None:
         notes.append("no AR given: explanations are not scored")
         return notes
@@ -144,7 +151,8 @@ def write_outputs(cfg: NLAOptions, nla: Any, records: list[Any], tokens: list[st
     from nla.report import render_table, write_html, write_jsonl
 
     sys.stdout.write(render_table(records, width=shutil.get_terminal_size((120, 24)).columns))
-    notes = notes_for(nla, records)
+    ranked = cfg.num_samples == 1 and not cfg.do_sample and nla.ar is not None
+    notes = notes_for(nla, records, max((len(r.samples) for r in records), default=1) if ranked else 1)
     sys.stdout.write("".join(f"# {n}\n" for n in notes))
     if cfg.jsonl:
         write_jsonl(cfg.jsonl, records)

@@ -1,0 +1,70 @@
+"""Best-of-K decoding: the AV's greedy answer plus K-1 samples; the AR keeps the one it reconstructs best.
+
+The choice uses the true vector, exactly as the RL reward does, so it is available wherever an
+explanation is written for a known activation (``nla explain``, ``nla eval``), never from text alone.
+It costs K generations per vector. Because the AR that chooses may also be the AR that scores,
+``nla eval --best-of`` reports the chosen texts read by a second AR as well (the SFT AR): a gain that
+survives there is information in the text, not a quirk of one reader.
+
+>>> chosen, mse = best_of(av, ar, vectors, k=4)                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nla.av import Responses
+from nla.errors import NLAError
+from nla.metrics import mse_nrm
+from nla.text import text_for_ar
+
+DEFAULT_TEMPERATURE = 0.7  # measured on the shipped NLA: docs/results.md §11
+DEFAULT_BEST_OF = 4  # what `nla explain` and NLA.explain use when an AR is loaded (the card's headline)
+
+
+def candidates(
+    av: Any,
+    vectors: torch.Tensor,  # (N, d)
+    k: int,
+    *,
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_new_tokens: int = 150,
+    batch_size: int = 16,
+    seed: int | None = 0,
+) -> Responses:
+    """``k`` answers per vector, flat (row ``i * k + j``): j = 0 is the greedy answer, the rest samples."""
+    if k < 1:
+        raise NLAError(f"best-of needs k >= 1, got {k}")
+    greedy = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if k == 1:
+        return greedy
+    drawn = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
+                      temperature=temperature, num_samples=k - 1, seed=seed)
+    order = [(0, i) if j == 0 else (1, i * (k - 1) + j - 1) for i in range(vectors.shape[0]) for j in range(k)]
+    parts = (greedy, drawn)
+    return Responses([parts[p].ids[r] for p, r in order], [parts[p].texts[r] for p, r in order],
+                     [parts[p].truncated[r] for p, r in order])
+
+
+def choose(ar: Any, vectors: torch.Tensor, cands: Responses, k: int, *, batch_size: int = 32) -> tuple[Responses, torch.Tensor]:
+    """The candidate with the lowest ``mse_nrm`` per vector (ties: the earliest, so greedy) and all the
+    candidates' ``mse_nrm`` (N, k)."""
+    n = vectors.shape[0]
+    if len(cands.texts) != n * k:
+        raise NLAError(f"{len(cands.texts)} candidates for {n} vectors x {k}")
+    pred = ar.predict([text_for_ar(t) for t in cands.texts], batch_size=batch_size).float().cpu()  # (N*k, d)
+    gold = vectors.float().cpu().repeat_interleave(k, dim=0)  # (N*k, d)
+    mse = mse_nrm(pred, gold).view(n, k)  # (N, k)
+    rows = [i * k + int(j) for i, j in enumerate(mse.argmin(dim=1).tolist())]
+    return Responses([cands.ids[r] for r in rows], [cands.texts[r] for r in rows],
+                     [cands.truncated[r] for r in rows]), mse
+
+
+def best_of(av: Any, ar: Any, vectors: torch.Tensor, k: int, **kwargs: Any) -> tuple[Responses, torch.Tensor]:
+    """:func:`candidates` then :func:`choose`: the chosen responses (N) and every candidate's ``mse_nrm`` (N, k)."""
+    return choose(ar, vectors, candidates(av, vectors, k, **kwargs), k)
+
+
+__all__ = ["DEFAULT_BEST_OF", "DEFAULT_TEMPERATURE", "best_of", "candidates", "choose"]
