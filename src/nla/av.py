@@ -119,6 +119,13 @@ class Responses:
     def __post_init__(self) -> None:
         self.explanations = [extract_explanation(t) for t in self.texts]
 
+    def take(self, rows: Sequence[int]) -> Responses:
+        """The responses at ``rows``, in that order."""
+        return Responses([self.ids[r] for r in rows], [self.texts[r] for r in rows], [self.truncated[r] for r in rows])
+
+    def __add__(self, other: Responses) -> Responses:
+        return Responses(self.ids + other.ids, self.texts + other.texts, self.truncated + other.truncated)
+
 
 class ActivationVerbalizer:
     """An AV: ``model`` + ``tokenizer`` + the injection contract (marker, scale, template, layer)."""

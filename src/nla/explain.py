@@ -466,10 +466,9 @@ class NLA:
         seed: int | None,
         best_of: int | None = None,
     ) -> tuple[list[list[Sample]], list[float | None]]:
-        if best_of is None:
-            from nla.rerank import DEFAULT_BEST_OF
+        from nla.rerank import resolve_best_of
 
-            best_of = DEFAULT_BEST_OF if self.ar is not None and num_samples == 1 and not do_sample else 1
+        best_of = resolve_best_of(best_of, has_ar=self.ar is not None, sampling=num_samples > 1 or do_sample)
         if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or best_of < 1:
             raise NLAError("num_samples, max_new_tokens, batch_size and best_of must be >= 1")
         if best_of > 1:

@@ -42,10 +42,9 @@ def candidates(
         return greedy
     drawn = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
                       temperature=temperature, num_samples=k - 1, seed=seed)
-    order = [(0, i) if j == 0 else (1, i * (k - 1) + j - 1) for i in range(vectors.shape[0]) for j in range(k)]
-    parts = (greedy, drawn)
-    return Responses([parts[p].ids[r] for p, r in order], [parts[p].texts[r] for p, r in order],
-                     [parts[p].truncated[r] for p, r in order])
+    n = vectors.shape[0]  # in greedy + drawn, vector i's greedy answer is row i, its samples n + i*(k-1) ...
+    both = greedy + drawn
+    return both.take([r for i in range(n) for r in (i, *range(n + i * (k - 1), n + (i + 1) * (k - 1)))])
 
 
 def choose(ar: Any, vectors: torch.Tensor, cands: Responses, k: int, *, batch_size: int = 32) -> tuple[Responses, torch.Tensor]:
@@ -57,9 +56,15 @@ def choose(ar: Any, vectors: torch.Tensor, cands: Responses, k: int, *, batch_si
     pred = ar.predict([text_for_ar(t) for t in cands.texts], batch_size=batch_size).float().cpu()  # (N*k, d)
     gold = vectors.float().cpu().repeat_interleave(k, dim=0)  # (N*k, d)
     mse = mse_nrm(pred, gold).view(n, k)  # (N, k)
-    rows = [i * k + int(j) for i, j in enumerate(mse.argmin(dim=1).tolist())]
-    return Responses([cands.ids[r] for r in rows], [cands.texts[r] for r in rows],
-                     [cands.truncated[r] for r in rows]), mse
+    return cands.take([i * k + j for i, j in enumerate(mse.argmin(dim=1).tolist())]), mse
+
+
+def resolve_best_of(best_of: int | None, *, has_ar: bool, sampling: bool) -> int:
+    """The K to decode with: ``best_of`` when given, else :data:`DEFAULT_BEST_OF` with an AR to choose
+    and no sampling asked for, else 1 (greedy)."""
+    if best_of is not None:
+        return best_of
+    return DEFAULT_BEST_OF if has_ar and not sampling else 1
 
 
 def best_of(av: Any, ar: Any, vectors: torch.Tensor, k: int, **kwargs: Any) -> tuple[Responses, torch.Tensor]:
@@ -67,4 +72,4 @@ def best_of(av: Any, ar: Any, vectors: torch.Tensor, k: int, **kwargs: Any) -> t
     return choose(ar, vectors, candidates(av, vectors, k, **kwargs), k)
 
 
-__all__ = ["DEFAULT_BEST_OF", "DEFAULT_TEMPERATURE", "best_of", "candidates", "choose"]
+__all__ = ["DEFAULT_BEST_OF", "DEFAULT_TEMPERATURE", "best_of", "candidates", "choose", "resolve_best_of"]

@@ -151,8 +151,10 @@ def write_outputs(cfg: NLAOptions, nla: Any, records: list[Any], tokens: list[st
     from nla.report import render_table, write_html, write_jsonl
 
     sys.stdout.write(render_table(records, width=shutil.get_terminal_size((120, 24)).columns))
-    ranked = cfg.num_samples == 1 and not cfg.do_sample and nla.ar is not None
-    notes = notes_for(nla, records, max((len(r.samples) for r in records), default=1) if ranked else 1)
+    from nla.rerank import resolve_best_of
+
+    best_of = resolve_best_of(cfg.best_of, has_ar=nla.ar is not None, sampling=cfg.num_samples > 1 or cfg.do_sample)
+    notes = notes_for(nla, records, best_of)
     sys.stdout.write("".join(f"# {n}\n" for n in notes))
     if cfg.jsonl:
         write_jsonl(cfg.jsonl, records)
