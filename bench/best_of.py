@@ -1,6 +1,6 @@
 """Best-of-K decoding: how held-out fve grows with K, and whether the gain survives a second reader.
 
-For each held-out vector the AV writes its greedy answer and K-1 samples (``nla.rerank.candidates``);
+For each held-out vector the AV writes its greedy answer and K-1 samples (``nla.evaluate.rerank.candidates``);
 every candidate is read by the chooser AR and by a second AR. For k = 1..K the script prints the fve of
 the candidate the chooser keeps among the first k, scored by both readers, and the same with the second
 AR choosing. A gain the other reader also sees is information in the text, not a quirk of the chooser.
@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from nla import metrics
-from nla.ar import ActivationReconstructor
-from nla.av import ActivationVerbalizer
-from nla.evaluate import load_vectors
-from nla.rerank import candidates
-from nla.text import text_for_ar
-from nla.train_ar import Baseline
+from nla.core import metrics
+from nla.core.text import text_for_ar
+from nla.data.activations import load_vectors
+from nla.evaluate.rerank import candidates
+from nla.evaluate.roundtrip import Baseline
+from nla.models.ar import ActivationReconstructor
+from nla.models.av import ActivationVerbalizer
 
 
 def main() -> None:

@@ -37,10 +37,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
 
-    from nla.ar import ActivationReconstructor
-    from nla.av import ActivationVerbalizer, default_injection_scale
-    from nla.explain import NLA, encode_input
-    from nla.target import load_target
+    from nla.explain.api import NLA
+    from nla.explain.inputs import encode_input
+    from nla.models.ar import ActivationReconstructor
+    from nla.models.av import ActivationVerbalizer, default_injection_scale
+    from nla.models.target import load_target
 
     target = load_target("smollm2-135m")
     enc = encode_input(target.tokenizer, TEXT)

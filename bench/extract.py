@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from nla.activations import SPLITS, read_split, vectors
-from nla.corpus import Document
-from nla.extract import ExtractConfig, choose_positions, encode_document, extract
-from nla.target import load_target
+from nla.data.activations import SPLITS, read_split, vectors
+from nla.data.documents import Document
+from nla.data.extract import ExtractConfig, choose_positions, encode_document, extract
+from nla.models.target import load_target
 
 _TOPICS = ["rivers", "volcanoes", "bread", "chess", "satellites", "bees", "glaciers", "jazz", "tides", "ferns",
            "bridges", "owls", "copper", "deserts", "violins", "comets"]
@@ -61,7 +61,7 @@ def load_docs(n: int, corpus: str) -> tuple[list[Document], str]:
     if corpus == "builtin":
         return fallback_documents(n), "built-in set"
     try:
-        from nla.corpus import load_corpus
+        from nla.data.corpus import load_corpus
 
         docs = list(load_corpus(corpus, limit=n))
         if docs:

@@ -16,7 +16,7 @@ import re
 
 import pyarrow.parquet as pq
 
-from nla.text import readable
+from nla.core.text import readable
 
 _CLAIM = re.compile(r'(?:Final token:|The final token is) "((?:[^"\\]|\\.)*)"')
 

@@ -17,9 +17,9 @@ from collections import defaultdict
 
 import torch
 
-from nla.activations import read_split
-from nla.activations import vectors as table_vectors
-from nla.metrics import mean_baseline, mse_nrm, unit
+from nla.core.metrics import mean_baseline, mse_nrm, unit
+from nla.data.activations import read_split
+from nla.data.activations import vectors as table_vectors
 
 
 def _rows(data: str, split: str) -> tuple[torch.Tensor, list[str], list[str], list[str]]:
@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
-    from nla.target import resolve_model_path
+    from nla.models.target import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
 

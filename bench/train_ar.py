@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from nla.train_ar import ARTrainConfig, ar_loss, build_ar
+from nla.train.ar import ARTrainConfig, ar_loss, build_ar
 
 _TEXT = (
     "Setting: prose about cooking pasta in salted water. The text ends with: \"add the garlic, basil,\" "

@@ -38,6 +38,6 @@ def tiny_target():
 @pytest.fixture(scope="session")
 def smollm2():
     """The real embedded SmolLM2-135M-Instruct (converted once into the user's cache)."""
-    from nla.target import load_target
+    from nla.models.target import load_target
 
     return load_target("smollm2-135m")

@@ -92,8 +92,8 @@ def tiny_model(arch: str = "llama", *, seed: int = 0, **kw):
 
 
 def tiny_target(arch: str = "llama", *, seed: int = 0, **kw):
-    """A :class:`nla.target.Target` around a tiny random model and the tiny tokenizer."""
-    from nla.target import target_from_model
+    """A :class:`nla.models.target.Target` around a tiny random model and the tiny tokenizer."""
+    from nla.models.target import target_from_model
 
     tok = tiny_tokenizer()
     return target_from_model(tiny_model(arch, seed=seed, vocab_size=len(tok), **kw), tok, name=f"tiny-{arch}")

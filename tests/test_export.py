@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from nla.ar import ActivationReconstructor
-from nla.av import ActivationVerbalizer
 from nla.cli import main
-from nla.errors import NLAError
+from nla.common.errors import NLAError
 from nla.export import export_nla, lowrank_factors
-from nla.lora import is_lora
-from nla.target import load_target
+from nla.models.ar import ActivationReconstructor
+from nla.models.av import ActivationVerbalizer
+from nla.models.lora import is_lora
+from nla.models.target import load_target
 
 from helpers import save_tiny_target
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nla.cli import main
-from nla.corpus import Document, write_jsonl
-from nla.errors import NLAError
+from nla.common.errors import NLAError
+from nla.data.documents import Document, write_jsonl
 from nla.pipeline import STAGES, PipelineConfig, load_pipeline_config, preset_names, run_pipeline
 
 from helpers import save_tiny_target
@@ -80,7 +80,7 @@ def test_pipeline_runs_end_to_end_then_skips_everything(tmp_path, capsys) -> Non
 def _dump(cfg: PipelineConfig, tmp_path):
     import yaml
 
-    from nla.config import config_to_dict
+    from nla.common.config import config_to_dict
 
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from nla.av import ActivationVerbalizer
 from nla.cli import main
-from nla.errors import NLAError
-from nla.target import load_target
-from nla.train_ar import load_ar_data
+from nla.common.errors import NLAError
+from nla.models.av import ActivationVerbalizer
+from nla.models.target import load_target
+from nla.train.ar import load_ar_data
 from nla.verbalize import VerbalizeConfig, verbalize
 
 from helpers import save_tiny_target

@@ -4,6 +4,22 @@ An NLA explains a residual-stream vector of a *target* model in plain English (t
 verbalizer, AV) and scores the explanation by reconstructing the vector from it (the activation
 reconstructor, AR). See the README for the pipeline and the CLI.
 
+The folders follow the pipeline, and each layer imports only from the layers below it (and from its
+own folder); ``tests/test_layers.py`` enforces this rule on every import, top-level or inside functions:
+
+    common, resources      errors, paths, config dataclasses, the nla_meta.yaml contract; shipped files
+    core                   pure math and hooks on stock modules (metrics, text rules, injection, GRPO)
+    models                 the target LM, the AV, the AR, LoRA helpers
+    data                   documents, corpora, extraction, the activation dataset (the one parquet reader)
+    teach                  warm-start teachers and the ``nla teach`` stage
+    evaluate               round trip with controls, best-of-K reranking, the evaluation card
+    train                  the shared SFT loop, AR-SFT, AV-SFT, joint RL
+    export, verbalize      stages after training: LoRA export, the AV as a teacher
+    explain                the NLA inference API, inputs, positions, reports
+    faithfulness, audit, pipeline   suites and jobs built on the API and the stages
+    serve                  the web app over the API and the audit store
+    cli                    thin commands
+
 >>> from nla import NLA                                               # doctest: +SKIP
 >>> nla = NLA.from_pretrained("runs/smol/av/final", "runs/smol/ar/final")  # doctest: +SKIP
 >>> nla.explain("The Eiffel Tower is in Paris.", positions="last")   # doctest: +SKIP
@@ -13,18 +29,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from nla.errors import NLAError
-from nla.target import DEFAULT_TARGET, Target, load_target
+from nla.common.errors import NLAError
+from nla.models.target import DEFAULT_TARGET, Target, load_target
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "NLA": "nla.explain",
-    "ActivationVerbalizer": "nla.av",
-    "ActivationReconstructor": "nla.ar",
-    "load_corpus": "nla.corpus",
-    "extract": "nla.extract",
-    "ExtractConfig": "nla.extract",
+    "NLA": "nla.explain.api",
+    "ActivationVerbalizer": "nla.models.av",
+    "ActivationReconstructor": "nla.models.ar",
+    "load_corpus": "nla.data.corpus",
+    "extract": "nla.data.extract",
+    "ExtractConfig": "nla.data.extract",
 }
 
 

@@ -25,9 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nla.config import option
-from nla.errors import NLAError
-from nla.paths import atomic_dir, dir_size_mib
+from nla.common.config import option
+from nla.common.errors import NLAError
+from nla.common.paths import atomic_dir, atomic_write_bytes, dir_size_mib
+from nla.models.ar import ActivationReconstructor
+from nla.models.av import ActivationVerbalizer
+from nla.models.lora import ADAPTER_WEIGHTS, apply_lora, is_lora
+from nla.models.target import load_target
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +77,10 @@ def extract_lora(tuned: nn.Module, base: nn.Module, *, rank: int, atol: float = 
     """Wrap ``base`` (modified in place) in a LoRA adapter approximating ``tuned - base``.
 
     Both models must have the same architecture and parameter names. Targets are every linear layer in
-    the decoder blocks (:func:`nla.lora.default_target_modules`). Returns the peft model and a report;
+    the decoder blocks (:func:`nla.models.lora.default_target_modules`). Returns the peft model and a report;
     parameters that changed but cannot be expressed (norms, embeddings, a head) are listed in
     ``report.dropped`` with their relative change (entries at or below ``atol`` are omitted).
     """
-    from nla.lora import apply_lora
-
     tuned_params = dict(tuned.named_parameters())
     base_params = {n: p.detach().clone() for n, p in base.named_parameters()}
     missing = sorted(set(base_params) ^ set(tuned_params))
@@ -141,8 +143,6 @@ def cast_adapter(path: str | Path, dtype: str) -> None:
     """Rewrite the adapter weights in checkpoint directory ``path`` in ``dtype`` (loading casts them back)."""
     from safetensors.torch import load_file, save
 
-    from nla.lora import ADAPTER_WEIGHTS
-    from nla.paths import atomic_write_bytes
 
     file = Path(path) / ADAPTER_WEIGHTS
     if not file.exists():
@@ -186,10 +186,6 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
     """
     import shutil
 
-    from nla.ar import ActivationReconstructor
-    from nla.av import ActivationVerbalizer
-    from nla.lora import is_lora
-    from nla.target import load_target
 
     av = ActivationVerbalizer.from_pretrained(av_dir)
     ar = ActivationReconstructor.from_pretrained(ar_dir)

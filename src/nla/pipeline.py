@@ -13,7 +13,7 @@ Stages, each writing into ``<run_dir>/<stage>/`` and finishing with a ``<run_dir
                                            (:mod:`nla.verbalize`); the LoRA AV is distilled on those
                                            explanations and the LoRA AR refit on them (the offline form
                                            of RL's online AR updates)
-    eval     -> eval/card.json             the stage ladder with controls (see :mod:`nla.evaluate`)
+    eval     -> eval/card.json             the stage ladder with controls (see :mod:`nla.evaluate.card`)
     ship     -> ship/nla/{av,ar,card.json} the compact NLA (what ships as the package default)
 
 Re-running the same command skips stages with a DONE marker and resumes the interrupted one (every stage
@@ -34,15 +34,23 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nla.config import config_to_dict, load_yaml, make_config, option
-from nla.errors import NLAError
-from nla.paths import atomic_write_text
+from nla.common.config import config_to_dict, load_yaml, make_config, option
+from nla.common.errors import NLAError
+from nla.common.paths import atomic_dir, atomic_write_text, dir_size_mib
+from nla.data.extract import ExtractConfig, extract
+from nla.evaluate.card import EvalConfig, evaluation_card, format_card
+from nla.export import cast_adapter, drop_tokenizer_files, export_nla
+from nla.resources import resource
+from nla.teach.run import TeachConfig, teach
+from nla.train.ar import ARTrainConfig, train_ar
+from nla.train.av import AVTrainConfig, train_av
+from nla.train.rl.trainer import RLConfig, train_rl
+from nla.verbalize import VerbalizeConfig, verbalize
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +137,7 @@ class PipelineResult:
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("nla") / "data" / "presets"
+    folder = resource("presets")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -138,7 +146,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return load_yaml(path)
-    res = resources.files("nla") / "data" / "presets" / f"{name_or_path}.yaml"
+    res = resource("presets", f"{name_or_path}.yaml")
     if not res.is_file():
         raise NLAError(f"unknown preset {name_or_path!r}; bundled presets: {', '.join(preset_names())} (or a .yaml path)")
     data = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
@@ -175,8 +183,6 @@ class _Stages:
         return self.dir("teach") / f"{split}.parquet"
 
     def extract(self) -> dict[str, Any]:
-        from nla.extract import ExtractConfig, extract
-
         c = self.cfg
         ec = make_config(ExtractConfig, {
             "model": c.model, "corpus": c.corpus, "out": str(self.acts), "layer": c.layer, "limit_docs": c.limit_docs,
@@ -189,8 +195,6 @@ class _Stages:
         return {"rows": res.n_rows, "rows_per_split": res.rows_per_split, "docs": res.n_used_docs, "seconds": res.seconds}
 
     def teach(self) -> dict[str, Any]:
-        from nla.teach import TeachConfig, teach
-
         c = self.cfg
         out: dict[str, Any] = {}
         for split in TEACH_SPLITS:
@@ -214,8 +218,6 @@ class _Stages:
         return {"model": c.model, "seed": c.seed, "bf16": c.bf16, "save_every": c.save_every, "eval_every": 0}
 
     def ar_sft(self) -> dict[str, Any]:
-        from nla.train_ar import ARTrainConfig, train_ar
-
         c = self.cfg
         ac = make_config(ARTrainConfig, {
             **self._train_common(), "out_dir": str(self.dir("ar_sft")), "data": str(self.teach_out("ar_sft")),
@@ -225,8 +227,6 @@ class _Stages:
         return {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval}
 
     def av_sft(self) -> dict[str, Any]:
-        from nla.train_av import AVTrainConfig, train_av
-
         c = self.cfg
         vc = make_config(AVTrainConfig, {
             **self._train_common(), "out_dir": str(self.dir("av_sft")), "data": str(self.teach_out("av_sft")),
@@ -237,8 +237,6 @@ class _Stages:
                 "injection_scale": res.extra.get("injection_scale")}
 
     def rl(self) -> dict[str, Any]:
-        from nla.rl import RLConfig, train_rl
-
         c = self.cfg
         rc = make_config(RLConfig, {
             "av": str(self.dir("av_sft") / "final"), "ar": str(self.dir("ar_sft") / "final"), "data": str(self.acts),
@@ -252,8 +250,6 @@ class _Stages:
                 "last_step": res.last.record() if res.last is not None else None}
 
     def export(self) -> dict[str, Any]:
-        from nla.export import export_nla
-
         c = self.cfg
         rep = export_nla(self.dir("rl") / "final" / "av", self.dir("rl") / "final" / "ar", self.dir("export") / "nla",
                          rank=c.export_rank, dtype=c.export_dtype)
@@ -269,9 +265,6 @@ class _Stages:
         import pyarrow.parquet as pq
         import torch
 
-        from nla.train_ar import ARTrainConfig, train_ar
-        from nla.train_av import AVTrainConfig, train_av
-        from nla.verbalize import VerbalizeConfig, verbalize
 
         c = self.cfg
         if c.refit_rows <= 0:
@@ -304,8 +297,6 @@ class _Stages:
         return out
 
     def eval(self) -> dict[str, Any]:
-        from nla.evaluate import EvalConfig, evaluation_card, format_card
-
         c = self.cfg
         compute = self.dir("eval") / "compute.yaml"
         atomic_write_text(compute, yaml.safe_dump(self.compute(), sort_keys=False))
@@ -340,9 +331,6 @@ class _Stages:
         return self.dir("ship") / "nla"
 
     def ship(self) -> dict[str, Any]:
-        from nla.export import cast_adapter, drop_tokenizer_files
-        from nla.paths import atomic_dir, dir_size_mib
-
         with atomic_dir(self.nla_dir) as tmp:
             for role in ("av", "ar"):  # the refit adapters trained in fp32: store them compactly again
                 shutil.copytree(self.shipped(role), tmp / role)

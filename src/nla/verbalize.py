@@ -6,7 +6,7 @@ update done offline, on many rows at once: verbalize a TRAINING split (never the
 final AV, then ``nla train ar --init <AR> --data <this parquet>`` refits the AR to what the AV actually
 says. The output has the columns of ``nla teach`` (the input rows + ``explanation``, ``response``,
 ``teacher``), so every command that reads teacher data reads it. Rows whose answer has no closed tag
-keep their tag-stripped text (:func:`nla.text.text_for_ar`, what the AR reads at inference too) and are
+keep their tag-stripped text (:func:`nla.core.text.text_for_ar`, what the AR reads at inference too) and are
 counted. Work goes to ``<out>.work`` in chunks: a killed run resumes where it stopped.
 
     nla verbalize --av runs/rl/final/av --data runs/acts --split ar_sft --limit 2000 --out runs/av_text.parquet
@@ -25,12 +25,13 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from nla.activations import vectors as table_vectors
-from nla.config import option
-from nla.errors import NLAError
-from nla.meta import dataset_sidecar_path, write_sidecar
-from nla.teach import input_sidecar, open_work, read_input, write_table
-from nla.text import text_for_ar
+from nla.common.config import option
+from nla.common.errors import NLAError
+from nla.common.meta import dataset_sidecar_path, write_sidecar
+from nla.core.text import text_for_ar
+from nla.data.activations import vectors as table_vectors
+from nla.models.av import ActivationVerbalizer
+from nla.teach.run import input_sidecar, open_work, read_input, write_table
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ class VerbalizeConfig:
 
 def verbalize(cfg: VerbalizeConfig) -> Path:
     """Write the AV's explanations of ``cfg.split`` to ``cfg.out``; returns the output path."""
-    from nla.av import ActivationVerbalizer
-
     if not cfg.av or not cfg.data or not cfg.out:
         raise NLAError("verbalize needs --av, --data (an extraction directory) and --out (a .parquet file)")
     if cfg.split == "eval":

@@ -2,7 +2,7 @@
 
 Each module ``nla/cli/<name>.py`` defines ``register(subparsers)`` and adds one top-level command;
 modules named ``train_<stage>.py`` add ``nla train <stage>``. ``main(argv)`` returns the exit code, so
-tests call it directly. Library errors (:class:`nla.errors.NLAError`) become one ``nla: error:`` line
+tests call it directly. Library errors (:class:`nla.common.errors.NLAError`) become one ``nla: error:`` line
 and exit code 2.
 """
 
@@ -14,7 +14,7 @@ import logging
 import pkgutil
 import sys
 
-from nla.errors import NLAError
+from nla.common.errors import NLAError
 
 log = logging.getLogger("nla")
 

@@ -14,9 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from nla.config import add_config_args, config_from_args
-from nla.corpus import Document, corpus_stats, load_corpus
-from nla.corpus_default import DefaultCorpusConfig, build_default_corpus
+from nla.common.config import add_config_args, config_from_args
+from nla.data.corpus import corpus_stats, load_corpus
+from nla.data.corpus_default import DefaultCorpusConfig, build_default_corpus
+from nla.data.documents import Document
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-from nla.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nla.evaluate import EvalConfig
+    from nla.evaluate.card import EvalConfig
 
     p = sub.add_parser(
         "eval",
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.evaluate import EvalConfig, evaluation_card, format_card, shipped_card
+    from nla.evaluate.card import EvalConfig, evaluation_card, format_card, shipped_card
 
     cfg = config_from_args(EvalConfig, args)
     if not cfg.data and not cfg.av and not cfg.ar and not cfg.sft_av and not cfg.sft_ar:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nla.config import add_config_args, config_from_args, option
-from nla.errors import NLAError
+from nla.common.config import add_config_args, config_from_args, option
+from nla.common.errors import NLAError
 
 
 @dataclass
@@ -103,10 +103,11 @@ def read_input(args: argparse.Namespace) -> str | list[dict[str, str]]:
 
 def check_positions(cfg: ExplainConfig, source: str | list[dict[str, str]]) -> None:
     """Resolve ``--positions`` with the target's tokenizer alone, so bad specs fail before models load."""
-    from nla.explain import encode_input, resolve_nla_paths
-    from nla.meta import MODEL_SIDECAR, read_model_sidecar
-    from nla.positions import parse_positions
-    from nla.target import load_tokenizer
+    from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
+    from nla.explain.api import resolve_nla_paths
+    from nla.explain.inputs import encode_input
+    from nla.explain.positions import parse_positions
+    from nla.models.target import load_tokenizer
 
     av, _ = resolve_nla_paths(cfg.av, cfg.ar)
     name = cfg.target
@@ -119,7 +120,7 @@ def check_positions(cfg: ExplainConfig, source: str | list[dict[str, str]]) -> N
 
 
 def load_nla(cfg: NLAOptions) -> Any:
-    from nla.explain import NLA, resolve_nla_paths
+    from nla.explain.api import NLA, resolve_nla_paths
 
     av, ar = resolve_nla_paths(cfg.av, cfg.ar)
     return NLA.from_pretrained(av, ar, target=cfg.target, device=cfg.device, dtype=cfg.dtype, baseline=cfg.baseline)
@@ -127,7 +128,7 @@ def load_nla(cfg: NLAOptions) -> Any:
 
 def notes_for(nla: Any, records: list[Any], best_of: int = 1) -> list[str]:
     """Lines that say what the scores mean (and what is missing)."""
-    from nla.report import summary
+    from nla.explain.report import summary
 
     notes = [f"target {nla.target.name}, layer {nla.layer}"]
     if best_of > 1:
@@ -148,10 +149,10 @@ def notes_for(nla: Any, records: list[Any], best_of: int = 1) -> list[str]:
 
 
 def write_outputs(cfg: NLAOptions, nla: Any, records: list[Any], tokens: list[str] | None, title: str) -> None:
-    from nla.report import render_table, write_html, write_jsonl
+    from nla.explain.report import render_table, write_html, write_jsonl
 
     sys.stdout.write(render_table(records, width=shutil.get_terminal_size((120, 24)).columns))
-    from nla.rerank import resolve_best_of
+    from nla.evaluate.rerank import resolve_best_of
 
     best_of = resolve_best_of(cfg.best_of, has_ar=nla.ar is not None, sampling=cfg.num_samples > 1 or cfg.do_sample)
     notes = notes_for(nla, records, best_of)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nla.cli.explain import NLAOptions, load_nla, write_outputs
-from nla.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args
 
 
 @dataclass
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.explain import load_vector_file
+    from nla.explain.inputs import load_vector_file
 
     cfg = config_from_args(ExplainVectorConfig, args)
     array = load_vector_file(args.file, args.key)  # before loading models: file errors come fast

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nla.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.errors import NLAError
+    from nla.common.errors import NLAError
     from nla.export import ExportConfig, export_nla
 
     cfg = config_from_args(ExportConfig, args)

@@ -17,8 +17,8 @@ import argparse
 import json
 import sys
 
-from nla.config import add_config_args, config_from_args
-from nla.extract import ExtractConfig, extract
+from nla.common.config import add_config_args, config_from_args
+from nla.data.extract import ExtractConfig, extract
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from nla.target import DEFAULT_TARGET, load_target
+from nla.models.target import DEFAULT_TARGET, load_target
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from nla.config import add_config_args, config_from_args
-from nla.teach import TeachConfig, teach
+from nla.common.config import add_config_args, config_from_args
+from nla.teach.run import TeachConfig, teach
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 
-from nla.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nla.train_ar import ARTrainConfig
+    from nla.train.ar import ARTrainConfig
 
     p = sub.add_parser(
         "ar",
@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.train_ar import ARTrainConfig, format_eval, train_ar
+    from nla.evaluate.roundtrip import format_eval
+    from nla.train.ar import ARTrainConfig, train_ar
 
     cfg = config_from_args(ARTrainConfig, args)
     result = train_ar(cfg)

@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 
-from nla.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nla.train_av import AVTrainConfig
+    from nla.train.av import AVTrainConfig
 
     p = sub.add_parser(
         "av",
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.train_av import AVTrainConfig, train_av
+    from nla.train.av import AVTrainConfig, train_av
 
     cfg = config_from_args(AVTrainConfig, args)
     _, result = train_av(cfg)

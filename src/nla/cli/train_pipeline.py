@@ -16,7 +16,7 @@ import dataclasses
 import json
 import sys
 
-from nla.config import add_config_args
+from nla.common.config import add_config_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

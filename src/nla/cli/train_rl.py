@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-from nla.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nla.rl import RLConfig
+    from nla.train.rl.trainer import RLConfig
 
     p = sub.add_parser(
         "rl",
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.rl import RLConfig, train_rl
+    from nla.train.rl.trainer import RLConfig, train_rl
 
     cfg = config_from_args(RLConfig, args)
     res = train_rl(cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from nla.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,371 @@
+"""Inference: explain the activations of a text (or of arbitrary directions) with a trained NLA.
+
+:class:`NLA` bundles the target model (where activations come from), the activation verbalizer (AV,
+vector -> text) and optionally the activation reconstructor (AR, text -> vector). With an AR every
+explanation gets an honest round-trip score: the cosine and ``mse_nrm`` between the AR's reconstruction
+and the true activation, and ``fve_nrm = 1 - mse_nrm / B`` when the predict-the-mean baseline ``B`` is
+known (sidecar field ``eval.baseline_mse`` of the AR or AV, or ``baseline=``). An answer without a
+closed ``<explanation>`` tag has ``explanation=None`` (a format failure) but is still scored, on its raw
+text with any tags removed, so every record has a score. Each record also carries
+the AR's score for an EMPTY explanation (``control_cosine``): an explanation is only informative where
+it beats that control.
+
+Text is tokenised like extraction does: plain text with ``tokenizer(text)``, chats with
+``apply_chat_template`` in one step; activations are the output of block ``layer`` (``hidden_at``).
+
+>>> nla = NLA.from_pretrained("runs/nla/av", "runs/nla/ar")            # doctest: +SKIP
+>>> for r in nla.explain("The Eiffel Tower is in Paris.", positions="last"):  # doctest: +SKIP
+...     print(r.token, r.cosine, r.explanation)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nla.common.errors import NLAError
+from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
+from nla.core.metrics import cosine, fve_nrm, mse_nrm
+from nla.core.text import cjk_fraction, extract_explanation, text_for_ar
+from nla.evaluate.rerank import DEFAULT_TEMPERATURE, candidates, resolve_best_of
+from nla.explain.inputs import Encoded, as_vectors, encode_input
+from nla.explain.positions import parse_positions
+from nla.models.ar import ActivationReconstructor
+from nla.models.av import CJK_FAILURE_THRESHOLD, ActivationVerbalizer
+from nla.models.target import Target, load_target
+from nla.resources import default_nla_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One generated answer and its round-trip scores (None where unknown)."""
+
+    raw: str
+    explanation: str | None
+    cosine: float | None = None
+    mse_nrm: float | None = None
+    fve: float | None = None
+    cjk: bool = False
+
+
+@dataclass
+class TokenExplanation:
+    """The explanation of the activation at one token of a text (first sample; all in ``samples``)."""
+
+    token: str  # the token's text (with its leading space, if any)
+    position: int  # index in the tokenised input
+    explanation: str | None  # text inside <explanation> tags; None if the answer has no closed tag
+    raw: str  # the AV's full answer
+    fve: float | None = None  # 1 - mse_nrm / baseline (None without an AR or a known baseline)
+    cosine: float | None = None  # cos(AR(explanation), activation)
+    mse_nrm: float | None = None  # 2 (1 - cosine)
+    cjk: bool = False  # the answer is mostly CJK: the injection probably failed
+    control_cosine: float | None = None  # cos(AR(""), activation): the empty-explanation control
+    samples: list[Sample] = field(default_factory=list)  # every sample (one unless num_samples > 1)
+
+
+@dataclass
+class VectorExplanation:
+    """The explanation of one arbitrary direction (row ``index`` of the input)."""
+
+    index: int
+    norm: float  # the input vector's norm (the AV rescales it to its injection scale anyway)
+    explanation: str | None
+    raw: str
+    cosine: float | None = None
+    mse_nrm: float | None = None
+    fve: float | None = None
+    cjk: bool = False
+    control_cosine: float | None = None
+    samples: list[Sample] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def resolve_nla_paths(av: str | None, ar: str | None) -> tuple[str, str | None]:
+    """The AV/AR to use: the given ones, else the NLA shipped under ``nla/data/default_nla/{av,ar}``."""
+    if av is not None:
+        return av, ar
+    shipped = default_nla_dir()
+    if (shipped / "av" / MODEL_SIDECAR).exists():
+        shipped_ar = shipped / "ar"
+        return str(shipped / "av"), ar or (str(shipped_ar) if (shipped_ar / MODEL_SIDECAR).exists() else None)
+    raise NLAError(
+        "no trained NLA is available: pass --av PATH (and --ar PATH) to a trained checkpoint, "
+        "or train one with `nla train pipeline` (its av/ and ar/ directories)"
+    )
+
+
+def local_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint directory and its sidecar: a local directory, or an HF Hub id downloaded (when online)
+    into the HF cache. A directory without ``nla_meta.yaml`` is an error."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        name = str(path)
+        if name.startswith((".", "/", "~")) or p.exists() or name.count("/") != 1:
+            raise NLAError(f"NLA checkpoint {name!r} is not a directory (nor an HF Hub id like owner/name)")
+        try:
+            from huggingface_hub import snapshot_download
+
+            p = Path(snapshot_download(name))
+        except Exception as e:  # any hub or network failure becomes one clear line
+            raise NLAError(f"cannot fetch NLA checkpoint {name!r} from the HF Hub: {type(e).__name__}") from e
+    if not (p / MODEL_SIDECAR).exists():
+        raise NLAError(f"{p} has no {MODEL_SIDECAR}: it is not an NLA checkpoint (train one with `nla train pipeline`)")
+    return p, read_model_sidecar(p)
+
+
+def sidecar_baseline(*metas: dict[str, Any] | None) -> float | None:
+    """``eval.baseline_mse`` from the first sidecar that has a positive finite one."""
+    for meta in metas:
+        value = ((meta or {}).get("eval") or {}).get("baseline_mse")
+        try:
+            b = float(value) if value is not None else None
+        except (TypeError, ValueError):
+            b = None
+        if b is not None and math.isfinite(b) and b > 0:
+            return b
+    return None
+
+
+class NLA:
+    """A target model + AV (+ optional AR): explain activations of texts or arbitrary directions."""
+
+    def __init__(
+        self,
+        av: ActivationVerbalizer,
+        ar: ActivationReconstructor | None,
+        target: Target,
+        *,
+        baseline: float | None = None,
+    ) -> None:
+        self.av, self.ar, self.target = av, ar, target
+        self.layer = int(av.layer)
+        self.baseline = baseline
+        self._check()
+        if ar is not None and baseline is None:
+            log.info("no predict-the-mean baseline known (sidecar eval.baseline_mse): reporting cosine and mse_nrm, not fve")
+
+    def _check(self) -> None:
+        d_t, d_av = int(self.target.d_model), int(self.av.d_model)
+        if d_t != d_av:
+            raise NLAError(f"d_model mismatch: target {self.target.name} has {d_t}, the AV expects {d_av}")
+        if self.ar is not None:
+            if int(self.ar.d_model) != d_av:
+                raise NLAError(f"d_model mismatch: the AV expects {d_av}, the AR predicts {int(self.ar.d_model)}")
+            if int(self.ar.layer) != self.layer:
+                raise NLAError(f"layer mismatch: the AV explains layer {self.layer}, the AR reconstructs layer {int(self.ar.layer)}")
+        self.target.check_layer(self.layer)
+        if self.baseline is not None and not (math.isfinite(self.baseline) and self.baseline > 0):
+            raise NLAError(f"baseline must be a positive number, got {self.baseline}")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        av: str | os.PathLike[str] | None = None,
+        ar: str | os.PathLike[str] | None = None,
+        *,
+        target: str | Target | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        baseline: float | None = None,
+    ) -> NLA:
+        """Load an AV (and AR) checkpoint, ours or official (HF dir + ``nla_meta.yaml``), or hub ids.
+
+        ``target`` defaults to the AV sidecar's ``extraction.base_model``. ``baseline`` overrides the
+        sidecar's ``eval.baseline_mse``. Without ``av``: the NLA shipped with the package (AV and AR).
+        """
+
+        if av is None:
+            av, ar = resolve_nla_paths(None, None if ar is None else str(ar))
+
+        av_path, av_meta = local_checkpoint(av)
+        ar_path, ar_meta = local_checkpoint(ar) if ar is not None else (None, None)
+        verbalizer = ActivationVerbalizer.from_pretrained(av_path, device=device, dtype=dtype)
+        reconstructor = None
+        if ar is not None:
+
+            reconstructor = ActivationReconstructor.from_pretrained(ar_path, device=device, dtype=dtype)
+        if isinstance(target, Target):
+            tgt = target
+        else:
+            name = target or getattr(verbalizer, "base_model", None) or ((av_meta or {}).get("extraction") or {}).get("base_model")
+            if not name:
+                raise NLAError(f"the AV sidecar of {av} names no extraction.base_model: pass target=...")
+            tgt = load_target(str(name), dtype=dtype, device=device)
+        if baseline is None:
+            baseline = sidecar_baseline(ar_meta, av_meta)
+        return cls(verbalizer, reconstructor, tgt, baseline=baseline)
+
+    # ------------------------------------------------------------------------- core
+
+    def encode(self, text_or_messages: str | Sequence[dict[str, str]]) -> Encoded:
+        return encode_input(self.target.tokenizer, text_or_messages)
+
+    @torch.no_grad()
+    def activations(self, input_ids: Sequence[int]) -> torch.Tensor:  # -> (T, d) float32
+        """The output of block ``layer`` at every position of one tokenised input."""
+        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.target.device)  # (1, T)
+        hidden = self.target.hidden_at(ids, torch.ones_like(ids), self.layer)  # (1, T, d)
+        return hidden[0].float().cpu()
+
+    def _score(self, vectors: torch.Tensor, answers: list[list[str]], batch_size: int) -> list[list[Sample]]:
+        """Parse answers and, with an AR, score each parsed explanation against its vector (N, d)."""
+        samples = [[Sample(raw=a, explanation=extract_explanation(a), cjk=cjk_fraction(a) > CJK_FAILURE_THRESHOLD) for a in row] for row in answers]
+        n_cjk = sum(s.cjk for row in samples for s in row)
+        if n_cjk:
+            log.warning("%d of %d answers are mostly CJK text: the injection probably failed (check the marker and scale)",
+                        n_cjk, sum(len(r) for r in samples))
+        if self.ar is None:
+            return samples
+        flat = [(i, s) for i, row in enumerate(samples) for s in row]
+        if flat:
+            texts = [text_for_ar(s.raw) for _, s in flat]
+            pred = self.ar.predict(texts, batch_size=max(1, batch_size)).float().cpu()  # (M, d)
+            gold = vectors[[i for i, _ in flat]]  # (M, d)
+            cos, mse = cosine(pred, gold), mse_nrm(pred, gold)  # (M,), (M,)
+            for k, (_, s) in enumerate(flat):
+                s.cosine, s.mse_nrm = float(cos[k]), float(mse[k])
+                s.fve = fve_nrm(s.mse_nrm, self.baseline) if self.baseline is not None else None
+        return samples
+
+    def _control(self, vectors: torch.Tensor) -> list[float | None]:  # (N, d)
+        """cos(AR(""), v) for each vector: what the AR gets from no explanation at all."""
+        if self.ar is None:
+            return [None] * vectors.shape[0]
+        empty = self.ar.predict([""], batch_size=1).float().cpu()  # (1, d)
+        return [float(c) for c in cosine(empty.expand_as(vectors), vectors)]
+
+    def _generate(self, vectors: torch.Tensor, **gen: Any) -> list[list[str]]:  # (N, d)
+        answers = self.av.generate(vectors, **gen)
+        if len(answers) != vectors.shape[0]:
+            raise RuntimeError(f"the AV returned {len(answers)} answer lists for {vectors.shape[0]} vectors")
+        return answers
+
+    def explain(
+        self,
+        text_or_messages: str | Sequence[dict[str, str]],
+        positions: str | Sequence[int] = "all",
+        *,
+        max_new_tokens: int = 150,
+        num_samples: int = 1,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seed: int | None = None,
+        best_of: int | None = None,
+    ) -> list[TokenExplanation]:
+        """Explain the activation at each selected token (see :mod:`nla.explain.positions` for ``positions``).
+
+        Greedy by default; ``num_samples > 1`` samples (``do_sample`` is implied; ``temperature`` 1.0
+        unless given). The record's main fields come from the first sample; all samples, scored, are in
+        ``samples``. ``best_of`` K > 1 (needs the AR): the greedy answer and K-1 samples (``temperature``
+        0.7 unless given), best-scored first (:mod:`nla.evaluate.rerank`). Default: best of
+        :data:`nla.evaluate.rerank.DEFAULT_BEST_OF` with an AR and no sampling options, else greedy (K = 1).
+        """
+        enc = self.encode(text_or_messages)
+        picked = parse_positions(positions, len(enc.input_ids), assistant_mask=enc.assistant_mask)
+        vectors = self.activations(enc.input_ids)[picked]  # (P, d)
+        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed,
+                                     best_of)
+        return [
+            TokenExplanation(token=enc.tokens[p], position=p, **_main(row), control_cosine=c, samples=row)
+            for p, row, c in zip(picked, samples, control, strict=True)
+        ]
+
+    def explain_vectors(
+        self,
+        array: Any,
+        *,
+        max_new_tokens: int = 150,
+        num_samples: int = 1,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seed: int | None = None,
+        best_of: int | None = None,
+    ) -> list[VectorExplanation]:
+        """Explain arbitrary directions (N, d) or (d,): a neuron's output weights, an SAE feature, a
+        steering vector. Only the direction matters. With an AR, the round-trip cosine is reported;
+        ``best_of`` as in :meth:`explain`."""
+        vectors = as_vectors(array, int(self.av.d_model))  # (N, d)
+        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed,
+                                     best_of)
+        norms = vectors.norm(dim=-1).tolist()
+        return [
+            VectorExplanation(index=i, norm=float(n), **_main(row), control_cosine=c, samples=row)
+            for i, (n, row, c) in enumerate(zip(norms, samples, control, strict=True))
+        ]
+
+    def _run(
+        self,
+        vectors: torch.Tensor,  # (N, d)
+        max_new_tokens: int,
+        num_samples: int,
+        do_sample: bool,
+        temperature: float | None,
+        top_p: float,
+        batch_size: int,
+        seed: int | None,
+        best_of: int | None = None,
+    ) -> tuple[list[list[Sample]], list[float | None]]:
+        best_of = resolve_best_of(best_of, has_ar=self.ar is not None, sampling=num_samples > 1 or do_sample)
+        if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or best_of < 1:
+            raise NLAError("num_samples, max_new_tokens, batch_size and best_of must be >= 1")
+        if best_of > 1:
+            return self._best_of(vectors, best_of, max_new_tokens, temperature, batch_size, seed, num_samples, do_sample)
+        gen = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample or num_samples > 1,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=top_p,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        answers = self._generate(vectors, **gen)
+        return self._score(vectors, answers, batch_size), self._control(vectors)
+
+    def _best_of(
+        self, vectors: torch.Tensor, k: int, max_new_tokens: int, temperature: float | None, batch_size: int,
+        seed: int | None, num_samples: int, do_sample: bool,
+    ) -> tuple[list[list[Sample]], list[float | None]]:
+        """Greedy + k-1 samples per vector, every one scored, the lowest ``mse_nrm`` first (ties keep greedy)."""
+        if self.ar is None:
+            raise NLAError("best-of decoding needs an AR to choose with (give --ar)")
+        if num_samples > 1 or do_sample:
+            raise NLAError("best-of decoding makes its own samples: drop --num-samples / --do-sample")
+        cands = candidates(self.av, vectors, k, temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, seed=0 if seed is None else seed)
+        answers = [cands.texts[i * k : (i + 1) * k] for i in range(vectors.shape[0])]
+        scored = self._score(vectors, answers, batch_size)
+        ranked = [sorted(row, key=lambda s: s.mse_nrm if s.mse_nrm is not None else math.inf) for row in scored]
+        return ranked, self._control(vectors)
+
+
+def _main(row: list[Sample]) -> dict[str, Any]:
+    s = row[0]
+    return dict(explanation=s.explanation, raw=s.raw, fve=s.fve, cosine=s.cosine, mse_nrm=s.mse_nrm, cjk=s.cjk)
+
+
+__all__ = [
+    "NLA",
+    "Sample",
+    "TokenExplanation",
+    "VectorExplanation",
+    "local_checkpoint",
+    "resolve_nla_paths",
+    "sidecar_baseline",
+]

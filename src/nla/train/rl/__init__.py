@@ -1,0 +1,1 @@
+"""Joint RL: GRPO on the AV with rewards from the current AR, which keeps training on the rollouts."""

@@ -1,0 +1,71 @@
+"""The evaluation card's helpers: stage specs, example choice, text rendering, the shipped card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import nla.evaluate.card
+from nla.cli import main
+from nla.common.errors import NLAError
+from nla.core.text import quote_grounding
+from nla.evaluate.card import format_card, parse_stages, shipped_card, spread_rows
+from nla.evaluate.roundtrip import grounding
+
+
+def test_parse_stages() -> None:
+    assert parse_stages(["shipped=a/av,a/ar", "x=b,c"]) == [("shipped", "a/av", "a/ar"), ("x", "b", "c")]
+    for bad in ("noequals", "n=onlyav", "=a,b", "n=a,b,c"):
+        with pytest.raises(NLAError, match="NAME=AV_DIR,AR_DIR"):
+            parse_stages([bad])
+
+
+def test_spread_rows_prefers_distinct_documents() -> None:
+    docs = ["a"] * 5 + ["b"] * 5 + ["c"] * 5 + ["d"] * 5
+    assert spread_rows(docs, 4) == [0, 5, 10, 15]
+    assert spread_rows(docs, 2) == [0, 10]
+    assert len(spread_rows(docs, 8)) == 8  # fewer documents than wanted: any rows, spread out
+    assert spread_rows(docs, 0) == [] and spread_rows([], 3) == []
+
+
+def _card() -> dict:
+    stage = {"fve_nrm": 0.25, "fve_shuffled": -0.4, "fve_empty": -0.2, "retrieval_top1_at_8": 0.5,
+             "tag_failure_rate": 0.1, "truncation_rate": 0.05, "len_mean": 90.0, "quote_grounding": 0.375}
+    return {"rows": 8, "baseline": 0.6, "baseline_source": "train", "ar_sft_teacher": dict(stage, fve_nrm=0.5),
+            "shipped": stage, "ladder": {"ar_sft_teacher": 0.5, "shipped": 0.25, "each_beats_the_one_before": False},
+            "controls": {"fve_shuffled": -0.4, "fve_random": -2.4},
+            "examples": [{"row": 0, "doc_id": "d", "context_tail": "The cat sat", "shipped": "<explanation>cats</explanation>"}],
+            "compute": {"rl": "45 steps, 64 min, 1 CPU thread"}}
+
+
+def test_format_card_shows_every_stage_example_and_compute() -> None:
+    text = format_card(_card())
+    assert "AR-SFT reading teacher text" in text and "+0.500" in text
+    assert "shipped" in text and "+0.250" in text and "-0.400" in text
+    assert "shipped: cats" in text and "45 steps" in text and "random -2.400" in text
+    assert "quotes-in-ctx" in text and "0.38" in text
+
+
+def test_quote_grounding_counts_quotes_found_in_the_context() -> None:
+    ctx = "<|im_start|>user\nHow do I boil pasta?<|im_end|>\n<|im_start|>assistant\nBring a large pot"
+    good = 'Final token: " pot". Next: " of" 94%.\nBefore it: "...[im_start]assistant\\nBring a large"'
+    assert quote_grounding(good, ctx) == (2, 2)  # " of" is too short to count
+    assert quote_grounding('Before it: "...a small dog", then "pasta?[im_end]"', ctx) == (1, 2)
+    assert quote_grounding("no quotes at all", ctx) == (0, 0)
+    g = grounding(["<explanation>x \"large pot\"</explanation>", "<explanation>\"a cat\"</explanation>"], [ctx, ctx])
+    assert g == {"quote_grounding": 0.5, "quotes_per_explanation": 1.0}
+    assert grounding(["a"], None) == {}
+
+
+def test_shipped_card_is_printed_by_nla_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(nla.evaluate.card, "default_nla_dir", lambda: tmp_path)
+    with pytest.raises(NLAError, match="no NLA is shipped"):
+        shipped_card()
+    assert main(["eval"]) == 2
+    (tmp_path / "card.json").write_text(json.dumps(_card()))
+    assert main(["eval"]) == 0
+    assert "AR-SFT reading teacher text" in capsys.readouterr().out
+    assert main(["eval", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shipped"]["fve_nrm"] == 0.25

@@ -1,0 +1,92 @@
+"""Best-of-K decoding: candidate layout, the AR's choice, and ``NLA.explain(best_of=...)``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nla.common.errors import NLAError
+from nla.evaluate.rerank import best_of, candidates, choose
+from nla.models.av import Responses
+
+
+class FakeAV:
+    """Greedy answers 'g<i>', samples 's<i>.<j>'; records the sampling arguments."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def sample(self, vectors: torch.Tensor, *, num_samples: int = 1, do_sample: bool = False, **kw) -> Responses:
+        self.calls.append(dict(num_samples=num_samples, do_sample=do_sample, **kw))
+        n = vectors.shape[0]
+        texts = [f"g{i}" for i in range(n)] if not do_sample else [f"s{i}.{j}" for i in range(n) for j in range(num_samples)]
+        return Responses([[len(t)] for t in texts], texts, [False] * len(texts))
+
+
+class FakeAR:
+    """Reconstructs the vector named by the text's table entry (unknown text: the zero vector)."""
+
+    def __init__(self, table: dict[str, torch.Tensor]) -> None:
+        self.table = table
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        d = next(iter(self.table.values())).shape[0]
+        return torch.stack([self.table.get(t, torch.zeros(d)) for t in texts])
+
+
+def test_candidates_put_greedy_first_then_the_samples_of_the_same_vector() -> None:
+    av = FakeAV()
+    c = candidates(av, torch.zeros(2, 3), 3, temperature=0.5, max_new_tokens=7, seed=4)
+    assert c.texts == ["g0", "s0.0", "s0.1", "g1", "s1.0", "s1.1"]
+    assert c.ids[1] == [4] and len(c.truncated) == 6
+    assert av.calls[1]["temperature"] == 0.5 and av.calls[1]["num_samples"] == 2 and av.calls[1]["seed"] == 4
+    assert candidates(FakeAV(), torch.zeros(2, 3), 1).texts == ["g0", "g1"]  # k = 1 is plain greedy
+    with pytest.raises(NLAError):
+        candidates(av, torch.zeros(1, 3), 0)
+
+
+def test_choose_keeps_the_best_reconstruction_and_greedy_on_ties() -> None:
+    v = torch.eye(3)[:2]  # (2, 3)
+    ar = FakeAR({"g0": -v[0], "s0.0": v[0], "s0.1": v[0] + 0.1 * v[1],  # vector 0: sample 0 is exact
+                 "g1": v[1], "s1.0": v[1], "s1.1": v[0]})  # vector 1: greedy ties with sample 0
+    chosen, mse = best_of(FakeAV(), ar, v, 3)
+    assert chosen.texts == ["s0.0", "g1"]
+    assert mse.shape == (2, 3) and mse[0, 0] == pytest.approx(4.0, abs=1e-4) and mse[0, 1] == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(NLAError, match="candidates"):
+        choose(ar, v, Responses([[1]], ["g0"], [False]), 3)
+
+
+def test_explain_best_of_ranks_every_candidate(tiny_nla) -> None:
+    recs = tiny_nla.explain("fox dog cat", "last", max_new_tokens=3, best_of=3)
+    (r,) = recs
+    assert len(r.samples) == 3 and r.mse_nrm == min(s.mse_nrm for s in r.samples)
+    assert [s.mse_nrm for s in r.samples] == sorted(s.mse_nrm for s in r.samples)
+    greedy = tiny_nla.explain("fox dog cat", "last", max_new_tokens=3, best_of=1)[0]
+    assert greedy.raw in {s.raw for s in r.samples}  # the greedy answer is one of the candidates
+    assert r.mse_nrm <= greedy.mse_nrm + 1e-6
+    with pytest.raises(NLAError, match="num-samples"):
+        tiny_nla.explain("fox", "last", max_new_tokens=2, best_of=2, num_samples=2)
+
+
+def test_best_of_needs_an_ar(tiny_nla) -> None:
+    from nla.explain.api import NLA
+
+    no_ar = NLA(tiny_nla.av, None, tiny_nla.target)
+    with pytest.raises(NLAError, match="needs an AR"):
+        no_ar.explain("fox", "last", max_new_tokens=2, best_of=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_nla(tmp_path_factory: pytest.TempPathFactory):
+    from nla.explain.api import NLA
+    from nla.models.ar import ActivationReconstructor
+    from nla.models.av import ActivationVerbalizer
+    from nla.models.target import load_target
+
+    from helpers import save_tiny_target
+
+    root = tmp_path_factory.mktemp("rerank")
+    save_tiny_target(root / "target")
+    target = load_target(str(root / "target"))
+    av = ActivationVerbalizer.from_target(target, injection_scale=8.0, layer=1)
+    return NLA(av, ActivationReconstructor.from_target(target, 1), target)

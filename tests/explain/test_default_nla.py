@@ -1,0 +1,52 @@
+"""The NLA shipped in the package (``nla/data/default_nla``): compact, complete, and working offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from nla.cli import main
+from nla.evaluate.rerank import DEFAULT_BEST_OF
+from nla.explain.api import NLA
+from nla.resources import default_nla_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_shipped_files_are_compact_adapters_with_sidecars_and_a_card() -> None:
+    root = default_nla_dir()
+    files = [f for f in root.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    assert not any(f.suffix in (".bin", ".pt", ".pkl") or f.name == "model.safetensors" for f in files)
+    for role in ("av", "ar"):
+        meta = yaml.safe_load((root / role / "nla_meta.yaml").read_text())
+        assert meta["kind"] == "nla_model" and meta["role"] == role and meta["adapter"] is True
+        assert meta["extraction"]["base_model"] == "smollm2-135m" and meta["extraction"]["layer_index"] == 20
+        assert (root / role / "adapter_model.safetensors").exists()
+    assert (root / "ar" / "value_head.safetensors").exists()
+    card = json.loads((root / "card.json").read_text())
+    shipped = card["shipped"]
+    assert shipped["fve_shuffled"] <= 0 and shipped["fve_random"] <= 0
+    assert {"retrieval_top1_at_8", "tag_failure_rate", "len_mean"} <= set(shipped)
+    assert len({ex["shipped"] for ex in card["examples"]}) == len(card["examples"]) >= 4  # all different
+    best = f"shipped best-of-{DEFAULT_BEST_OF}"  # what `nla explain` prints by default
+    assert card[best]["best_of"] == DEFAULT_BEST_OF and list(card["ladder"])[-2] == best
+    assert card[best]["fve_shuffled"] <= 0 and card[best]["fve_random"] <= 0
+    assert len({ex[best] for ex in card["examples"]}) == len(card["examples"])
+    assert set(card["best_of_transfer"]) == {"reader", "shipped", best}
+    assert card["compute"]
+
+
+def test_default_explains_offline_and_differs_across_inputs(tmp_path, smollm2, capsys) -> None:
+    html, jsonl = tmp_path / "r.html", tmp_path / "r.jsonl"
+    assert main(["explain", "The Eiffel Tower is in Paris.", "--positions", "last", "--max-new-tokens", "40",
+                 "--html", str(html), "--jsonl", str(jsonl)]) == 0
+    assert "EMPTY explanation" in capsys.readouterr().out and html.stat().st_size > 1000
+    rec = json.loads(jsonl.read_text().splitlines()[0])
+    assert rec["fve"] is not None and rec["raw"] and len(rec["samples"]) == DEFAULT_BEST_OF
+    nla = NLA.from_pretrained(target=smollm2)  # the shipped default, AV and AR
+    a = nla.explain("def add(a, b):\n    return a + b", positions="last", max_new_tokens=40, best_of=1)[0]
+    b = nla.explain("My grandmother baked bread every Sunday", positions="last", max_new_tokens=40, best_of=1)[0]
+    assert a.raw != b.raw and a.cosine is not None and b.cosine is not None
