@@ -44,11 +44,14 @@ def main() -> None:
     vec = held.vectors[: args.rows].float()
     base = Baseline.from_train(load_vectors(args.train_data, "ar_sft").vectors).value
     av = ActivationVerbalizer.from_pretrained(args.av)
-    readers = {"chooser": ActivationReconstructor.from_pretrained(args.ar),
-               "reader": ActivationReconstructor.from_pretrained(args.reader)}
+    readers = {
+        "chooser": ActivationReconstructor.from_pretrained(args.ar),
+        "reader": ActivationReconstructor.from_pretrained(args.reader),
+    }
     t0 = time.perf_counter()
-    cands = candidates(av, vec, args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                       seed=args.seed)
+    cands = candidates(
+        av, vec, args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
     gen_s = time.perf_counter() - t0
     n, k = vec.shape[0], args.k
     texts = [text_for_ar(t) for t in cands.texts]

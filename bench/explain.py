@@ -48,7 +48,9 @@ def main() -> None:
     acts = target.hidden_at(torch.tensor([enc.input_ids]), None, args.layer)[0]  # (T, d)
     scale = default_injection_scale(acts[8:])  # skip the first tokens (outlier norms)
     with tempfile.TemporaryDirectory() as tmp:
-        ActivationVerbalizer.from_target(target, injection_scale=scale, layer=args.layer).save_pretrained(Path(tmp) / "av")
+        ActivationVerbalizer.from_target(target, injection_scale=scale, layer=args.layer).save_pretrained(
+            Path(tmp) / "av"
+        )
         ActivationReconstructor.from_target(target, args.layer).save_pretrained(Path(tmp) / "ar")
         nla = NLA.from_pretrained(Path(tmp) / "av", Path(tmp) / "ar", target=target)
     n_tok = len(enc.input_ids)
@@ -65,16 +67,24 @@ def main() -> None:
 
     n_new = sum(len(target.tokenizer(r.raw, add_special_tokens=False).input_ids) for r in single)
     same = sum(a.raw == b.raw for a, b in zip(batched, single, strict=True))
-    print("NOTE: untrained AV (copy of SmolLM2) + identity-head AR at layer "
-          f"{args.layer}: speed benchmark only, explanations are meaningless.")
-    print(f"setup: SmolLM2-135M fp32 CPU, {torch.get_num_threads()} thread(s), injection_scale={scale:g}, "
-          f"{len(positions)} positions, max_new_tokens={args.max_new_tokens}, greedy")
+    print(
+        "NOTE: untrained AV (copy of SmolLM2) + identity-head AR at layer "
+        f"{args.layer}: speed benchmark only, explanations are meaningless."
+    )
+    print(
+        f"setup: SmolLM2-135M fp32 CPU, {torch.get_num_threads()} thread(s), injection_scale={scale:g}, "
+        f"{len(positions)} positions, max_new_tokens={args.max_new_tokens}, greedy"
+    )
     print(f"generated tokens (one-at-a-time run): {n_new} ({n_new / len(positions):.1f} per explanation)")
-    print(f"batched (batch_size={args.batch_size}): {t_batched:7.2f} s  {len(positions) / t_batched:6.2f} explanations/s")
+    print(
+        f"batched (batch_size={args.batch_size}): {t_batched:7.2f} s  {len(positions) / t_batched:6.2f} explanations/s"
+    )
     print(f"one at a time (batch_size=1): {t_single:7.2f} s  {len(positions) / t_single:6.2f} explanations/s")
     print(f"speed-up: {t_single / t_batched:.2f}x   identical greedy answers: {same}/{len(positions)}")
-    print(f"mean round-trip cosine {sum(r.cosine for r in batched) / len(batched):+.3f} "
-          f"(empty-explanation control {sum(r.control_cosine for r in batched) / len(batched):+.3f})")
+    print(
+        f"mean round-trip cosine {sum(r.cosine for r in batched) / len(batched):+.3f} "
+        f"(empty-explanation control {sum(r.control_cosine for r in batched) / len(batched):+.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -25,11 +25,37 @@ from nla.data.documents import Document
 from nla.data.extract import ExtractConfig, choose_positions, encode_document, extract
 from nla.models.target import load_target
 
-_TOPICS = ["rivers", "volcanoes", "bread", "chess", "satellites", "bees", "glaciers", "jazz", "tides", "ferns",
-           "bridges", "owls", "copper", "deserts", "violins", "comets"]
+_TOPICS = [
+    "rivers",
+    "volcanoes",
+    "bread",
+    "chess",
+    "satellites",
+    "bees",
+    "glaciers",
+    "jazz",
+    "tides",
+    "ferns",
+    "bridges",
+    "owls",
+    "copper",
+    "deserts",
+    "violins",
+    "comets",
+]
 _VERBS = ["shape", "feed", "warm", "carry", "hide", "reveal", "connect", "change", "protect", "slow"]
-_OBJECTS = ["the valley", "small towns", "old maps", "the morning air", "long winters", "city markets",
-            "ancient roads", "the coastline", "quiet farms", "our daily habits"]
+_OBJECTS = [
+    "the valley",
+    "small towns",
+    "old maps",
+    "the morning air",
+    "long winters",
+    "city markets",
+    "ancient roads",
+    "the coastline",
+    "quiet farms",
+    "our daily habits",
+]
 
 
 def fallback_documents(n: int = 64, seed: int = 0) -> list[Document]:
@@ -39,18 +65,24 @@ def fallback_documents(n: int = 64, seed: int = 0) -> list[Document]:
     for i in range(n):
         topic = _TOPICS[i % len(_TOPICS)]
         kind = i % 4
-        sents = [f"{topic.capitalize()} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} in ways that few people notice."
-                 for _ in range(rng.randint(8, 40))]
+        sents = [
+            f"{topic.capitalize()} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} in ways that few people notice."
+            for _ in range(rng.randint(8, 40))
+        ]
         if kind == 0:
             text = " ".join(sents)
         elif kind == 1:
             text = f"Notes on {topic}:\n" + "\n".join(f"{k + 1}. {s}" for k, s in enumerate(sents))
         elif kind == 2:
-            body = "\n".join(f"    total += {rng.randint(1, 999)} * weight[{k}]  # {s}" for k, s in enumerate(sents[:15]))
+            body = "\n".join(
+                f"    total += {rng.randint(1, 999)} * weight[{k}]  # {s}" for k, s in enumerate(sents[:15])
+            )
             text = f"def score_{topic}(weight):\n    total = 0\n{body}\n    return total\n"
         else:
-            msgs = ({"role": "user", "content": f"Tell me about {topic}. " + " ".join(sents[:3])},
-                    {"role": "assistant", "content": " ".join(sents[3:])})
+            msgs = (
+                {"role": "user", "content": f"Tell me about {topic}. " + " ".join(sents[:3])},
+                {"role": "assistant", "content": " ".join(sents[3:])},
+            )
             docs.append(Document(f"bench-{i:03d}", messages=msgs, source="bench/chat"))
             continue
         docs.append(Document(f"bench-{i:03d}", text=text, source="bench/text"))
@@ -116,11 +148,17 @@ def main() -> None:
     rel = diff / ref_vecs.abs().max().item()
     batched_tps = res.dataset_tokens / batched_s
     naive_tps = naive_tokens / naive_s
-    print(f"SmolLM2-135M layer {layer}, {len(docs)} documents ({source}), {res.n_used_docs} used, "
-          f"{res.n_rows} positions, {res.dataset_tokens} tokens, {args.threads} threads")
-    print(f"nla extract (batched, stops at block {layer}, cut after last position): {batched_tps:8.0f} tok/s "
-          f"({batched_s:.2f} s wall incl. tokenise/decode/parquet; {res.tokens} tokens forwarded)")
-    print(f"naive loop (1 doc, full forward, output_hidden_states):            {naive_tps:8.0f} tok/s ({naive_s:.2f} s)")
+    print(
+        f"SmolLM2-135M layer {layer}, {len(docs)} documents ({source}), {res.n_used_docs} used, "
+        f"{res.n_rows} positions, {res.dataset_tokens} tokens, {args.threads} threads"
+    )
+    print(
+        f"nla extract (batched, stops at block {layer}, cut after last position): {batched_tps:8.0f} tok/s "
+        f"({batched_s:.2f} s wall incl. tokenise/decode/parquet; {res.tokens} tokens forwarded)"
+    )
+    print(
+        f"naive loop (1 doc, full forward, output_hidden_states):            {naive_tps:8.0f} tok/s ({naive_s:.2f} s)"
+    )
     print(f"speed-up: {batched_tps / naive_tps:.2f}x (goal >= 3x)")
     print(f"max |batched - naive| = {diff:.3g} (relative to max |activation|: {rel:.2g})")
 

@@ -24,8 +24,12 @@ from nla.data.activations import vectors as table_vectors
 
 def _rows(data: str, split: str) -> tuple[torch.Tensor, list[str], list[str], list[str]]:
     t = read_split(data, split, ["activation_vector", "doc_id", "detokenized_text_truncated", "token"])
-    return (unit(table_vectors(t)), t.column("doc_id").to_pylist(),
-            t.column("detokenized_text_truncated").to_pylist(), t.column("token").to_pylist())
+    return (
+        unit(table_vectors(t)),
+        t.column("doc_id").to_pylist(),
+        t.column("detokenized_text_truncated").to_pylist(),
+        t.column("token").to_pylist(),
+    )
 
 
 def main() -> None:
@@ -68,7 +72,9 @@ def main() -> None:
             hits += j == order[0]
             preds.append(sums[k[j]] / counts[k[j]] if j is not None else overall)
         fve = 1 - float(mse_nrm(torch.stack(preds), held).mean()) / B
-        print(f"{name:<26} fve_nrm {fve:+.3f}   (full key seen in training for {hits / len(held_keys):.0%} of eval rows)")
+        print(
+            f"{name:<26} fve_nrm {fve:+.3f}   (full key seen in training for {hits / len(held_keys):.0%} of eval rows)"
+        )
 
 
 if __name__ == "__main__":

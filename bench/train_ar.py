@@ -17,8 +17,8 @@ import torch
 from nla.train.ar import ARTrainConfig, ar_loss, build_ar
 
 _TEXT = (
-    "Setting: prose about cooking pasta in salted water. The text ends with: \"add the garlic, basil,\" "
-    "The final token is \",\", a comma inside a list of ingredients; the model predicts next \" and\" or a noun. "
+    'Setting: prose about cooking pasta in salted water. The text ends with: "add the garlic, basil," '
+    'The final token is ",", a comma inside a list of ingredients; the model predicts next " and" or a noun. '
 )
 
 
@@ -40,8 +40,11 @@ def main() -> None:
         torch.manual_seed(0)
         ar = build_ar(ARTrainConfig(data="-", eval_data="-", max_length=128, **extra), "smollm2-135m", 20)
         enc = ar.tokenize(texts)
-        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                 "gold": torch.randn(args.batch, ar.d_model)}
+        batch = {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "gold": torch.randn(args.batch, ar.d_model),
+        }
         params = [p for p in ar.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-5)
         times = []
@@ -53,8 +56,11 @@ def main() -> None:
             opt.zero_grad()
             times.append(time.perf_counter() - t0)
         steady = sum(times[1:]) / max(1, len(times) - 1)
-        print(f"{name:10s} tokens/row={enc['input_ids'].shape[1]} trainable={sum(p.numel() for p in params) / 1e6:.1f}M "
-              f"first step {times[0]:.2f}s, then {steady:.2f}s/step", flush=True)
+        print(
+            f"{name:10s} tokens/row={enc['input_ids'].shape[1]} trainable={sum(p.numel() for p in params) / 1e6:.1f}M "
+            f"first step {times[0]:.2f}s, then {steady:.2f}s/step",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

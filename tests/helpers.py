@@ -127,7 +127,11 @@ class FakeJsonServer:
                 import json
 
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                req = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "json": json.loads(body or b"{}")}
+                req = {
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "json": json.loads(body or b"{}"),
+                }
                 with outer._lock:
                     outer.requests.append(req)
                 status, payload = outer.respond(req)

@@ -123,5 +123,9 @@ def test_export_copies_adapters_and_exports_a_mixed_pair(tmp_path: Path) -> None
     rep = export_nla(tmp_path / "small" / "av", tmp_path / "ar", tmp_path / "mixed", rank=4, dtype="float32")
     assert rep.kept_energy["av"] == 1.0 and rep.kept_energy["ar"] == pytest.approx(1.0)
     assert ActivationReconstructor.from_pretrained(tmp_path / "mixed" / "ar").has_lora
-    torch.testing.assert_close(ActivationVerbalizer.from_pretrained(tmp_path / "mixed" / "av").nll(v, RESPONSES),
-                               av.nll(v, RESPONSES), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        ActivationVerbalizer.from_pretrained(tmp_path / "mixed" / "av").nll(v, RESPONSES),
+        av.nll(v, RESPONSES),
+        atol=1e-4,
+        rtol=1e-4,
+    )

@@ -78,10 +78,12 @@ def test_every_import_goes_down_the_layers() -> None:
 
 @pytest.mark.parametrize(
     ("where", "line", "culprit"),
-    [("core/bad.py", "from nla.models.av import Responses\n", "core imports nla.models.av"),
-     ("data/bad.py", "def f():\n    from nla.explain import api\n", "data imports nla.explain"),
-     ("models/bad.py", "import nla.train.loop\n", "models imports nla.train.loop"),
-     ("nowhere/bad.py", "x = 1\n", "in no layer")],
+    [
+        ("core/bad.py", "from nla.models.av import Responses\n", "core imports nla.models.av"),
+        ("data/bad.py", "def f():\n    from nla.explain import api\n", "data imports nla.explain"),
+        ("models/bad.py", "import nla.train.loop\n", "models imports nla.train.loop"),
+        ("nowhere/bad.py", "x = 1\n", "in no layer"),
+    ],
 )
 def test_the_rule_catches_an_upward_import(tmp_path: Path, where: str, line: str, culprit: str) -> None:
     root = tmp_path / "nla"

@@ -33,7 +33,8 @@ def tiny_pipeline(tmp_path) -> PipelineConfig:
         None, run_dir=str(tmp_path / "run"), model=str(model), layer=1, corpus=str(corpus), positions_per_doc=2,
         skip=2, max_tokens=48, split_fractions=[0.25, 0.25, 0.25, 0.25], eval_rows=4, ar_steps=2, ar_batch_size=4,
         av_steps=2, av_batch_size=4, rl_steps=1, rl_prompts_per_step=2, rl_group_size=2, rl_max_new_tokens=8,
-        eval_max_new_tokens=8, save_every=0, export_rank=2, refit_rows=4, refit_steps=1, refit_batch_size=4, distill_steps=1, teach_options={"tail_tokens": 4, "top_k": 2},
+        eval_max_new_tokens=8, save_every=0, export_rank=2, refit_rows=4, refit_steps=1, refit_batch_size=4,
+        distill_steps=1, teach_options={"tail_tokens": 4, "top_k": 2},
         av_sft_options={"samples": 1, "sample_tokens": 8}, rl_options={"eval_every": 0, "eval_rows": 4},
     )  # fmt: skip
 
@@ -61,11 +62,32 @@ def test_pipeline_runs_end_to_end_then_skips_everything(tmp_path, capsys) -> Non
     assert sorted(p.name for p in ship.iterdir()) == ["ar", "av", "card.json"]
     assert (ship / "ar" / "adapter_model.safetensors").exists() and (ship / "ar" / "value_head.safetensors").exists()
     assert not (ship / "ar" / "tokenizer.json").exists() and not (ship / "av" / "model.safetensors").exists()
-    assert main(["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]) == 0
+    assert (
+        main(["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]) == 0
+    )
     capsys.readouterr()
-    assert main(["eval", "--av", str(run / "rl/final/av"), "--ar", str(run / "rl/final/ar"), "--sft-ar",
-                 str(run / "ar_sft/final"), "--data", str(run / "teach/eval.parquet"), "--rows", "3",
-                 "--max-new-tokens", "6", "--best-of", "2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--av",
+                str(run / "rl/final/av"),
+                "--ar",
+                str(run / "rl/final/ar"),
+                "--sft-ar",
+                str(run / "ar_sft/final"),
+                "--data",
+                str(run / "teach/eval.parquet"),
+                "--rows",
+                "3",
+                "--max-new-tokens",
+                "6",
+                "--best-of",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "after RL (co-trained AR)" in printed and "AR-SFT reading teacher text" in printed
     assert "rl_current_ar best-of-2" in printed and "best-of read by a second AR" in printed

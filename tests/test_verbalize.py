@@ -66,7 +66,9 @@ def test_verbalize_writes_teacher_format_and_resumes(tmp_path: Path, monkeypatch
         verbalize(_cfg(av, acts, out))
     assert not out.exists() and len(list(Path(str(out) + ".work").glob("chunk-*.parquet"))) == 1
     calls.clear()
-    monkeypatch.setattr(ActivationVerbalizer, "sample", lambda self, v, **kw: (calls.append(v.shape[0]), real(self, v, **kw))[1])
+    monkeypatch.setattr(
+        ActivationVerbalizer, "sample", lambda self, v, **kw: (calls.append(v.shape[0]), real(self, v, **kw))[1]
+    )
     verbalize(_cfg(av, acts, out))
     assert calls == [4, 2]  # only the two unfinished chunks
     assert pq.read_table(out).column("response").to_pylist() == table.column("response").to_pylist()
@@ -77,6 +79,9 @@ def test_verbalize_errors(tmp_path: Path, capsys) -> None:
     av, acts = _setup(tmp_path, n=4)
     with pytest.raises(NLAError, match="--av"):
         verbalize(VerbalizeConfig(data=str(acts), out=str(tmp_path / "o.parquet")))
-    assert main(["verbalize", "--av", str(av), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o.parquet")]) == 2
+    assert (
+        main(["verbalize", "--av", str(av), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o.parquet")])
+        == 2
+    )
     assert "is not a directory" in capsys.readouterr().err
     assert not (tmp_path / "o.parquet").exists()

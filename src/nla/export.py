@@ -35,8 +35,16 @@ from nla.models.target import load_target
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 
 
 def lowrank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -73,7 +81,9 @@ class LoraExtraction:
     dropped: dict[str, float] = field(default_factory=dict)  # other changed weights -> ||delta|| / ||W||
 
 
-def extract_lora(tuned: nn.Module, base: nn.Module, *, rank: int, atol: float = 0.0) -> tuple[nn.Module, LoraExtraction]:
+def extract_lora(
+    tuned: nn.Module, base: nn.Module, *, rank: int, atol: float = 0.0
+) -> tuple[nn.Module, LoraExtraction]:
     """Wrap ``base`` (modified in place) in a LoRA adapter approximating ``tuned - base``.
 
     Both models must have the same architecture and parameter names. Targets are every linear layer in
@@ -123,8 +133,12 @@ def extract_lora(tuned: nn.Module, base: nn.Module, *, rank: int, atol: float = 
     report.dropped = {k: c for k in base_params if k not in covered and (c := change(k)) > atol}
     if report.dropped:
         worst = max(report.dropped, key=report.dropped.__getitem__)
-        log.warning("LoRA export drops changes to %d weights it cannot express (largest: %s, %.2g relative)",
-                    len(report.dropped), worst, report.dropped[worst])
+        log.warning(
+            "LoRA export drops changes to %d weights it cannot express (largest: %s, %.2g relative)",
+            len(report.dropped),
+            worst,
+            report.dropped[worst],
+        )
     return peft_model, report
 
 
@@ -142,7 +156,6 @@ class ExportReport:
 def cast_adapter(path: str | Path, dtype: str) -> None:
     """Rewrite the adapter weights in checkpoint directory ``path`` in ``dtype`` (loading casts them back)."""
     from safetensors.torch import load_file, save
-
 
     file = Path(path) / ADAPTER_WEIGHTS
     if not file.exists():
@@ -174,8 +187,15 @@ class ExportConfig:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
 
 
-def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank: int = 16,
-               dtype: str = "float16", keep_tokenizer: bool = False) -> ExportReport:
+def export_nla(
+    av_dir: str | Path,
+    ar_dir: str | Path,
+    out: str | Path,
+    *,
+    rank: int = 16,
+    dtype: str = "float16",
+    keep_tokenizer: bool = False,
+) -> ExportReport:
     """Write ``out/av`` and ``out/ar`` as LoRA adapters (+ the AR head) on their common base model.
 
     ``dtype`` is the storage type of the adapter factors (the head stays float32). Without
@@ -185,7 +205,6 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
     copied with its own rank and only cast to ``dtype``.
     """
     import shutil
-
 
     av = ActivationVerbalizer.from_pretrained(av_dir)
     ar = ActivationReconstructor.from_pretrained(ar_dir)
@@ -225,4 +244,13 @@ def export_nla(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, rank:
     return ExportReport(out=out, rank=rank, kept_energy=kept, dropped=dropped, size_mib=dir_size_mib(out))
 
 
-__all__ = ["ExportConfig", "ExportReport", "LoraExtraction", "cast_adapter", "drop_tokenizer_files", "export_nla", "extract_lora", "lowrank_factors"]
+__all__ = [
+    "ExportConfig",
+    "ExportReport",
+    "LoraExtraction",
+    "cast_adapter",
+    "drop_tokenizer_files",
+    "export_nla",
+    "extract_lora",
+    "lowrank_factors",
+]

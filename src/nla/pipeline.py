@@ -95,7 +95,9 @@ class PipelineConfig:
     rl_kl_coef: float = option(0.01, "RL KL coefficient.")
     rl_lora: bool = option(False, "RL with LoRA on the AV.")
     export_rank: int = option(16, "LoRA rank of the exported AV and AR.")
-    export_dtype: str = option("float16", "Storage type of the exported adapters.", choices=["float16", "bfloat16", "float32"])
+    export_dtype: str = option(
+        "float16", "Storage type of the exported adapters.", choices=["float16", "bfloat16", "float32"]
+    )
     refit_rows: int = option(1024, "ar_sft rows the RL AV explains for the refit of the exported pair (0 = no refit).")
     distill_steps: int = option(100, "Steps distilling the RL AV's explanations into the exported LoRA AV (0 = none).")
     distill_lr: float = option(1e-4, "Learning rate of that distillation.")
@@ -148,12 +150,16 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         return load_yaml(path)
     res = resource("presets", f"{name_or_path}.yaml")
     if not res.is_file():
-        raise NLAError(f"unknown preset {name_or_path!r}; bundled presets: {', '.join(preset_names())} (or a .yaml path)")
+        raise NLAError(
+            f"unknown preset {name_or_path!r}; bundled presets: {', '.join(preset_names())} (or a .yaml path)"
+        )
     data = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
     return dict(data)
 
 
-def load_pipeline_config(preset: str | None = None, config: str | Path | None = None, **overrides: Any) -> PipelineConfig:
+def load_pipeline_config(
+    preset: str | None = None, config: str | Path | None = None, **overrides: Any
+) -> PipelineConfig:
     """Defaults < preset < YAML ``config`` < ``overrides``; unknown keys are an error."""
     values: dict[str, Any] = load_preset(preset) if preset else {}
     if config:
@@ -192,7 +198,12 @@ class _Stages:
         empty = [s for s in ("av_sft", "ar_sft", "rl", "eval") if res.rows_per_split.get(s, 0) == 0]
         if empty:
             raise NLAError(f"the corpus is too small: the {', '.join(empty)} split(s) got no rows; use more documents")
-        return {"rows": res.n_rows, "rows_per_split": res.rows_per_split, "docs": res.n_used_docs, "seconds": res.seconds}
+        return {
+            "rows": res.n_rows,
+            "rows_per_split": res.rows_per_split,
+            "docs": res.n_used_docs,
+            "seconds": res.seconds,
+        }
 
     def teach(self) -> dict[str, Any]:
         c = self.cfg
@@ -204,7 +215,8 @@ class _Stages:
                 continue
             limit = c.eval_rows if split == "eval" else c.teach_rows
             tc = make_config(TeachConfig, {
-                "data": str(self.acts), "split": split, "out": str(target), "teacher": c.teacher, "model": c.teacher_model,
+                "data": str(self.acts), "split": split, "out": str(target), "teacher": c.teacher,
+                "model": c.teacher_model,
                 "base_url": c.teacher_base_url, "concurrency": c.teacher_concurrency, "limit": limit, "seed": c.seed,
                 **c.teach_options}, source="teach options")  # fmt: skip
             res = teach(tc)
@@ -233,8 +245,12 @@ class _Stages:
             "eval_data": str(self.teach_out("eval")), "max_steps": c.av_steps, "batch_size": c.av_batch_size,
             "lr": c.av_lr, "lora": c.av_lora, **c.av_sft_options}, source="av_sft options")  # fmt: skip
         _, res = train_av(vc)
-        return {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval,
-                "injection_scale": res.extra.get("injection_scale")}
+        return {
+            "steps": res.steps,
+            "final_loss": res.final_loss,
+            "eval": res.final_eval,
+            "injection_scale": res.extra.get("injection_scale"),
+        }
 
     def rl(self) -> dict[str, Any]:
         c = self.cfg
@@ -246,15 +262,27 @@ class _Stages:
             "lora": c.rl_lora, "eval_rows": c.eval_rows, "save_every": c.save_every, "seed": c.seed, "bf16": c.bf16,
             **c.rl_options}, source="rl options")  # fmt: skip
         res = train_rl(rc)
-        return {"steps": res.steps, "final_eval": res.final_eval,
-                "last_step": res.last.record() if res.last is not None else None}
+        return {
+            "steps": res.steps,
+            "final_eval": res.final_eval,
+            "last_step": res.last.record() if res.last is not None else None,
+        }
 
     def export(self) -> dict[str, Any]:
         c = self.cfg
-        rep = export_nla(self.dir("rl") / "final" / "av", self.dir("rl") / "final" / "ar", self.dir("export") / "nla",
-                         rank=c.export_rank, dtype=c.export_dtype)
-        return {"rank": rep.rank, "size_mib": round(rep.size_mib, 2), "kept_energy": rep.kept_energy,
-                "dropped": rep.dropped}
+        rep = export_nla(
+            self.dir("rl") / "final" / "av",
+            self.dir("rl") / "final" / "ar",
+            self.dir("export") / "nla",
+            rank=c.export_rank,
+            dtype=c.export_dtype,
+        )
+        return {
+            "rank": rep.rank,
+            "size_mib": round(rep.size_mib, 2),
+            "kept_energy": rep.kept_energy,
+            "dropped": rep.dropped,
+        }
 
     def shipped(self, role: str) -> Path:
         """The shipped AV or AR: the refit one when the refit ran, else the plain export."""
@@ -265,15 +293,22 @@ class _Stages:
         import pyarrow.parquet as pq
         import torch
 
-
         c = self.cfg
         if c.refit_rows <= 0:
             return {"skipped": "refit_rows is 0: the plain export ships"}
         exported = self.dir("export") / "nla"
-        text = verbalize(VerbalizeConfig(av=str(self.dir("rl") / "final" / "av"), data=str(self.acts), split="ar_sft",
-                                         out=str(self.dir("refit") / "rl_av_text.parquet"), limit=c.refit_rows,
-                                         max_new_tokens=c.eval_max_new_tokens, seed=c.seed,
-                                         device="cuda" if torch.cuda.is_available() else "cpu"))
+        text = verbalize(
+            VerbalizeConfig(
+                av=str(self.dir("rl") / "final" / "av"),
+                data=str(self.acts),
+                split="ar_sft",
+                out=str(self.dir("refit") / "rl_av_text.parquet"),
+                limit=c.refit_rows,
+                max_new_tokens=c.eval_max_new_tokens,
+                seed=c.seed,
+                device="cuda" if torch.cuda.is_available() else "cpu",
+            )
+        )
         out: dict[str, Any] = {"rows": c.refit_rows}
         cols = pq.read_table(text, columns=["explanation", "tag_ok", "truncated"]).to_pydict()
         finished = [ok and not cut for ok, cut in zip(cols["tag_ok"], cols["truncated"], strict=True)]
@@ -338,8 +373,13 @@ class _Stages:
                 drop_tokenizer_files(tmp / role)
             shutil.copy(self.dir("eval") / "card.json", tmp / "card.json")
         size = dir_size_mib(self.nla_dir)
-        log.info("the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it",
-                 self.nla_dir, size, self.nla_dir, self.nla_dir)
+        log.info(
+            "the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it",
+            self.nla_dir,
+            size,
+            self.nla_dir,
+            self.nla_dir,
+        )
         return {"dir": str(self.nla_dir), "size_mib": round(size, 2)}
 
 
@@ -399,5 +439,12 @@ def run_pipeline(
     return PipelineResult(run, status, card)
 
 
-__all__ = ["STAGES", "PipelineConfig", "PipelineResult", "load_pipeline_config", "load_preset", "preset_names",
-           "run_pipeline"]
+__all__ = [
+    "STAGES",
+    "PipelineConfig",
+    "PipelineResult",
+    "load_pipeline_config",
+    "load_preset",
+    "preset_names",
+    "run_pipeline",
+]

@@ -77,10 +77,18 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     n = vectors.shape[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(str(out) + ".work")
-    manifest = {"data": str(data.resolve()), "split": cfg.split, "n_rows": n, "chunk_size": cfg.chunk_size,
-                "inputs": hashlib.sha256(vectors.numpy().tobytes()).hexdigest(),
-                "av": str(Path(cfg.av).resolve()), "max_new_tokens": cfg.max_new_tokens,
-                "do_sample": cfg.do_sample, "temperature": cfg.temperature, "seed": cfg.seed}
+    manifest = {
+        "data": str(data.resolve()),
+        "split": cfg.split,
+        "n_rows": n,
+        "chunk_size": cfg.chunk_size,
+        "inputs": hashlib.sha256(vectors.numpy().tobytes()).hexdigest(),
+        "av": str(Path(cfg.av).resolve()),
+        "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": cfg.do_sample,
+        "temperature": cfg.temperature,
+        "seed": cfg.seed,
+    }
     done = open_work(work, manifest)
     n_chunks = math.ceil(n / cfg.chunk_size)
     resumed = sum(t.num_rows for i, t in done.items() if i < n_chunks)
@@ -92,16 +100,23 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
             if ci in done:
                 continue
             lo, hi = ci * cfg.chunk_size, min(n, (ci + 1) * cfg.chunk_size)
-            resp = av.sample(vectors[lo:hi].to(cfg.device), max_new_tokens=cfg.max_new_tokens,
-                             do_sample=cfg.do_sample, temperature=cfg.temperature, batch_size=cfg.batch_size,
-                             seed=cfg.seed + ci)
-            chunk = pa.table({
-                "row": pa.array(range(lo, hi), pa.int64()),
-                "explanation": pa.array([text_for_ar(t) for t in resp.texts], pa.string()),
-                "response": pa.array(resp.texts, pa.string()),
-                "tag_ok": pa.array([e is not None for e in resp.explanations], pa.bool_()),
-                "truncated": pa.array([bool(t) for t in resp.truncated], pa.bool_()),
-            })
+            resp = av.sample(
+                vectors[lo:hi].to(cfg.device),
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=cfg.do_sample,
+                temperature=cfg.temperature,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed + ci,
+            )
+            chunk = pa.table(
+                {
+                    "row": pa.array(range(lo, hi), pa.int64()),
+                    "explanation": pa.array([text_for_ar(t) for t in resp.texts], pa.string()),
+                    "response": pa.array(resp.texts, pa.string()),
+                    "tag_ok": pa.array([e is not None for e in resp.explanations], pa.bool_()),
+                    "truncated": pa.array([bool(t) for t in resp.truncated], pa.bool_()),
+                }
+            )
             write_table(chunk, work / f"chunk-{ci:05d}.parquet")
             done[ci] = chunk
             bar.update(hi - lo)
@@ -120,15 +135,22 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     meta = {k: v for k, v in meta_in.items() if k not in ("n_rows", "num_rows", "rows", "file", "shard", "splits")}
     meta.update(kind="nla_dataset", n_rows=n)
     meta["teacher"] = {"name": "av", "model": str(cfg.av), "version": "verbalize-v1", "base_url": None}
-    meta["verbalize"] = {"data": str(data), "split": cfg.split, "rows": n, "tag_failures": tag_fail,
-                         "truncated": sum(results.column("truncated").to_pylist()),
-                         "max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample,
-                         "temperature": cfg.temperature}
+    meta["verbalize"] = {
+        "data": str(data),
+        "split": cfg.split,
+        "rows": n,
+        "tag_failures": tag_fail,
+        "truncated": sum(results.column("truncated").to_pylist()),
+        "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": cfg.do_sample,
+        "temperature": cfg.temperature,
+    }
     write_sidecar(dataset_sidecar_path(out), meta)
     write_table(output, out)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("wrote %d AV explanations to %s (%d without a closed tag) in %.1f s", n, out, tag_fail,
-             time.perf_counter() - t0)
+    log.info(
+        "wrote %d AV explanations to %s (%d without a closed tag) in %.1f s", n, out, tag_fail, time.perf_counter() - t0
+    )
     return out
 
 

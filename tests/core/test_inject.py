@@ -96,8 +96,9 @@ def test_generation_left_padding_injects_only_in_prefill() -> None:
     t.model.lm_head.register_forward_hook(lambda _m, _a, out: out + bias)
     seen, h = _capture_block0_input(t.model)
     with torch.no_grad(), Injector(t.model, marker.token_id, vectors, scale=5.0) as inj:
-        out = t.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                               pad_token_id=tok.pad_token_id)
+        out = t.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     h.remove()
     assert inj.calls == 1
     assert (out[:, ids.shape[1] :] == marker.token_id).all()  # the marker was emitted ...
@@ -121,7 +122,9 @@ def test_additive_mode_adds_at_chosen_block() -> None:
     p = prompt.index(marker.token_id)
     v = torch.randn(1, t.d_model)
     seen: list[torch.Tensor] = []
-    h = t.model.model.layers[2].register_forward_pre_hook(lambda _m, a, k: seen.append((a[0] if a else k["hidden_states"]).clone()), with_kwargs=True)
+    h = t.model.model.layers[2].register_forward_pre_hook(
+        lambda _m, a, k: seen.append((a[0] if a else k["hidden_states"]).clone()), with_kwargs=True
+    )
     with torch.no_grad():
         t.model(input_ids=ids)
         with Injector(t.model, marker.token_id, v, scale=2.0, mode="add", add_layer=1):

@@ -147,10 +147,7 @@ def test_micro_batches_with_denom_sum_to_full_batch(agg: str) -> None:
         for s in (slice(0, 1), slice(1, 4))
     ]
     assert (parts[0] + parts[1]).item() == pytest.approx(full.item(), abs=1e-6)
-    naive = [
-        clipped_pg_loss(logp[s], old[s], adv[s], mask[s], aggregation=agg)[0]
-        for s in (slice(0, 1), slice(1, 4))
-    ]
+    naive = [clipped_pg_loss(logp[s], old[s], adv[s], mask[s], aggregation=agg)[0] for s in (slice(0, 1), slice(1, 4))]
     assert (naive[0] + naive[1]).item() != pytest.approx(full.item(), abs=1e-6)
 
 

@@ -40,8 +40,11 @@ def _chunk(path, rows: list[tuple[str, str, int]], d: int = 4) -> None:
     pq.write_table(table.replace_schema_metadata({STATS_KEY: json.dumps(stats).encode()}), path)
 
 
-META = {"d_model": 4, "extraction": {"base_model": "m", "layer_index": 1, "mse_scale": "sqrt_d_model",
-                                     "injection_scale": None}, "provenance": {"seed": 0}}
+META = {
+    "d_model": 4,
+    "extraction": {"base_model": "m", "layer_index": 1, "mse_scale": "sqrt_d_model", "injection_scale": None},
+    "provenance": {"seed": 0},
+}
 
 
 def test_split_of_is_stable_and_follows_fractions() -> None:
@@ -67,7 +70,11 @@ def test_write_and_read_dataset_roundtrip(tmp_path) -> None:
     _chunk(tmp_path / "c1.parquet", [("c", "rl", 9)])
     out = tmp_path / "ds"
     summary = write_dataset([tmp_path / "c0.parquet", tmp_path / "c1.parquet"], out, META, shard_rows=2)
-    assert summary["splits"]["rl"] == {"rows": 3, "docs": 2, "files": ["rl/part-00000.parquet", "rl/part-00001.parquet"]}
+    assert summary["splits"]["rl"] == {
+        "rows": 3,
+        "docs": 2,
+        "files": ["rl/part-00000.parquet", "rl/part-00001.parquet"],
+    }
     rl = read_split(out, "rl")
     assert rl.schema.equals(SCHEMA)
     assert rl.column("doc_id").to_pylist() == ["a", "a", "c"]  # chunk order preserved across parts

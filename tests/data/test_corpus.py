@@ -175,7 +175,9 @@ def _babbler():
     return t
 
 
-TINY = dict(n_chat=7, n_web=7, max_new_tokens=5, batch_size=2, chunk_size=3, multi_turn=0.5, generated_web=0.3, progress=False)
+TINY = dict(
+    n_chat=7, n_web=7, max_new_tokens=5, batch_size=2, chunk_size=3, multi_turn=0.5, generated_web=0.3, progress=False
+)
 
 
 def test_tiny_default_corpus_is_deterministic_and_balanced(tmp_path) -> None:
@@ -260,8 +262,14 @@ def test_build_cli_help_and_bad_option(capsys) -> None:
 @pytest.mark.slow
 def test_real_smollm2_answers_a_tiny_default_corpus(smollm2, tmp_path) -> None:
     out = cd.build_default_corpus(
-        target=smollm2, out=tmp_path / "c.jsonl", n_chat=4, n_web=4, max_new_tokens=20, generated_web=0.0,
-        multi_turn=0.0, progress=False,
+        target=smollm2,
+        out=tmp_path / "c.jsonl",
+        n_chat=4,
+        n_web=4,
+        max_new_tokens=20,
+        generated_web=0.0,
+        multi_turn=0.0,
+        progress=False,
     )
     chats = [d for d in load_corpus(str(out)) if d.kind == "chat"]
     answers = [d.messages[-1]["content"] for d in chats]

@@ -56,11 +56,13 @@ raise SystemExit(main(sys.argv[1:]))
 def make_docs(n: int = 30, *, seed: int = 0, chats: int = 4) -> list[Document]:
     rng = random.Random(seed)
     docs = [
-        Document(f"doc-{i:03d}", text=" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60))))
-        for i in range(n)
+        Document(f"doc-{i:03d}", text=" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60)))) for i in range(n)
     ]
     for i in range(chats):
-        msgs = ({"role": "user", "content": "what is two plus two?"}, {"role": "assistant", "content": "four " * (i + 2)})
+        msgs = (
+            {"role": "user", "content": "what is two plus two?"},
+            {"role": "assistant", "content": "four " * (i + 2)},
+        )
         docs.append(Document(f"chat-{i}", messages=msgs))
     return docs
 
@@ -130,8 +132,9 @@ def test_rows_equal_hf_hidden_states_and_do_not_depend_on_batching(tmp_path, tin
             enc = encode_document(tiny_target.tokenizer, by_id[r["doc_id"]], 512, 4)
             with torch.no_grad():
                 hs = tiny_target.model(torch.tensor([enc.ids]), output_hidden_states=True).hidden_states
-            torch.testing.assert_close(torch.tensor(r["activation_vector"]), hs[layer + 1][0, r["position"]],
-                                       rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                torch.tensor(r["activation_vector"]), hs[layer + 1][0, r["position"]], rtol=1e-4, atol=1e-4
+            )
             assert r["n_raw_tokens"] == r["position"] + 1 and r["activation_layer"] == layer
             assert r["detokenized_text_truncated"].endswith(r["token"])
     assert assert_disjoint(tmp_path / "a")["eval"] >= 0
@@ -221,8 +224,23 @@ def cli_setup(tmp_path_factory):
 
 
 def _cli_args(model: Path, corpus: Path, out: Path) -> list[str]:
-    return ["extract", "--model", str(model), "--corpus", str(corpus), "--out", str(out), "--skip", "4",
-            "--positions-per-doc", "3", "--chunk-docs", "4", "--batch-tokens", "256"]
+    return [
+        "extract",
+        "--model",
+        str(model),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--skip",
+        "4",
+        "--positions-per-doc",
+        "3",
+        "--chunk-docs",
+        "4",
+        "--batch-tokens",
+        "256",
+    ]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -240,8 +258,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(cli_setup, tmp_path) -> 
     root, model, corpus, runner, reference = cli_setup
     out = tmp_path / "o"
     cmd = [sys.executable, str(runner), *_cli_args(model, corpus, out)]
-    proc = subprocess.Popen(cmd, env=_env(NLA_TEST_CHUNK_SLEEP="0.5"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=_env(NLA_TEST_CHUNK_SLEEP="0.5"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     chunks = work_dir_for(out) / "chunks"
     deadline = time.monotonic() + 60
     while len(list(chunks.glob("chunk-*.parquet"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -265,9 +284,26 @@ def test_two_process_data_parallel_equals_single_process(cli_setup, tmp_path) ->
     out = tmp_path / "o"
     # `accelerate launch --cpu` starts ONE process unless an mpirun hostfile is given; --multi_gpu uses
     # torchrun, and --device cpu makes each rank join a gloo group (also on machines without a GPU).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), str(runner), *_cli_args(model, corpus, out), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(runner),
+        *_cli_args(model, corpus, out),
+        "--device",
+        "cpu",
+    ]
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count('"rows"') == 1  # only rank 0 reports

@@ -31,13 +31,29 @@ def test_spread_rows_prefers_distinct_documents() -> None:
 
 
 def _card() -> dict:
-    stage = {"fve_nrm": 0.25, "fve_shuffled": -0.4, "fve_empty": -0.2, "retrieval_top1_at_8": 0.5,
-             "tag_failure_rate": 0.1, "truncation_rate": 0.05, "len_mean": 90.0, "quote_grounding": 0.375}
-    return {"rows": 8, "baseline": 0.6, "baseline_source": "train", "ar_sft_teacher": dict(stage, fve_nrm=0.5),
-            "shipped": stage, "ladder": {"ar_sft_teacher": 0.5, "shipped": 0.25, "each_beats_the_one_before": False},
-            "controls": {"fve_shuffled": -0.4, "fve_random": -2.4},
-            "examples": [{"row": 0, "doc_id": "d", "context_tail": "The cat sat", "shipped": "<explanation>cats</explanation>"}],
-            "compute": {"rl": "45 steps, 64 min, 1 CPU thread"}}
+    stage = {
+        "fve_nrm": 0.25,
+        "fve_shuffled": -0.4,
+        "fve_empty": -0.2,
+        "retrieval_top1_at_8": 0.5,
+        "tag_failure_rate": 0.1,
+        "truncation_rate": 0.05,
+        "len_mean": 90.0,
+        "quote_grounding": 0.375,
+    }
+    return {
+        "rows": 8,
+        "baseline": 0.6,
+        "baseline_source": "train",
+        "ar_sft_teacher": dict(stage, fve_nrm=0.5),
+        "shipped": stage,
+        "ladder": {"ar_sft_teacher": 0.5, "shipped": 0.25, "each_beats_the_one_before": False},
+        "controls": {"fve_shuffled": -0.4, "fve_random": -2.4},
+        "examples": [
+            {"row": 0, "doc_id": "d", "context_tail": "The cat sat", "shipped": "<explanation>cats</explanation>"}
+        ],
+        "compute": {"rl": "45 steps, 64 min, 1 CPU thread"},
+    }
 
 
 def test_format_card_shows_every_stage_example_and_compute() -> None:
@@ -54,7 +70,7 @@ def test_quote_grounding_counts_quotes_found_in_the_context() -> None:
     assert quote_grounding(good, ctx) == (2, 2)  # " of" is too short to count
     assert quote_grounding('Before it: "...a small dog", then "pasta?[im_end]"', ctx) == (1, 2)
     assert quote_grounding("no quotes at all", ctx) == (0, 0)
-    g = grounding(["<explanation>x \"large pot\"</explanation>", "<explanation>\"a cat\"</explanation>"], [ctx, ctx])
+    g = grounding(['<explanation>x "large pot"</explanation>', '<explanation>"a cat"</explanation>'], [ctx, ctx])
     assert g == {"quote_grounding": 0.5, "quotes_per_explanation": 1.0}
     assert grounding(["a"], None) == {}
 

@@ -19,7 +19,11 @@ class FakeAV:
     def sample(self, vectors: torch.Tensor, *, num_samples: int = 1, do_sample: bool = False, **kw) -> Responses:
         self.calls.append(dict(num_samples=num_samples, do_sample=do_sample, **kw))
         n = vectors.shape[0]
-        texts = [f"g{i}" for i in range(n)] if not do_sample else [f"s{i}.{j}" for i in range(n) for j in range(num_samples)]
+        texts = (
+            [f"g{i}" for i in range(n)]
+            if not do_sample
+            else [f"s{i}.{j}" for i in range(n) for j in range(num_samples)]
+        )
         return Responses([[len(t)] for t in texts], texts, [False] * len(texts))
 
 
@@ -47,11 +51,21 @@ def test_candidates_put_greedy_first_then_the_samples_of_the_same_vector() -> No
 
 def test_choose_keeps_the_best_reconstruction_and_greedy_on_ties() -> None:
     v = torch.eye(3)[:2]  # (2, 3)
-    ar = FakeAR({"g0": -v[0], "s0.0": v[0], "s0.1": v[0] + 0.1 * v[1],  # vector 0: sample 0 is exact
-                 "g1": v[1], "s1.0": v[1], "s1.1": v[0]})  # vector 1: greedy ties with sample 0
+    ar = FakeAR(
+        {
+            "g0": -v[0],
+            "s0.0": v[0],
+            "s0.1": v[0] + 0.1 * v[1],  # vector 0: sample 0 is exact
+            "g1": v[1],
+            "s1.0": v[1],
+            "s1.1": v[0],
+        }
+    )  # vector 1: greedy ties with sample 0
     chosen, mse = best_of(FakeAV(), ar, v, 3)
     assert chosen.texts == ["s0.0", "g1"]
-    assert mse.shape == (2, 3) and mse[0, 0] == pytest.approx(4.0, abs=1e-4) and mse[0, 1] == pytest.approx(0.0, abs=1e-4)
+    assert (
+        mse.shape == (2, 3) and mse[0, 0] == pytest.approx(4.0, abs=1e-4) and mse[0, 1] == pytest.approx(0.0, abs=1e-4)
+    )
     with pytest.raises(NLAError, match="candidates"):
         choose(ar, v, Responses([[1]], ["g0"], [False]), 3)
 

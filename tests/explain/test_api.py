@@ -76,7 +76,9 @@ def test_scores_are_round_trip_of_the_true_activation(nla: NLA, monkeypatch: pyt
     assert recs[1].control_cosine == pytest.approx(float(cosine(nla.ar.predict([""])[0], acts[-1])), abs=1e-5)
 
 
-def test_failed_injection_is_flagged(nla: NLA, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_injection_is_flagged(
+    nla: NLA, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(nla.av, "generate", lambda v, **kw: [["漢字の説明です"] for _ in range(v.shape[0])])
     with caplog.at_level(logging.WARNING):
         recs = nla.explain(TEXT, "last", best_of=1)
@@ -182,8 +184,24 @@ def test_cli_explain_writes_jsonl_and_html(ckpt: dict, tmp_path, capsys: pytest.
 
     text = "Paris <script>alert(1)</script> is big."
     out, page = tmp_path / "o.jsonl", tmp_path / "o.html"
-    rc = main(["explain", text, "--av", ckpt["av"], "--ar", ckpt["ar"], "--positions", "0,-1",
-               "--max-new-tokens", "3", "--jsonl", str(out), "--html", str(page)])
+    rc = main(
+        [
+            "explain",
+            text,
+            "--av",
+            ckpt["av"],
+            "--ar",
+            ckpt["ar"],
+            "--positions",
+            "0,-1",
+            "--max-new-tokens",
+            "3",
+            "--jsonl",
+            str(out),
+            "--html",
+            str(page),
+        ]
+    )
     assert rc == 0
     rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 2 and rows[0]["position"] == 0 and rows[1]["cosine"] is not None
@@ -192,8 +210,27 @@ def test_cli_explain_writes_jsonl_and_html(ckpt: dict, tmp_path, capsys: pytest.
     stdout = capsys.readouterr().out
     assert "EMPTY explanation" in stdout and "fve not reported" in stdout
     assert f"best of {DEFAULT_BEST_OF}" in stdout and len(rows[0]["samples"]) == DEFAULT_BEST_OF
-    assert main(["explain", text, "--av", ckpt["av"], "--ar", ckpt["ar"], "--positions", "-1",
-                 "--max-new-tokens", "2", "--best-of", "1", "--jsonl", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                text,
+                "--av",
+                ckpt["av"],
+                "--ar",
+                ckpt["ar"],
+                "--positions",
+                "-1",
+                "--max-new-tokens",
+                "2",
+                "--best-of",
+                "1",
+                "--jsonl",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "best of" not in capsys.readouterr().out and len(json.loads(out.read_text())["samples"]) == 1
     with pytest.raises(SystemExit):
         main(["explain", "--help"])
@@ -206,16 +243,32 @@ def test_cli_chat_file(ckpt: dict, tmp_path) -> None:
     chat = tmp_path / "chat.jsonl"
     chat.write_text('{"role": "user", "content": "hi"}\n{"role": "assistant", "content": "four."}\n')
     out = tmp_path / "c.jsonl"
-    rc = main(["explain", "--chat", str(chat), "--av", ckpt["av"], "--positions", "assistant",
-               "--max-new-tokens", "2", "--jsonl", str(out)])
+    rc = main(
+        [
+            "explain",
+            "--chat",
+            str(chat),
+            "--av",
+            ckpt["av"],
+            "--positions",
+            "assistant",
+            "--max-new-tokens",
+            "2",
+            "--jsonl",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "".join(json.loads(x)["token"] for x in out.read_text().splitlines()) == "four."
 
 
-@pytest.mark.parametrize("argv_tail, match", [
-    (["--positions", "5:2"], "selects no tokens"),
-    (["--positions", "99"], "out of range"),
-])
+@pytest.mark.parametrize(
+    "argv_tail, match",
+    [
+        (["--positions", "5:2"], "selects no tokens"),
+        (["--positions", "99"], "out of range"),
+    ],
+)
 def test_cli_bad_positions_exit_2(ckpt: dict, capsys: pytest.CaptureFixture, argv_tail: list, match: str) -> None:
     from nla.cli import main
 
@@ -238,10 +291,26 @@ def test_cli_explain_vector(ckpt: dict, tmp_path, capsys: pytest.CaptureFixture)
 
     from nla.cli import main
 
-    save_file({"W_dec": np.random.default_rng(1).normal(size=(3, 64)).astype(np.float32)}, str(tmp_path / "f.safetensors"))
+    save_file(
+        {"W_dec": np.random.default_rng(1).normal(size=(3, 64)).astype(np.float32)}, str(tmp_path / "f.safetensors")
+    )
     out = tmp_path / "v.jsonl"
-    rc = main(["explain-vector", str(tmp_path / "f.safetensors"), "--key", "W_dec", "--av", ckpt["av"],
-               "--ar", ckpt["ar"], "--max-new-tokens", "2", "--jsonl", str(out)])
+    rc = main(
+        [
+            "explain-vector",
+            str(tmp_path / "f.safetensors"),
+            "--key",
+            "W_dec",
+            "--av",
+            ckpt["av"],
+            "--ar",
+            ckpt["ar"],
+            "--max-new-tokens",
+            "2",
+            "--jsonl",
+            str(out),
+        ]
+    )
     assert rc == 0 and len(out.read_text().splitlines()) == 3
     np.save(tmp_path / "z.npy", np.zeros(64, dtype=np.float32))
     assert main(["explain-vector", str(tmp_path / "z.npy"), "--av", ckpt["av"]]) == 2

@@ -41,8 +41,23 @@ def test_shipped_files_are_compact_adapters_with_sidecars_and_a_card() -> None:
 
 def test_default_explains_offline_and_differs_across_inputs(tmp_path, smollm2, capsys) -> None:
     html, jsonl = tmp_path / "r.html", tmp_path / "r.jsonl"
-    assert main(["explain", "The Eiffel Tower is in Paris.", "--positions", "last", "--max-new-tokens", "40",
-                 "--html", str(html), "--jsonl", str(jsonl)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "The Eiffel Tower is in Paris.",
+                "--positions",
+                "last",
+                "--max-new-tokens",
+                "40",
+                "--html",
+                str(html),
+                "--jsonl",
+                str(jsonl),
+            ]
+        )
+        == 0
+    )
     assert "EMPTY explanation" in capsys.readouterr().out and html.stat().st_size > 1000
     rec = json.loads(jsonl.read_text().splitlines()[0])
     assert rec["fve"] is not None and rec["raw"] and len(rec["samples"]) == DEFAULT_BEST_OF

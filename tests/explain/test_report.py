@@ -11,10 +11,20 @@ def _records() -> list[TokenExplanation]:
     good = Sample(raw="<explanation>a city</explanation>", explanation="a city", cosine=0.9, mse_nrm=0.2, fve=0.6)
     bad = Sample(raw="漢字漢字", explanation=None, cjk=True)
     return [
-        TokenExplanation(token=" Paris", position=1, explanation="a city", raw=good.raw, fve=0.6, cosine=0.9,
-                         mse_nrm=0.2, control_cosine=0.4, samples=[good, good]),
-        TokenExplanation(token="<script>alert(1)</script>", position=2, explanation=None, raw=bad.raw, cjk=True,
-                         samples=[bad]),
+        TokenExplanation(
+            token=" Paris",
+            position=1,
+            explanation="a city",
+            raw=good.raw,
+            fve=0.6,
+            cosine=0.9,
+            mse_nrm=0.2,
+            control_cosine=0.4,
+            samples=[good, good],
+        ),
+        TokenExplanation(
+            token="<script>alert(1)</script>", position=2, explanation=None, raw=bad.raw, cjk=True, samples=[bad]
+        ),
     ]
 
 

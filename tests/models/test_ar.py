@@ -70,8 +70,7 @@ def test_save_load_round_trip_official_layout(tmp_path: Path) -> None:
     meta = yaml.safe_load((tmp_path / "ar" / "nla_meta.yaml").read_text())
     assert (meta["kind"], meta["role"], meta["d_model"]) == ("nla_model", "ar", 64)
     assert (
-        meta["critic"]["extraction_layer_index"] == 1
-        and meta["prompt_templates"]["ar"] == "Explain: {explanation} =>"
+        meta["critic"]["extraction_layer_index"] == 1 and meta["prompt_templates"]["ar"] == "Explain: {explanation} =>"
     )
     assert meta["tokens"]["critic_suffix_ids"] == ar.tokenizer(" =>", add_special_tokens=False)["input_ids"]
     loaded = ActivationReconstructor.from_pretrained(tmp_path / "ar")

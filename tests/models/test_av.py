@@ -113,8 +113,12 @@ def test_save_load_full_and_lora(tmp_path) -> None:
     av.save_pretrained(tmp_path / "full")
     meta = yaml.safe_load((tmp_path / "full" / "nla_meta.yaml").read_text())
     assert meta["role"] == "av" and meta["tokens"]["injection_token_id"] == av.marker.token_id
-    assert meta["extraction"] == {"base_model": str(base_dir), "layer_index": 1, "injection_scale": 5.0,
-                                  "mse_scale": "sqrt_d_model"}
+    assert meta["extraction"] == {
+        "base_model": str(base_dir),
+        "layer_index": 1,
+        "injection_scale": 5.0,
+        "mse_scale": "sqrt_d_model",
+    }
     loaded = ActivationVerbalizer.from_pretrained(tmp_path / "full")
     assert loaded.marker == av.marker and loaded.template == av.template and loaded.injection_scale == 5.0
     torch.testing.assert_close(loaded.nll(v, RESPONSES), av.nll(v, RESPONSES))
@@ -147,9 +151,16 @@ def _fabricate_official(path, *, token_shift: int = 0, scale="sqrt_d_model"):
         "role": "actor",
         "d_model": 64,
         "extraction": {"base_model": "Qwen/Qwen2.5-7B-Instruct", "layer_index": 2, "injection_scale": scale},
-        "tokens": {"injection_char": m.char, "injection_token_id": m.token_id + token_shift,
-                   "injection_left_neighbor_id": m.left_neighbor_id, "injection_right_neighbor_id": m.right_neighbor_id},
-        "prompt_templates": {"actor": tmpl, "critic": "Summary of the following text: <text>{explanation}</text> <summary>"},
+        "tokens": {
+            "injection_char": m.char,
+            "injection_token_id": m.token_id + token_shift,
+            "injection_left_neighbor_id": m.left_neighbor_id,
+            "injection_right_neighbor_id": m.right_neighbor_id,
+        },
+        "prompt_templates": {
+            "actor": tmpl,
+            "critic": "Summary of the following text: <text>{explanation}</text> <summary>",
+        },
     }
     (path / "nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True))
     return m, tmpl

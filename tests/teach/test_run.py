@@ -19,7 +19,9 @@ from helpers import FakeJsonServer, save_tiny_target
 KEY = "sk-test-SECRET-teach-42"
 
 
-def write_split(root: Path, contexts: list[str], *, split: str = "ar_sft", base_model: str = "tiny", shards: int = 2) -> Path:
+def write_split(
+    root: Path, contexts: list[str], *, split: str = "ar_sft", base_model: str = "tiny", shards: int = 2
+) -> Path:
     """A tiny extraction directory: ``<root>/<split>/part-*.parquet`` + per-shard sidecars."""
     rows = {
         "activation_vector": [[float(i), 1.0, -1.0, 0.5] for i in range(len(contexts))],
@@ -49,7 +51,9 @@ def write_split(root: Path, contexts: list[str], *, split: str = "ar_sft", base_
 class CountingTeacher:
     """A fake teacher: answers from a function, records every context it is asked, can fail after N."""
 
-    def __init__(self, reply=None, *, fail_after: int | None = None, max_batch: int = 1, parallel: bool = False) -> None:
+    def __init__(
+        self, reply=None, *, fail_after: int | None = None, max_batch: int = 1, parallel: bool = False
+    ) -> None:
         self.name, self.model, self.version = "fake", "m", "v1"
         self.max_batch, self.parallel = max_batch, parallel
         self.reply = reply or (lambda c: f"<explanation>About {c}.\nFinal token of {c}.</explanation>")
@@ -74,15 +78,21 @@ def test_teach_writes_kept_rows_response_and_sidecar(tmp_path) -> None:
     replies = {contexts[2]: "<explanation>just one feature</explanation>", contexts[5]: "<explanation>a\nb (cut off"}
     data = write_split(tmp_path / "acts", contexts)
     out = tmp_path / "t" / "teach.parquet"
-    res = teach(cfg(data, out), CountingTeacher(lambda c: replies.get(c, f"<explanation>1. About {c}\n2. End</explanation>")))
+    res = teach(
+        cfg(data, out), CountingTeacher(lambda c: replies.get(c, f"<explanation>1. About {c}\n2. End</explanation>"))
+    )
     assert (res.n_rows, res.n_kept, res.drops) == (7, 5, {"no_closing_tag": 1, "too_few_features": 1})
     table = pq.read_table(out)
     assert table.column_names[:7] == ["activation_vector", "doc_id", "position", "n_raw_tokens", "activation_layer",
                                       "detokenized_text_truncated", "token"]  # fmt: skip
     assert table.column_names[7:] == ["explanation", "response", "teacher"]
-    assert table.column("detokenized_text_truncated").to_pylist() == [c for i, c in enumerate(contexts) if i not in (2, 5)]
+    assert table.column("detokenized_text_truncated").to_pylist() == [
+        c for i, c in enumerate(contexts) if i not in (2, 5)
+    ]
     assert table.column("explanation").to_pylist()[0] == "About context number 0\nEnd"
-    assert table.column("response").to_pylist() == [wrap_explanation(e) for e in table.column("explanation").to_pylist()]
+    assert table.column("response").to_pylist() == [
+        wrap_explanation(e) for e in table.column("explanation").to_pylist()
+    ]
     assert set(table.column("teacher").to_pylist()) == {"fake:m"}
     assert table.column("activation_vector").to_pylist()[1] == [1.0, 1.0, -1.0, 0.5]
     meta = yaml.safe_load(Path(str(out) + ".nla_meta.yaml").read_text())
@@ -100,7 +110,9 @@ def test_killed_run_resumes_without_asking_finished_rows_again(tmp_path) -> None
     first = CountingTeacher(fail_after=5)
     with pytest.raises(RuntimeError, match="teacher died"):
         teach(cfg(data, out, chunk_size=3, cache=False), first)
-    assert not out.exists() and sorted(p.name for p in (tmp_path / "t.parquet.work").glob("chunk-*")) == ["chunk-00000.parquet"]
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "t.parquet.work").glob("chunk-*")) == [
+        "chunk-00000.parquet"
+    ]
     second = CountingTeacher()
     res = teach(cfg(data, out, chunk_size=3, cache=False), second)
     assert second.calls == contexts[3:] and res.n_resumed == 3 and res.n_asked == 7
@@ -145,11 +157,15 @@ def test_openai_teacher_in_threads_never_leaks_the_key(tmp_path, monkeypatch, ca
         if ctx not in seen:  # every context first gets a 429, then an answer
             seen.append(ctx)
             return 429, {"error": f"rate limited for key {KEY}"}
-        return 200, {"choices": [{"message": {"content": f"<explanation>Topic: {ctx}\nFinal token: {ctx[-1]}</explanation>"}}]}
+        return 200, {
+            "choices": [{"message": {"content": f"<explanation>Topic: {ctx}\nFinal token: {ctx[-1]}</explanation>"}}]
+        }
 
     out = tmp_path / "api.parquet"
     with FakeJsonServer(respond) as srv:
-        res = teach(cfg(data, out, teacher="openai", model="local", base_url=srv.url + "/v1", concurrency=4, backoff=0.001))
+        res = teach(
+            cfg(data, out, teacher="openai", model="local", base_url=srv.url + "/v1", concurrency=4, backoff=0.001)
+        )
     assert res.n_kept == 9 and res.n_asked == 9 and len(srv.requests) == 18
     table = pq.read_table(out)
     assert table.column("explanation").to_pylist()[4] == "Topic: the story of item 4\nFinal token: 4"
@@ -171,7 +187,24 @@ def test_cli_teach_offline_with_the_extraction_base_model(tmp_path, capsys) -> N
     contexts = [doc[:k] for k in (12, 30, len(doc))] + ["def add(a, b):\n    return a + b"]
     data = write_split(tmp_path / "acts", contexts, base_model=str(model))
     out = tmp_path / "off.parquet"
-    assert main(["teach", "--data", str(data), "--split", "ar_sft", "--teacher", "offline", "--limit", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "teach",
+                "--data",
+                str(data),
+                "--split",
+                "ar_sft",
+                "--teacher",
+                "offline",
+                "--limit",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["kept"] == 3 and summary["drops"] == {}
     expl = pq.read_table(out).column("explanation").to_pylist()

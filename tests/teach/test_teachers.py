@@ -32,7 +32,10 @@ def test_parse_drops_answers_without_closing_tag() -> None:
 
 
 def test_parse_drops_single_feature() -> None:
-    assert parse_answer("<explanation>Only one feature about the final token.</explanation>") == (None, "too_few_features")
+    assert parse_answer("<explanation>Only one feature about the final token.</explanation>") == (
+        None,
+        "too_few_features",
+    )
     assert parse_answer("<explanation>- only one\n-\n</explanation>") == (None, "too_few_features")
 
 
@@ -48,7 +51,10 @@ def test_parse_drops_single_feature() -> None:
     ],
 )
 def test_parse_strips_list_markers(body: str) -> None:
-    assert parse_answer(f"Sure!\n<explanation>{body}</explanation>\n") == ("Topic is cooking.\nFinal token is pot.", None)
+    assert parse_answer(f"Sure!\n<explanation>{body}</explanation>\n") == (
+        "Topic is cooking.\nFinal token is pot.",
+        None,
+    )
 
 
 def test_parse_joins_wrapped_lines_and_keeps_numbers() -> None:
@@ -92,7 +98,9 @@ def test_offline_teacher_compact_style_puts_the_final_token_first() -> None:
     assert final.startswith(f'Final token: "{readable(t.tokenizer.decode(ids[-1:]), [])}"') and final.count("%") == 2
     assert before == f'Before it: "...{readable(t.tokenizer.decode(ids[-5:-1]), [])}"'
     assert setting == "Setting: prose."
-    assert teacher.version != OfflineTeacher(TeacherOptions(tail_tokens=4, top_k=2), target=t).version  # separate cache keys
+    assert (
+        teacher.version != OfflineTeacher(TeacherOptions(tail_tokens=4, top_k=2), target=t).version
+    )  # separate cache keys
     with pytest.raises(NLAError, match="unknown offline teacher style 'short'"):
         OfflineTeacher(TeacherOptions(style="short"), target=t)
 
@@ -156,7 +164,9 @@ def test_openai_retries_429_then_succeeds(monkeypatch) -> None:
     replies = [(429, {"error": "slow down"}), (429, {"error": "slow down"})]
     with FakeJsonServer(lambda req: replies.pop(0) if replies else _openai_ok(req)) as srv:
         sleeps: list[float] = []
-        teacher = OpenAITeacher(TeacherOptions(model="my-model", base_url=srv.url + "/v1", backoff=0.01), sleep=sleeps.append)
+        teacher = OpenAITeacher(
+            TeacherOptions(model="my-model", base_url=srv.url + "/v1", backoff=0.01), sleep=sleeps.append
+        )
         assert teacher.answer(["Bring a large pot"]) == [GOOD]
     assert len(srv.requests) == 3 and len(sleeps) == 2
     req = srv.requests[-1]
@@ -193,7 +203,9 @@ def test_5xx_retries_are_bounded_and_seeded(monkeypatch) -> None:
     with FakeJsonServer(lambda req: (503, {"error": "overloaded"})) as srv:
         delays: list[list[float]] = [[], []]
         for i in range(2):
-            teacher = OpenAITeacher(TeacherOptions(base_url=srv.url, retries=2, backoff=0.01, seed=3), sleep=delays[i].append)
+            teacher = OpenAITeacher(
+                TeacherOptions(base_url=srv.url, retries=2, backoff=0.01, seed=3), sleep=delays[i].append
+            )
             with pytest.raises(NLAError, match="after 3 attempts: HTTP 503"):
                 teacher.answer(["x"])
     assert delays[0] == delays[1] and len(delays[0]) == 2
@@ -212,7 +224,10 @@ def test_connection_errors_are_retried(caplog) -> None:
 
 def test_anthropic_request_format(monkeypatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    reply = {"content": [{"type": "text", "text": GOOD[:40]}, {"type": "text", "text": GOOD[40:]}], "stop_reason": "end_turn"}
+    reply = {
+        "content": [{"type": "text", "text": GOOD[:40]}, {"type": "text", "text": GOOD[40:]}],
+        "stop_reason": "end_turn",
+    }
     with FakeJsonServer(lambda req: (200, reply)) as srv:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.url)
         teacher = make_teacher("anthropic", TeacherOptions(model="claude-test", max_tokens=123))

@@ -57,15 +57,11 @@ def write_teacher_parquet(path: Path, explanations: list[str], vectors: torch.Te
 def _dataset(tmp_path: Path, base: str, n: int, name: str, seed: int) -> Path:
     """Explanations of random words; targets = a fixed random linear map of the base AR's own output."""
     g = torch.Generator().manual_seed(seed)
-    texts = [
-        " ".join(WORDS[i] for i in torch.randint(len(WORDS), (4,), generator=g).tolist()) for _ in range(n)
-    ]
+    texts = [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (4,), generator=g).tolist()) for _ in range(n)]
     ar = ActivationReconstructor.from_target(load_target(base), 1)
     mix = torch.eye(64) + 0.5 * torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) / 8
     vectors = ar.predict(texts) @ mix.T
-    return write_teacher_parquet(
-        tmp_path / f"{name}.parquet", texts, vectors, doc_prefix=name, base_model=base
-    )
+    return write_teacher_parquet(tmp_path / f"{name}.parquet", texts, vectors, doc_prefix=name, base_model=base)
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +97,16 @@ def test_load_ar_data_rejects_bad_files(tmp_path: Path) -> None:
         load_ar_data(tmp_path / "nocol.parquet")
     with pytest.raises(NLAError, match="not found"):
         load_ar_data(tmp_path / "missing.parquet")
-    p = write_teacher_parquet(
-        tmp_path / "ragged.parquet", ["a"], torch.randn(1, 8), extra_rows=[("b", [1.0] * 9)]
-    )
+    p = write_teacher_parquet(tmp_path / "ragged.parquet", ["a"], torch.randn(1, 8), extra_rows=[("b", [1.0] * 9)])
     with pytest.raises(NLAError, match="different lengths"):
         load_ar_data(p)
 
 
 def test_several_data_files_train_together(tmp_path: Path) -> None:
     a = write_teacher_parquet(tmp_path / "a.parquet", ["a", "b"], torch.randn(2, 8), doc_prefix="a", base_model="m")
-    b = write_teacher_parquet(tmp_path / "b.parquet", ["c"], torch.randn(1, 8), doc_prefix="b", base_model="m",
-                              extra_rows=[(" ", [1.0] * 8)])
+    b = write_teacher_parquet(
+        tmp_path / "b.parquet", ["c"], torch.randn(1, 8), doc_prefix="b", base_model="m", extra_rows=[(" ", [1.0] * 8)]
+    )
     both = load_ar_parts(f"{a}, {b}")
     assert both.explanations == ["a", "b", "c"] and both.doc_ids == ["a0", "a0", "b0"]
     assert torch.equal(both.vectors, torch.cat([load_ar_data(a).vectors, load_ar_data(b).vectors]))
@@ -150,9 +145,7 @@ def test_train_ar_loss_falls_and_saves_a_loadable_ar(tiny_run: dict, tmp_path: P
     baseline = Baseline.from_train(train.vectors)
     untrained = evaluate_ar(build_ar(cfg, tiny_run["base"], 1), held.explanations, held.vectors, baseline)
     res = train_ar(cfg)
-    losses = [
-        r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r
-    ]
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == 12 and sum(losses[-3:]) < 0.5 * sum(losses[:3])
     fve = res.final_eval["fve_nrm"]
     assert fve > untrained["fve_nrm"] + 0.1 and fve > res.final_eval["fve_shuffled"] + 0.1
@@ -182,27 +175,22 @@ def test_train_ar_input_errors(tiny_run: dict, tmp_path: Path) -> None:
         train_ar(ARTrainConfig(data=str(tiny_run["train"]), out_dir=str(tmp_path / "a")))
     with pytest.raises(NLAError, match="share"):
         train_ar(
-            ARTrainConfig(
-                data=str(tiny_run["train"]), eval_data=str(tiny_run["train"]), out_dir=str(tmp_path / "b")
-            )
+            ARTrainConfig(data=str(tiny_run["train"]), eval_data=str(tiny_run["train"]), out_dir=str(tmp_path / "b"))
         )
-    wrong = write_teacher_parquet(
-        tmp_path / "w.parquet", ["a", "b"], torch.randn(2, 32), base_model=tiny_run["base"]
-    )
+    wrong = write_teacher_parquet(tmp_path / "w.parquet", ["a", "b"], torch.randn(2, 32), base_model=tiny_run["base"])
     with pytest.raises(NLAError, match="d_model"):
         train_ar(ARTrainConfig(data=str(wrong), eval_data=str(tiny_run["eval"]), out_dir=str(tmp_path / "c")))
     nometa = tmp_path / "nometa.parquet"
     pq.write_table(pq.read_table(tiny_run["train"]), nometa)
     with pytest.raises(NLAError, match="--model"):
-        train_ar(
-            ARTrainConfig(data=str(nometa), eval_data=str(tiny_run["eval"]), out_dir=str(tmp_path / "d"))
-        )
+        train_ar(ARTrainConfig(data=str(nometa), eval_data=str(tiny_run["eval"]), out_dir=str(tmp_path / "d")))
 
 
 def test_cli_train_ar_resumes_and_prints_controls(tiny_run: dict, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
-    args = ["train", "ar", "--data", str(tiny_run["train"]), "--eval-data", str(tiny_run["eval"]), "--out-dir", str(out),
-            "--batch-size", "8", "--lr", "1e-3", "--lora", "--lora-r", "4", "--save-adapter-only", "--eval-every", "0"]  # fmt: skip
+    args = ["train", "ar", "--data", str(tiny_run["train"]), "--eval-data", str(tiny_run["eval"]),
+            "--out-dir", str(out), "--batch-size", "8", "--lr", "1e-3", "--lora", "--lora-r", "4",
+            "--save-adapter-only", "--eval-every", "0"]  # fmt: skip
     assert main([*args, "--max-steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "held-out: fve_nrm=" in printed and "shuffled=" in printed and "empty=" in printed
@@ -219,9 +207,12 @@ def test_train_ar_from_init_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
     ar.save_pretrained(tmp_path / "full")
     ar.enable_lora(r=4, alpha=8)
     ar.save_pretrained(tmp_path / "adapter", adapter_only=True)
-    common = dict(data=str(tiny_run["train"]), eval_data=str(tiny_run["eval"]), max_steps=2, batch_size=8, lr=1e-2,
-                  eval_every=0)
-    train_ar(ARTrainConfig(init=str(tmp_path / "adapter"), save_adapter_only=True, out_dir=str(tmp_path / "a"), **common))
+    common = dict(
+        data=str(tiny_run["train"]), eval_data=str(tiny_run["eval"]), max_steps=2, batch_size=8, lr=1e-2, eval_every=0
+    )
+    train_ar(
+        ARTrainConfig(init=str(tmp_path / "adapter"), save_adapter_only=True, out_dir=str(tmp_path / "a"), **common)
+    )
     tuned = ActivationReconstructor.from_pretrained(tmp_path / "a" / "final")
     assert tuned.has_lora and (tmp_path / "a" / "final" / "adapter_model.safetensors").exists()
     assert not torch.equal(tuned.head.weight, ar.head.weight)
@@ -229,7 +220,9 @@ def test_train_ar_from_init_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
     full = ActivationReconstructor.from_pretrained(tmp_path / "f" / "final")
     assert not full.has_lora and not torch.equal(full.predict(["fox dog"]), ar.predict(["fox dog"]))
     with pytest.raises(NLAError, match="LoRA"):
-        train_ar(ARTrainConfig(init=str(tmp_path / "full"), save_adapter_only=True, out_dir=str(tmp_path / "x"), **common))
+        train_ar(
+            ARTrainConfig(init=str(tmp_path / "full"), save_adapter_only=True, out_dir=str(tmp_path / "x"), **common)
+        )
     with pytest.raises(NLAError, match="layer"):
         train_ar(ARTrainConfig(init=str(tmp_path / "full"), layer=2, out_dir=str(tmp_path / "y"), **common))
 

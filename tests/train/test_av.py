@@ -22,15 +22,22 @@ PARIS = "Paris is the capital of France."
 
 def _write(path, vectors: np.ndarray, explanations: list[str], *, doc_ids=None, d_model=None, column="explanation"):
     n = len(explanations)
-    table = pa.table({
-        "activation_vector": pa.array([list(map(float, v)) for v in vectors], type=pa.list_(pa.float32())),
-        "doc_id": doc_ids or [f"doc{i}" for i in range(n)],
-        "position": list(range(n)),
-        column: explanations if column == "explanation" else [f"<explanation>{e}</explanation>" for e in explanations],
-    })
+    table = pa.table(
+        {
+            "activation_vector": pa.array([list(map(float, v)) for v in vectors], type=pa.list_(pa.float32())),
+            "doc_id": doc_ids or [f"doc{i}" for i in range(n)],
+            "position": list(range(n)),
+            column: explanations
+            if column == "explanation"
+            else [f"<explanation>{e}</explanation>" for e in explanations],
+        }
+    )
     pq.write_table(table, path)
-    meta = {"kind": "nla_dataset", "d_model": d_model or vectors.shape[1],
-            "extraction": {"base_model": "tiny", "layer_index": 1}}
+    meta = {
+        "kind": "nla_dataset",
+        "d_model": d_model or vectors.shape[1],
+        "extraction": {"base_model": "tiny", "layer_index": 1},
+    }
     (path.parent / (path.name + ".nla_meta.yaml")).write_text(yaml.safe_dump(meta))
     return path
 
@@ -54,8 +61,13 @@ def test_load_av_data_skips_bad_rows_and_checks_columns(tmp_path) -> None:
     vecs[2] = 0.0
     expl[3] = "  "
     data = load_av_data(_write(tmp_path / "a.parquet", vecs, expl))
-    assert data.skipped == {"wrong_length": 0, "non_finite": 1, "zero_vector": 1, "empty_response": 1,
-                            "unfinished_response": 0}
+    assert data.skipped == {
+        "wrong_length": 0,
+        "non_finite": 1,
+        "zero_vector": 1,
+        "empty_response": 1,
+        "unfinished_response": 0,
+    }
     assert data.doc_ids == ["doc0", "doc4", "doc5"]
     assert data.responses[0] == f"<explanation>{PASTA}</explanation>"
     assert data.meta["extraction"]["layer_index"] == 1
@@ -72,8 +84,13 @@ def test_split_is_by_document() -> None:
     vecs, expl = _two_clusters(20)
     from nla.train.av import AVData
 
-    data = AVData(torch.from_numpy(vecs), [f"<explanation>{e}</explanation>" for e in expl],
-                  [f"d{i // 4}" for i in range(20)], {}, {})
+    data = AVData(
+        torch.from_numpy(vecs),
+        [f"<explanation>{e}</explanation>" for e in expl],
+        [f"d{i // 4}" for i in range(20)],
+        {},
+        {},
+    )
     train, held = split_by_document(data, 0.2, seed=0)
     assert held is not None and not set(train.doc_ids) & set(held.doc_ids)
     assert len(train.doc_ids) + len(held.doc_ids) == 20 and len(set(held.doc_ids)) == 1
@@ -106,12 +123,27 @@ def test_sft_learns_vector_dependent_responses(tiny_dir, tmp_path) -> None:
     vecs, expl = _two_clusters(64)
     train = _write(tmp_path / "train.parquet", vecs[:48], expl[:48])
     held = _write(tmp_path / "eval.parquet", vecs[48:], expl[48:], doc_ids=[f"e{i}" for i in range(16)])
-    cfg = AVTrainConfig(out_dir=str(tmp_path / "run"), data=str(train), eval_data=str(held), model=str(tiny_dir),
-                        max_steps=80, batch_size=8, lr=1e-2, warmup_steps=2, eval_every=0, save_every=0,
-                        samples=2, sample_tokens=12, template="Explain <concept>{injection_char}</concept>")
+    cfg = AVTrainConfig(
+        out_dir=str(tmp_path / "run"),
+        data=str(train),
+        eval_data=str(held),
+        model=str(tiny_dir),
+        max_steps=80,
+        batch_size=8,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=0,
+        save_every=0,
+        samples=2,
+        sample_tokens=12,
+        template="Explain <concept>{injection_char}</concept>",
+    )
     av, result = train_av(cfg)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert losses[-1] < 0.5 * losses[0]  # the SFT loss falls
     init, final = result.extra["initial_eval"], result.final_eval
     assert abs(init["nll_gap"]) < 0.1
@@ -127,9 +159,33 @@ def test_sft_learns_vector_dependent_responses(tiny_dir, tmp_path) -> None:
 def test_cli_train_av_lora_and_bad_inputs(tiny_dir, tmp_path, capsys) -> None:
     vecs, expl = _two_clusters(12)
     data = _write(tmp_path / "d.parquet", vecs, expl)
-    rc = main(["train", "av", "--data", str(data), "--model", str(tiny_dir), "--out-dir", str(tmp_path / "run"),
-               "--max-steps", "2", "--batch-size", "4", "--lora", "--lora-r", "4", "--eval-fraction", "0.25",
-               "--samples", "1", "--sample-tokens", "4", "--injection-scale", "6"])
+    rc = main(
+        [
+            "train",
+            "av",
+            "--data",
+            str(data),
+            "--model",
+            str(tiny_dir),
+            "--out-dir",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--lora",
+            "--lora-r",
+            "4",
+            "--eval-fraction",
+            "0.25",
+            "--samples",
+            "1",
+            "--sample-tokens",
+            "4",
+            "--injection-scale",
+            "6",
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 2 and set(summary["final_eval"]) >= {"nll_real", "nll_shuffled", "nll_gap"}
@@ -162,8 +218,19 @@ def test_train_from_an_adapter_init_trains_only_that_adapter(tiny_dir, tmp_path)
     av.model = apply_lora(av.model, r=4, alpha=4)
     av.save_pretrained(tmp_path / "init")
     before = {n: p.detach().clone() for n, p in av.model.named_parameters()}
-    _, res = train_av(AVTrainConfig(init=str(tmp_path / "init"), data=str(data), out_dir=str(tmp_path / "run"),
-                                    max_steps=2, batch_size=4, lr=1e-2, eval_fraction=0.25, samples=0, eval_every=0))
+    _, res = train_av(
+        AVTrainConfig(
+            init=str(tmp_path / "init"),
+            data=str(data),
+            out_dir=str(tmp_path / "run"),
+            max_steps=2,
+            batch_size=4,
+            lr=1e-2,
+            eval_fraction=0.25,
+            samples=0,
+            eval_every=0,
+        )
+    )
     assert res.extra["injection_scale"] == 7.0 and res.extra["train_rows"] < 14
     out = ActivationVerbalizer.from_pretrained(tmp_path / "run" / "final")
     assert is_lora(out.model) and out.injection_scale == 7.0 and out.marker == av.marker

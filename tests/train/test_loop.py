@@ -119,9 +119,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path: Path, grad_accum:
     fit(ref, _loss, _batches(x, y), _cfg(tmp_path / "a", **kw), evaluate=evaluate)
 
     crashed = _model()
-    with pytest.raises(
-        RuntimeError, match="injected crash"
-    ):  # dies during step 6, after the step-4 checkpoint
+    with pytest.raises(RuntimeError, match="injected crash"):  # dies during step 6, after the step-4 checkpoint
         fit(
             crashed,
             _loss,

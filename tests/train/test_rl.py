@@ -35,8 +35,12 @@ def one_thread():
 
 def write_vectors(path: Path, n: int, seed: int) -> Path:
     v = torch.randn(n, D, generator=torch.Generator().manual_seed(seed)) * 3
-    table = pa.table({"activation_vector": pa.array(v.tolist(), pa.list_(pa.float32())),
-                      "doc_id": [f"{path.stem}-{i}" for i in range(n)]})
+    table = pa.table(
+        {
+            "activation_vector": pa.array(v.tolist(), pa.list_(pa.float32())),
+            "doc_id": [f"{path.stem}-{i}" for i in range(n)],
+        }
+    )
     pq.write_table(table, path)
     return path
 
@@ -61,13 +65,29 @@ def run_dirs(tmp_path_factory) -> dict[str, str]:
     av.model.eval()
     av.save_pretrained(root / "av")
     ActivationReconstructor.from_target(target, 1).save_pretrained(root / "ar")
-    return {"root": str(root), "av": str(root / "av"), "ar": str(root / "ar"),
-            "data": str(write_vectors(root / "rl.parquet", 16, 1)), "eval": str(write_vectors(root / "eval.parquet", 8, 2))}
+    return {
+        "root": str(root),
+        "av": str(root / "av"),
+        "ar": str(root / "ar"),
+        "data": str(write_vectors(root / "rl.parquet", 16, 1)),
+        "eval": str(write_vectors(root / "eval.parquet", 8, 2)),
+    }
 
 
 def config(run_dirs: dict[str, str], out: Path, **kw) -> RLConfig:
-    base = dict(av=run_dirs["av"], ar=run_dirs["ar"], data=run_dirs["data"], out_dir=str(out), steps=2,
-                prompts_per_step=2, group_size=4, max_new_tokens=16, eval_every=0, save_every=0, train_batch_size=4)
+    base = dict(
+        av=run_dirs["av"],
+        ar=run_dirs["ar"],
+        data=run_dirs["data"],
+        out_dir=str(out),
+        steps=2,
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=16,
+        eval_every=0,
+        save_every=0,
+        train_batch_size=4,
+    )
     base.update(kw)
     return RLConfig(**base)
 
@@ -106,14 +126,32 @@ def test_one_step_raises_logprob_of_positive_advantage_sample(run_dirs, tmp_path
 
 def test_metrics_eval_and_final_checkpoints(run_dirs, tmp_path) -> None:
     out = tmp_path / "run"
-    res = train_rl(config(run_dirs, out, eval_data=run_dirs["eval"], eval_every=1, eval_rows=4, av_lr=1e-4,
-                                   ppo_epochs=2))
+    res = train_rl(
+        config(run_dirs, out, eval_data=run_dirs["eval"], eval_every=1, eval_rows=4, av_lr=1e-4, ppo_epochs=2)
+    )
     records = list(iter_metrics(out))
     steps = [r for r in records if not r.get("final")]
     assert [r["step"] for r in steps] == [1, 2] and records[-1]["final"]
-    for key in ("reward_mean", "reward_std", "fve", "kl", "clip_frac", "len_mean", "len_p50", "len_p90", "len_max",
-                "tag_failure_rate", "truncation_rate", "cjk_rate", "valid_rate", "ar_loss", "time_generate_s",
-                "time_av_s", "time_ar_s", "time_step_s"):
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "fve",
+        "kl",
+        "clip_frac",
+        "len_mean",
+        "len_p50",
+        "len_p90",
+        "len_max",
+        "tag_failure_rate",
+        "truncation_rate",
+        "cjk_rate",
+        "valid_rate",
+        "ar_loss",
+        "time_generate_s",
+        "time_av_s",
+        "time_ar_s",
+        "time_step_s",
+    ):
         assert key in steps[0], key
     assert "eval/fve_nrm" in steps[0] and "eval/frozen_ar/fve_nrm" in steps[0] and "eval/fve_shuffled" in steps[0]
     assert 0 < steps[0]["valid_rate"] < 1 and steps[0]["reward_std"] > 0  # a mix of valid and invalid rollouts
@@ -175,9 +213,27 @@ def test_two_processes_end_with_identical_weights(run_dirs, tmp_path) -> None:
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
     out.mkdir()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(runner),
-           run_dirs["av"], run_dirs["ar"], run_dirs["data"], str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(runner),
+        run_dirs["av"],
+        run_dirs["ar"],
+        run_dirs["data"],
+        str(out),
+    ]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -194,5 +250,22 @@ def test_cli_help_and_errors(run_dirs, tmp_path, capsys) -> None:
     assert e.value.code == 0 and "--group-size" in capsys.readouterr().out
     assert main(["train", "rl", "--ar", run_dirs["ar"], "--data", run_dirs["data"]]) == 2
     assert "needs --av" in capsys.readouterr().err
-    assert main(["train", "rl", "--av", run_dirs["av"], "--ar", run_dirs["ar"], "--data", run_dirs["data"],
-                 "--prompts-per-step", "3", "--group-size", "0"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "rl",
+                "--av",
+                run_dirs["av"],
+                "--ar",
+                run_dirs["ar"],
+                "--data",
+                run_dirs["data"],
+                "--prompts-per-step",
+                "3",
+                "--group-size",
+                "0",
+            ]
+        )
+        == 2
+    )

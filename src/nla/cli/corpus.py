@@ -1,8 +1,8 @@
 """``nla corpus build`` (the offline default corpus) and ``nla corpus stats SPEC`` (what a corpus holds).
 
-    nla corpus build --n-chat 1000 --n-web 1000 --max-new-tokens 96
-    nla corpus stats default
-    nla corpus stats my_docs.jsonl --limit 500
+nla corpus build --n-chat 1000 --n-web 1000 --max-new-tokens 96
+nla corpus stats default
+nla corpus stats my_docs.jsonl --limit 500
 """
 
 from __future__ import annotations

@@ -29,39 +29,62 @@ class NLAOptions:
     """Options shared by ``nla explain`` and ``nla explain-vector``."""
 
     av: str | None = option(None, "AV checkpoint directory (ours or official); default: the NLA shipped with nla.")
-    ar: str | None = option(None, "AR checkpoint directory for round-trip scores; default: the shipped one with the default AV.")
+    ar: str | None = option(
+        None, "AR checkpoint directory for round-trip scores; default: the shipped one with the default AV."
+    )
     target: str | None = option(None, "Target model; default: the AV sidecar's extraction.base_model.")
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
     num_samples: int = option(1, "Explanations per activation (> 1 samples; the first is shown, all are saved).")
     do_sample: bool = option(False, "Sample instead of greedy decoding (implied by --num-samples > 1).")
-    temperature: float | None = option(None, "Sampling temperature (default: 1.0 for --num-samples, 0.7 for --best-of).")
-    best_of: int | None = option(None, "Best-of-K decoding: the greedy answer and K-1 samples; the AR keeps the "
-                                 "one it reconstructs best (K generations per token). Default: 4 with an AR "
-                                 "(unless --num-samples/--do-sample), else 1 (greedy).")
+    temperature: float | None = option(
+        None, "Sampling temperature (default: 1.0 for --num-samples, 0.7 for --best-of)."
+    )
+    best_of: int | None = option(
+        None,
+        "Best-of-K decoding: the greedy answer and K-1 samples; the AR keeps the "
+        "one it reconstructs best (K generations per token). Default: 4 with an AR "
+        "(unless --num-samples/--do-sample), else 1 (greedy).",
+    )
     top_p: float = option(1.0, "Nucleus sampling threshold.")
     batch_size: int = option(16, "Activations explained per batched generate call.")
     seed: int | None = option(None, "Seed for sampling.")
-    baseline: float | None = option(None, "Predict-the-mean baseline B for fve (default: the sidecar's eval.baseline_mse).")
+    baseline: float | None = option(
+        None, "Predict-the-mean baseline B for fve (default: the sidecar's eval.baseline_mse)."
+    )
     device: str = option("cpu", "Torch device, e.g. cpu or cuda:0.")
     dtype: str = option("float32", "Model dtype.", choices=["float32", "bfloat16", "float16"])
     jsonl: str | None = option(None, "Write one JSON record per explained token/vector to this file.")
 
     def gen_kwargs(self) -> dict[str, Any]:
-        return dict(max_new_tokens=self.max_new_tokens, num_samples=self.num_samples, do_sample=self.do_sample,
-                    temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size, seed=self.seed,
-                    best_of=self.best_of)
+        return dict(
+            max_new_tokens=self.max_new_tokens,
+            num_samples=self.num_samples,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            best_of=self.best_of,
+        )
 
 
 @dataclass
 class ExplainConfig(NLAOptions):
-    positions: str = option("all", "Tokens to explain: all, last, assistant, indices 3,5,-1, ranges 10:20 "
-                            "(write --positions=-5: when the value starts with a minus).")
+    positions: str = option(
+        "all",
+        "Tokens to explain: all, last, assistant, indices 3,5,-1, ranges 10:20 "
+        "(write --positions=-5: when the value starts with a minus).",
+    )
     html: str | None = option(None, "Write a self-contained HTML report to this file.")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="Explain the activations of a text token by token with a trained NLA.",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "explain",
+        help="Explain the activations of a text token by token with a trained NLA.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("text", nargs="?", default=None, help="The text to explain (or use --file / --chat).")
     p.add_argument("--file", type=Path, default=None, help="Read the text from this file (UTF-8).")
     p.add_argument("--chat", type=Path, default=None, help="A chat as JSONL: one {role, content} message per line.")
@@ -81,9 +104,11 @@ def read_chat_jsonl(path: Path) -> list[dict[str, str]]:
         raise NLAError(f"chat file {path} is not valid JSONL: {e}") from e
     if len(rows) == 1 and isinstance(rows[0], dict) and "messages" in rows[0]:
         rows = rows[0]["messages"]
-    ok = rows and all(isinstance(r, dict) and isinstance(r.get("role"), str) and isinstance(r.get("content"), str) for r in rows)
+    ok = rows and all(
+        isinstance(r, dict) and isinstance(r.get("role"), str) and isinstance(r.get("content"), str) for r in rows
+    )
     if not ok:
-        raise NLAError(f"chat file {path} must hold {{\"role\": ..., \"content\": ...}} messages, one per line")
+        raise NLAError(f'chat file {path} must hold {{"role": ..., "content": ...}} messages, one per line')
     return [{"role": r["role"], "content": r["content"]} for r in rows]
 
 
@@ -132,19 +157,25 @@ def notes_for(nla: Any, records: list[Any], best_of: int = 1) -> list[str]:
 
     notes = [f"target {nla.target.name}, layer {nla.layer}"]
     if best_of > 1:
-        notes.append(f"best of {best_of}: each explanation is the one of {best_of} (greedy + samples) the AR "
-                     "reconstructs best, so its score is the best of them")
+        notes.append(
+            f"best of {best_of}: each explanation is the one of {best_of} (greedy + samples) the AR "
+            "reconstructs best, so its score is the best of them"
+        )
     if nla.ar is None:
         notes.append("no AR given: explanations are not scored")
         return notes
     if nla.baseline is None:
-        notes.append("no predict-the-mean baseline known (eval.baseline_mse): fve not reported, only cosine and mse_nrm")
+        notes.append(
+            "no predict-the-mean baseline known (eval.baseline_mse): fve not reported, only cosine and mse_nrm"
+        )
     else:
         notes.append(f"fve_nrm = 1 - mse_nrm / {nla.baseline:.4f} (predict-the-mean baseline)")
     ctrl = [c for r in records if (c := r.control_cosine) is not None]
     s = summary(records)
     if ctrl and s["mean_cosine"] is not None:
-        notes.append(f"mean cosine {s['mean_cosine']:+.3f} vs {sum(ctrl) / len(ctrl):+.3f} for an EMPTY explanation (control)")
+        notes.append(
+            f"mean cosine {s['mean_cosine']:+.3f} vs {sum(ctrl) / len(ctrl):+.3f} for an EMPTY explanation (control)"
+        )
     return notes
 
 
@@ -171,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     nla = load_nla(cfg)
     records = nla.explain(source, cfg.positions, **cfg.gen_kwargs())
     tokens = nla.encode(source).tokens
-    title = f"NLA explanations: {args.file or args.chat or (str(source)[:60] + ('...' if len(str(source)) > 60 else ''))}"
+    title = (
+        f"NLA explanations: {args.file or args.chat or (str(source)[:60] + ('...' if len(str(source)) > 60 else ''))}"
+    )
     write_outputs(cfg, nla, records, tokens, title)
     return 0

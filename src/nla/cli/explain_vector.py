@@ -25,8 +25,12 @@ class ExplainVectorConfig(NLAOptions):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain-vector", help="Explain arbitrary directions from a .npy or .safetensors file.",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "explain-vector",
+        help="Explain arbitrary directions from a .npy or .safetensors file.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("file", type=Path, help="A .npy or .safetensors file with a (d,) or (N, d) array.")
     p.add_argument("--key", default=None, help="Tensor name inside a .safetensors file.")
     add_config_args(p, ExplainVectorConfig)

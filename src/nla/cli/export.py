@@ -17,8 +17,12 @@ from nla.common.config import add_config_args, config_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     from nla.export import ExportConfig
 
-    p = sub.add_parser("export", help="Export full AV/AR checkpoints as compact LoRA adapters (SVD of the deltas).",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="Export full AV/AR checkpoints as compact LoRA adapters (SVD of the deltas).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(p, ExportConfig)
     p.set_defaults(func=run)
 
@@ -35,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wrote {rep.out} ({rep.size_mib:.1f} MiB, rank {rep.rank})\n")
     for role in ("av", "ar"):
         dropped = ", ".join(f"{k} ({v:.2g})" for k, v in sorted(rep.dropped[role].items())) or "nothing"
-        sys.stdout.write(f"  {role}: rank-{rep.rank} factors keep {rep.kept_energy[role]:.1%} of the linear "
-                         f"layers' delta energy; dropped: {dropped}\n")
+        sys.stdout.write(
+            f"  {role}: rank-{rep.rank} factors keep {rep.kept_energy[role]:.1%} of the linear "
+            f"layers' delta energy; dropped: {dropped}\n"
+        )
     return 0

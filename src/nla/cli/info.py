@@ -11,7 +11,9 @@ from nla.models.target import DEFAULT_TARGET, load_target
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="Show d_model, layer count, default layer and tokenizer facts of a target model.")
-    p.add_argument("--model", default=DEFAULT_TARGET, help="HF id, local directory, or embedded name (default: %(default)s).")
+    p.add_argument(
+        "--model", default=DEFAULT_TARGET, help="HF id, local directory, or embedded name (default: %(default)s)."
+    )
     p.set_defaults(func=run)
 
 

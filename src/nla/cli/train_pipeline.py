@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in names}
     cfg = load_pipeline_config(args.preset, args.config, **overrides)
     res = run_pipeline(cfg, start=args.start, stop_after=args.stop_after)
-    summary = {"run_dir": str(res.run_dir), "stages": res.stages,
-               "ladder": res.card.get("ladder") if res.card else None}
+    summary = {
+        "run_dir": str(res.run_dir),
+        "stages": res.stages,
+        "ladder": res.card.get("ladder") if res.card else None,
+    }
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0

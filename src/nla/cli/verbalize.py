@@ -16,8 +16,12 @@ from nla.common.config import add_config_args, config_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     from nla.verbalize import VerbalizeConfig
 
-    p = sub.add_parser("verbalize", help="Write an AV's explanations of a split as teacher-format parquet.",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "verbalize",
+        help="Write an AV's explanations of a split as teacher-format parquet.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(p, VerbalizeConfig)
     p.set_defaults(func=run)
 

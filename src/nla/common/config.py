@@ -99,7 +99,9 @@ def make_config(cls: type[T], values: dict[str, Any], *, source: str = "config")
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise NLAError(f"unknown {source} key(s) for {cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise NLAError(
+            f"unknown {source} key(s) for {cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:

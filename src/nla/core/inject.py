@@ -67,11 +67,16 @@ def inject(
     every embedding except the replaced ones.
     """
     if embeds.dim() != 3 or vectors.dim() != 2 or positions.dim() != 1:
-        raise ValueError(f"expected embeds (B,T,d), positions (B,), vectors (B,d); got {tuple(embeds.shape)}, "
-                         f"{tuple(positions.shape)}, {tuple(vectors.shape)}")
+        raise ValueError(
+            f"expected embeds (B,T,d), positions (B,), vectors (B,d); got {tuple(embeds.shape)}, "
+            f"{tuple(positions.shape)}, {tuple(vectors.shape)}"
+        )
     b, _, d = embeds.shape
     if vectors.shape != (b, d) or positions.shape[0] != b:
-        raise ValueError(f"vectors {tuple(vectors.shape)} / positions {tuple(positions.shape)} do not match embeds {tuple(embeds.shape)}")
+        raise ValueError(
+            f"vectors {tuple(vectors.shape)} / positions {tuple(positions.shape)} "
+            f"do not match embeds {tuple(embeds.shape)}"
+        )
     value = vectors.detach().float() if scale is None else normalize_to(vectors.detach(), float(scale))
     out = embeds.clone()
     rows = torch.arange(b, device=embeds.device)
@@ -122,7 +127,9 @@ def verify_marker(tokenizer: Any, prompt_ids: Sequence[int], marker: Marker) -> 
     where = [i for i, t in enumerate(ids) if t == marker.token_id]
     if len(where) != 1:
         what = "absent from" if not where else f"found {len(where)} times in"
-        raise NLAError(f"marker {marker.char!r} (token {marker.token_id}) is {what} the prompt; it must occur exactly once")
+        raise NLAError(
+            f"marker {marker.char!r} (token {marker.token_id}) is {what} the prompt; it must occur exactly once"
+        )
     p = where[0]
     if p == 0 or p == len(ids) - 1:
         raise NLAError(f"marker {marker.char!r} sits at the edge of the prompt; it needs neighbours on both sides")
@@ -190,7 +197,9 @@ def marker_positions(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:  #
     counts = hits.sum(-1)
     if not bool((counts == 1).all()):
         bad = int((counts != 1).nonzero()[0, 0])
-        raise NLAError(f"row {bad} of the batch holds the marker token {token_id} {int(counts[bad])} times; expected once")
+        raise NLAError(
+            f"row {bad} of the batch holds the marker token {token_id} {int(counts[bad])} times; expected once"
+        )
     return hits.float().argmax(-1)
 
 

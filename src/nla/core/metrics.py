@@ -59,7 +59,9 @@ def fve_nrm(mse: torch.Tensor | float, baseline: float) -> float:
     return 1.0 - m / baseline
 
 
-def retrieval_top1(pred: torch.Tensor, gold: torch.Tensor, k: int, *, generator: torch.Generator | None = None) -> float:
+def retrieval_top1(
+    pred: torch.Tensor, gold: torch.Tensor, k: int, *, generator: torch.Generator | None = None
+) -> float:
     """Share of rows whose true vector is the nearest (by mse_nrm) among itself and ``k - 1`` distractors.
 
     pred, gold: (N, d), row i of ``pred`` reconstructs row i of ``gold``. Distractors are other rows of

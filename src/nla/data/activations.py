@@ -218,11 +218,21 @@ def write_dataset(
             parts = writers[split].finish()
             doc_ids = set().union(*(ids for _, _, ids in parts))
             for path, rows, ids in parts:
-                part_meta = {"kind": "nla_dataset", "d_model": meta["d_model"], "extraction": meta["extraction"],
-                             "split": split, "n_rows": rows, "n_docs": len(ids), "provenance": meta["provenance"]}
+                part_meta = {
+                    "kind": "nla_dataset",
+                    "d_model": meta["d_model"],
+                    "extraction": meta["extraction"],
+                    "split": split,
+                    "n_rows": rows,
+                    "n_docs": len(ids),
+                    "provenance": meta["provenance"],
+                }
                 write_sidecar(dataset_sidecar_path(path), part_meta)
-            splits[split] = {"rows": sum(r for _, r, _ in parts), "docs": len(doc_ids),
-                             "files": [f"{split}/{p.name}" for p, _, _ in parts]}
+            splits[split] = {
+                "rows": sum(r for _, r, _ in parts),
+                "docs": len(doc_ids),
+                "files": [f"{split}/{p.name}" for p, _, _ in parts],
+            }
         summary = {
             "kind": "nla_dataset",
             "d_model": meta["d_model"],
@@ -238,8 +248,6 @@ def write_dataset(
         write_sidecar(tmp / MODEL_SIDECAR, summary)
         assert_disjoint(tmp)
     return summary
-
-
 
 
 @dataclass
@@ -282,4 +290,20 @@ def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
     return VectorSet(vecs[keep], doc_ids, col("detokenized_text_truncated"), col("explanation"))
 
 
-__all__ = ["DEFAULT_FRACTIONS", "SCHEMA", "SPLITS", "VectorSet", "assert_disjoint", "check_fractions", "chunk_stats", "load_vectors", "read_dataset_meta", "read_split", "split_files", "split_of", "stable_uniform", "vectors", "write_dataset"]
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "SCHEMA",
+    "SPLITS",
+    "VectorSet",
+    "assert_disjoint",
+    "check_fractions",
+    "chunk_stats",
+    "load_vectors",
+    "read_dataset_meta",
+    "read_split",
+    "split_files",
+    "split_of",
+    "stable_uniform",
+    "vectors",
+    "write_dataset",
+]

@@ -5,7 +5,8 @@ stable across runs and machines; splits and resume are keyed by it.
 
 :func:`load_corpus` reads a corpus from a spec:
 
-- ``default``: the offline default corpus (built once by :func:`nla.data.corpus_default.build_default_corpus` and cached; see
+- ``default``: the offline default corpus (built once by
+  :func:`nla.data.corpus_default.build_default_corpus` and cached; see
   ``nla corpus build`` and :mod:`nla.data.corpus_default`);
 - a ``.jsonl`` file: one JSON object per line with a ``text`` string or a chat ``messages`` list of
   ``{"role", "content"}``; ``id`` (or ``doc_id``) becomes the doc id, else ``<file name>:<line number>``;
@@ -54,7 +55,8 @@ def load_corpus(spec: str, *, limit: int | None = None) -> list[Document]:
         path = Path(spec).expanduser()
         if not path.exists():
             raise NLAError(
-                f"corpus not found: {spec} (expected 'default', 'hf:NAME', a folder, or a .txt/.md/.jsonl/.parquet file)"
+                f"corpus not found: {spec} "
+                "(expected 'default', 'hf:NAME', a folder, or a .txt/.md/.jsonl/.parquet file)"
             )
         if path.is_dir():
             docs = _iter_folder(path)

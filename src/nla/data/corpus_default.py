@@ -88,7 +88,10 @@ def _data_text(name: str) -> str:
 def _expand(template: dict[str, Any]) -> list[str]:
     slots = template["slots"]
     keys = list(slots)
-    return [template["pattern"].format(**dict(zip(keys, combo, strict=True))) for combo in itertools.product(*slots.values())]
+    return [
+        template["pattern"].format(**dict(zip(keys, combo, strict=True)))
+        for combo in itertools.product(*slots.values())
+    ]
 
 
 def _round_robin(groups: list[list[Any]]) -> Iterator[Any]:
@@ -193,12 +196,19 @@ def generate_answers(
 def _chat_chunk(
     target: Target, jobs: list[tuple[int, str, str]], cfg: DefaultCorpusConfig, followups: list[str]
 ) -> list[Document]:
-    gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "repetition_penalty": cfg.repetition_penalty}
+    gen = {
+        "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.batch_size,
+        "repetition_penalty": cfg.repetition_penalty,
+    }
     convs = [[{"role": "user", "content": p}] for _, _, p in jobs]
     first = generate_answers(target, convs, **gen)
     multi = [k for k, (i, _, _) in enumerate(jobs) if int(_h(f"multi-turn-{i}"), 16) % 1000 < cfg.multi_turn * 1000]
     for k in multi:
-        convs[k] += [{"role": "assistant", "content": first[k][0]}, {"role": "user", "content": followups[jobs[k][0] % len(followups)]}]
+        convs[k] += [
+            {"role": "assistant", "content": first[k][0]},
+            {"role": "user", "content": followups[jobs[k][0] % len(followups)]},
+        ]
     second = dict(zip(multi, generate_answers(target, [convs[k] for k in multi], **gen), strict=True))
     docs = []
     for k, (i, category, _) in enumerate(jobs):
@@ -211,11 +221,19 @@ def _chat_chunk(
 
 def _article_chunk(target: Target, jobs: list[tuple[int, str]], cfg: DefaultCorpusConfig) -> list[Document]:
     answers = generate_answers(
-        target, [[{"role": "user", "content": p}] for _, p in jobs],
-        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, repetition_penalty=cfg.repetition_penalty,
+        target,
+        [[{"role": "user", "content": p}] for _, p in jobs],
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        repetition_penalty=cfg.repetition_penalty,
     )
     return [
-        Document(doc_id=f"web-gen-{i:05d}", text=a or "(empty)", source="default/web/generated", meta={"prompt": p, "truncated": t})
+        Document(
+            doc_id=f"web-gen-{i:05d}",
+            text=a or "(empty)",
+            source="default/web/generated",
+            meta={"prompt": p, "truncated": t},
+        )
         for (i, p), (a, t) in zip(jobs, answers, strict=True)
     ]
 
@@ -266,15 +284,24 @@ def build_default_corpus(
     are reused and the rest is generated.
     """
     cfg = DefaultCorpusConfig(
-        out=None if out is None else str(out), model=model, n_chat=n_chat, n_web=n_web, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, chunk_size=chunk_size, multi_turn=multi_turn, generated_web=generated_web,
+        out=None if out is None else str(out),
+        model=model,
+        n_chat=n_chat,
+        n_web=n_web,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        multi_turn=multi_turn,
+        generated_web=generated_web,
         repetition_penalty=repetition_penalty,
     )
     out, _ = _produce(cfg, target, None, progress)
     return out
 
 
-def default_corpus_documents(limit: int | None = None, *, target: Target | None = None, progress: bool = True) -> list[Document]:
+def default_corpus_documents(
+    limit: int | None = None, *, target: Target | None = None, progress: bool = True
+) -> list[Document]:
     """The first ``limit`` documents of the default corpus (all when None).
 
     If the corpus is not built yet, only the generation chunks those documents need are produced (they
@@ -323,7 +350,9 @@ def _produce(
     info_path = Path(str(out) + ".info.json")
 
     def finished() -> bool:
-        return out.exists() and info_path.exists() and json.loads(info_path.read_text(encoding="utf-8")).get("key") == key
+        return (
+            out.exists() and info_path.exists() and json.loads(info_path.read_text(encoding="utf-8")).get("key") == key
+        )
 
     if finished():
         return out, _read_chunk(out, limit)
@@ -335,7 +364,10 @@ def _produce(
     order = spread([("chat", i) for i in range(cfg.n_chat)], spread(web, [("gen", j) for j in range(n_gen)]))
     limit = None if limit is not None and limit >= len(order) else limit
     order = order[:limit]
-    wanted = {kind: sorted({x[1] // cfg.chunk_size for x in order if isinstance(x, tuple) and x[0] == kind}) for kind in ("chat", "gen")}
+    wanted = {
+        kind: sorted({x[1] // cfg.chunk_size for x in order if isinstance(x, tuple) and x[0] == kind})
+        for kind in ("chat", "gen")
+    }
     parts = Path(str(out) + ".parts")
     with _locked(Path(str(out) + ".lock")):
         if finished():  # another process built it while we waited
@@ -357,7 +389,11 @@ def _produce(
                 else:
                     if target is None:
                         target = load_target(cfg.model)
-                    docs = _chat_chunk(target, chunk, cfg, followups) if kind == "chat" else _article_chunk(target, chunk, cfg)
+                    docs = (
+                        _chat_chunk(target, chunk, cfg, followups)
+                        if kind == "chat"
+                        else _article_chunk(target, chunk, cfg)
+                    )
                     write_jsonl(docs, path)
                 made.update({(kind, job[0]): d for job, d in zip(chunk, docs, strict=True)})
                 bar.update(1)
@@ -456,7 +492,9 @@ def _stdlib_docs() -> Iterator[tuple[str, str]]:
             tree = ast.parse(p.read_bytes())
         except (SyntaxError, ValueError):
             continue
-        nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        nodes = [tree] + [
+            n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
         docs = [d for d in (ast.get_docstring(n) for n in nodes) if d and len(d.split()) >= 20]
         if docs:
             yield f"stdlib {p.relative_to(root).as_posix()}", "\n\n".join(docs)
@@ -497,7 +535,9 @@ def _source_passages(name: str, items: Iterator[tuple[str, str]]) -> Iterator[Do
     for origin, raw in items:
         fresh = [p for p in clean_paragraphs(raw) if not (p in seen or seen.add(p))]
         for text in chunk_passages(fresh):
-            yield Document(doc_id=f"web-{name}-{_h(text)[:10]}", text=text, source=f"default/web/{name}", meta={"origin": origin})
+            yield Document(
+                doc_id=f"web-{name}-{_h(text)[:10]}", text=text, source=f"default/web/{name}", meta={"origin": origin}
+            )
 
 
 def web_passages(n: int) -> list[Document]:
@@ -507,7 +547,12 @@ def web_passages(n: int) -> list[Document]:
 
 @functools.lru_cache(maxsize=4)
 def _web_passages(n: int) -> tuple[Document, ...]:
-    makers = {"stdlib-topics": _stdlib_topics, "stdlib-docs": _stdlib_docs, "pkg-readme": _pkg_readmes, "license": _licenses}
+    makers = {
+        "stdlib-topics": _stdlib_topics,
+        "stdlib-docs": _stdlib_docs,
+        "pkg-readme": _pkg_readmes,
+        "license": _licenses,
+    }
     sources = [_source_passages(name, makers[name]()) for name in WEB_SOURCES]
     out: list[Document] = []
     seen: set[str] = set()
@@ -522,5 +567,7 @@ def _web_passages(n: int) -> tuple[Document, ...]:
             if len(out) == n:
                 break
     if len(out) < n:
-        raise NLAError(f"only {len(out)} prose passages are available offline here; lower --n-web or raise --generated-web")
+        raise NLAError(
+            f"only {len(out)} prose passages are available offline here; lower --n-web or raise --generated-web"
+        )
     return tuple(out)

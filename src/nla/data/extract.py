@@ -67,17 +67,24 @@ class ExtractConfig:
     model: str = option(DEFAULT_TARGET, "Target model: embedded name, HF id or local HF directory.")
     corpus: str = option("default", "Corpus spec: 'default' or a path to .txt / folder / JSONL / parquet.")
     out: str = option("activations", "Output dataset directory (written atomically).")
-    layer: int | None = option(None, "Layer L (output of block L = HF hidden_states[L+1]); default round(2/3 n_layers).")
+    layer: int | None = option(
+        None, "Layer L (output of block L = HF hidden_states[L+1]); default round(2/3 n_layers)."
+    )
     positions_per_doc: int = option(10, "Activation positions sampled per document.")
     skip: int = option(50, "Skip the first SKIP tokens of a document (chat: at most the system prompt + turn header).")
     max_tokens: int = option(512, "Cap each document at this many tokens.")
-    batch_tokens: int = option(1024, "Token budget of one forward batch (padded size x length); ~1k is fastest on CPU, raise it on a GPU.")
+    batch_tokens: int = option(
+        1024, "Token budget of one forward batch (padded size x length); ~1k is fastest on CPU, raise it on a GPU."
+    )
     seed: int = option(0, "Seed of the per-document position RNG and of the split hash.")
     split_fractions: list[float] = option(list(DEFAULT_FRACTIONS), "Fractions of documents for av_sft ar_sft rl eval.")
     limit_docs: int | None = option(None, "Use only the first N documents of the corpus.")
     overwrite: bool = option(False, "Replace an existing output directory (or a stale work directory).")
-    dtype: str = option("float32", "Model dtype for the forward pass (vectors are stored as float32).",
-                        choices=["float32", "bfloat16", "float16"])
+    dtype: str = option(
+        "float32",
+        "Model dtype for the forward pass (vectors are stored as float32).",
+        choices=["float32", "bfloat16", "float16"],
+    )
     device: str = option("auto", "Device: 'auto' (this rank's accelerator or CPU), 'cpu', 'cuda:0', ...")
     chunk_docs: int = option(256, "Documents per resumable chunk (part of the settings fingerprint).")
     shard_rows: int = option(200_000, "Maximum rows per output parquet part.")
@@ -371,7 +378,9 @@ def _resolve_device(cfg: ExtractConfig, state: Any) -> str:
     return str(state.device) if cfg.device == "auto" else cfg.device
 
 
-def extract(cfg: ExtractConfig, target: Target | None = None, *, documents: Sequence[Document] | None = None) -> ExtractResult:
+def extract(
+    cfg: ExtractConfig, target: Target | None = None, *, documents: Sequence[Document] | None = None
+) -> ExtractResult:
     """Run (or resume) an extraction; returns the dataset-level counts and this run's throughput.
 
     ``documents`` replaces ``cfg.corpus`` (tests, notebooks); ``target`` replaces loading ``cfg.model``.
@@ -408,8 +417,12 @@ def extract(cfg: ExtractConfig, target: Target | None = None, *, documents: Sequ
         log.info("resuming %s: %d of %d chunks already done", work, done, len(chunks))
     if state.num_processes > 1:
         log.info("rank %d/%d (%s): %d chunks to do", state.process_index, state.num_processes, state.backend, len(mine))
-    bar = tqdm(total=sum(len(chunks[i]) for i in mine), unit="doc", desc=f"extract L{layer}",
-               disable=not state.is_local_main_process)
+    bar = tqdm(
+        total=sum(len(chunks[i]) for i in mine),
+        unit="doc",
+        desc=f"extract L{layer}",
+        disable=not state.is_local_main_process,
+    )
     meter = _Meter(bar)
     for i in mine:
         table, _ = extract_chunk(target, chunks[i], layer, cfg, fractions, meter.add)
@@ -428,14 +441,23 @@ def extract(cfg: ExtractConfig, target: Target | None = None, *, documents: Sequ
     if state.is_main_process:
         meta = {
             "d_model": target.d_model,
-            "extraction": {"base_model": target.name, "layer_index": layer, "mse_scale": "sqrt_d_model",
-                           "injection_scale": None},
+            "extraction": {
+                "base_model": target.name,
+                "layer_index": layer,
+                "mse_scale": "sqrt_d_model",
+                "injection_scale": None,
+            },
             "provenance": {**settings, "fingerprint": fp, "batch_tokens": cfg.batch_tokens},
         }
         summary = write_dataset(paths, out, meta, shard_rows=cfg.shard_rows)
         shutil.rmtree(work, ignore_errors=True)
-        log.info("wrote %s: %d rows from %d documents (%d skipped as too short)", out, summary["n_rows"],
-                 summary["n_used_docs"], summary["n_skipped_short"])
+        log.info(
+            "wrote %s: %d rows from %d documents (%d skipped as too short)",
+            out,
+            summary["n_rows"],
+            summary["n_used_docs"],
+            summary["n_skipped_short"],
+        )
     state.wait_for_everyone()
     return result_from_summary(out, tokens=tokens, seconds=time.perf_counter() - t0, fwd_seconds=fwd_s)
 

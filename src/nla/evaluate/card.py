@@ -52,11 +52,17 @@ class EvalConfig:
     rows: int = option(64, "Held-out rows to evaluate.")
     max_new_tokens: int = option(150, "Cap of the greedy explanations.")
     batch_size: int = option(16, "Generation / AR batch size.")
-    stage: list[str] = option([], "Further round-trip stages after RL, in ladder order: NAME=AV_DIR,AR_DIR "
-                              "(e.g. shipped=nla-small/av,nla-small/ar).")
+    stage: list[str] = option(
+        [],
+        "Further round-trip stages after RL, in ladder order: NAME=AV_DIR,AR_DIR "
+        "(e.g. shipped=nla-small/av,nla-small/ar).",
+    )
     examples: int = option(6, "Examples written into the card (spread over different documents).")
-    best_of: int = option(1, "Also score the last stage with best-of-K decoding (greedy + K-1 samples, the AR "
-                          "keeps the best; nla.evaluate.rerank), and its texts read by the SFT AR too.")
+    best_of: int = option(
+        1,
+        "Also score the last stage with best-of-K decoding (greedy + K-1 samples, the AR "
+        "keeps the best; nla.evaluate.rerank), and its texts read by the SFT AR too.",
+    )
     temperature: float = option(DEFAULT_TEMPERATURE, "Temperature of the --best-of samples.")
     compute: str = option("", "A YAML/JSON file describing the compute used (copied into the card).")
     seed: int = option(0, "Seed of the controls (shuffles, Gaussian vectors, retrieval distractors).")
@@ -74,8 +80,12 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     vecs = held.vectors[: cfg.rows]
     train = load_vectors(cfg.train_data, cfg.train_split).vectors if cfg.train_data else held.vectors
     baseline = Baseline.from_train(train)
-    card: dict[str, Any] = {"data": cfg.data, "rows": int(vecs.shape[0]), "baseline": baseline.value,
-                            "baseline_source": f"mean of the normalised vectors of {cfg.train_data or cfg.data}"}
+    card: dict[str, Any] = {
+        "data": cfg.data,
+        "rows": int(vecs.shape[0]),
+        "baseline": baseline.value,
+        "baseline_source": f"mean of the normalised vectors of {cfg.train_data or cfg.data}",
+    }
     contexts = held.contexts[: cfg.rows] if held.contexts else None
     kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, contexts=contexts)
     texts: dict[str, list[str]] = {}
@@ -92,24 +102,36 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         m, resp = round_trip(av, ActivationReconstructor.from_pretrained(cfg.ar), vecs, baseline, **kw)
         card["rl_current_ar"], texts["rl"] = m, resp.texts
         if sft_ar is not None:
-            card["rl_frozen_sft_ar"] = round_trip(av, sft_ar, vecs, baseline, responses=resp, seed=cfg.seed,
-                                                  contexts=contexts)[0]
+            card["rl_frozen_sft_ar"] = round_trip(
+                av, sft_ar, vecs, baseline, responses=resp, seed=cfg.seed, contexts=contexts
+            )[0]
     for name, av_dir, ar_dir in extra:
-        m, resp = round_trip(ActivationVerbalizer.from_pretrained(av_dir),
-                             ActivationReconstructor.from_pretrained(ar_dir), vecs, baseline, **kw)
+        m, resp = round_trip(
+            ActivationVerbalizer.from_pretrained(av_dir),
+            ActivationReconstructor.from_pretrained(ar_dir),
+            vecs,
+            baseline,
+            **kw,
+        )
         card[name], texts[name] = m, resp.texts
     stages = [s for s in ("ar_sft_teacher", "av_sft_round_trip", "rl_current_ar") if s in card]
     stages += [name for name, _, _ in extra]
     if cfg.best_of > 1:
         stages.append(_best_of_stage(cfg, card, texts, vecs, baseline, extra, sft_ar, kw))
     ref = card[stages[0]] if stages else {}
-    card["controls"] = {k: ref[k] for k in ("fve_shuffled", "fve_empty", "fve_random", "fve_mean_predictor") if k in ref}
+    card["controls"] = {
+        k: ref[k] for k in ("fve_shuffled", "fve_empty", "fve_random", "fve_mean_predictor") if k in ref
+    }
     card["ladder"] = {s: card[s]["fve_nrm"] for s in stages}
     fves = list(card["ladder"].values())
     card["ladder"]["each_beats_the_one_before"] = all(b > a for a, b in zip(fves, fves[1:], strict=False))
     card["examples"] = [
-        {"row": i, "doc_id": held.doc_ids[i], "context_tail": (held.contexts[i][-200:] if held.contexts else None),
-         **{k: v[i] for k, v in texts.items()}}
+        {
+            "row": i,
+            "doc_id": held.doc_ids[i],
+            "context_tail": (held.contexts[i][-200:] if held.contexts else None),
+            **{k: v[i] for k, v in texts.items()},
+        }
         for i in spread_rows(held.doc_ids[: int(vecs.shape[0])], cfg.examples)
     ]
     if compute is not None:
@@ -119,9 +141,16 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     return card
 
 
-def _best_of_stage(cfg: EvalConfig, card: dict[str, Any], texts: dict[str, list[str]], vecs: torch.Tensor,
-                   baseline: Baseline, extra: list[tuple[str, str, str]], sft_ar: ActivationReconstructor | None,
-                   kw: dict[str, Any]) -> str:
+def _best_of_stage(
+    cfg: EvalConfig,
+    card: dict[str, Any],
+    texts: dict[str, list[str]],
+    vecs: torch.Tensor,
+    baseline: Baseline,
+    extra: list[tuple[str, str, str]],
+    sft_ar: ActivationReconstructor | None,
+    kw: dict[str, Any],
+) -> str:
     """Score the last AV/AR stage again with best-of-K decoding; with an SFT AR, read both the greedy
     and the chosen texts with it too (``best_of_transfer``). Returns the new stage's name."""
 
@@ -130,14 +159,25 @@ def _best_of_stage(cfg: EvalConfig, card: dict[str, Any], texts: dict[str, list[
         raise NLAError("--best-of needs an AV and AR pair to decode with (--av/--ar or a --stage)")
     base, av_dir, ar_dir = pairs[-1]
     name = f"{base} best-of-{cfg.best_of}"
-    m, resp = round_trip(ActivationVerbalizer.from_pretrained(av_dir), ActivationReconstructor.from_pretrained(ar_dir),
-                         vecs, baseline, best_of=cfg.best_of, temperature=cfg.temperature, **kw)
+    m, resp = round_trip(
+        ActivationVerbalizer.from_pretrained(av_dir),
+        ActivationReconstructor.from_pretrained(ar_dir),
+        vecs,
+        baseline,
+        best_of=cfg.best_of,
+        temperature=cfg.temperature,
+        **kw,
+    )
     card[name], texts[name] = m, resp.texts
     if sft_ar is not None:
         greedy = texts["rl" if base == "rl_current_ar" else base]
-        card["best_of_transfer"] = {"reader": cfg.sft_ar, **{
-            n: evaluate_ar(sft_ar, [text_for_ar(t) for t in ts], vecs, baseline, seed=cfg.seed)["fve_nrm"]
-            for n, ts in ((base, greedy), (name, resp.texts))}}
+        card["best_of_transfer"] = {
+            "reader": cfg.sft_ar,
+            **{
+                n: evaluate_ar(sft_ar, [text_for_ar(t) for t in ts], vecs, baseline, seed=cfg.seed)["fve_nrm"]
+                for n, ts in ((base, greedy), (name, resp.texts))
+            },
+        }
     return name
 
 
@@ -145,8 +185,9 @@ def shipped_card() -> dict[str, Any]:
     """The evaluation card of the NLA shipped with the package (``nla/resources/default_nla/card.json``)."""
     path = default_nla_dir() / "card.json"
     if not path.exists():
-        raise NLAError("no NLA is shipped with this installation; evaluate one with "
-                       "`nla eval --av AV --ar AR --data HELD_OUT`")
+        raise NLAError(
+            "no NLA is shipped with this installation; evaluate one with `nla eval --av AV --ar AR --data HELD_OUT`"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -181,29 +222,45 @@ def read_compute(path: str) -> Any:
         raise NLAError(f"cannot read --compute {path}: {e}") from e
 
 
-_STAGE_TITLES = {"ar_sft_teacher": "AR-SFT reading teacher text", "av_sft_round_trip": "AV-SFT round trip",
-                 "rl_current_ar": "after RL (co-trained AR)", "rl_frozen_sft_ar": "after RL (frozen AR-SFT)"}
+_STAGE_TITLES = {
+    "ar_sft_teacher": "AR-SFT reading teacher text",
+    "av_sft_round_trip": "AV-SFT round trip",
+    "rl_current_ar": "after RL (co-trained AR)",
+    "rl_frozen_sft_ar": "after RL (frozen AR-SFT)",
+}
 
 
 def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     """The card as readable text: the ladder with controls and format health, examples, compute."""
-    lines = [f"held-out rows: {card['rows']}, baseline B = {card['baseline']:.4f} ({card.get('baseline_source', '')})",
-             "", f"{'stage':<32} {'fve_nrm':>8} {'shuffled':>8} {'empty':>7} {'top1@8':>7} {'tag-fail':>8} "
-             f"{'trunc':>6} {'len':>5} {'quotes-in-ctx':>13}"]
-    names = [n for n in _STAGE_TITLES if n in card] + [n for n in card.get("ladder", {}) if n not in _STAGE_TITLES
-                                                        and n != "each_beats_the_one_before"]
+    lines = [
+        f"held-out rows: {card['rows']}, baseline B = {card['baseline']:.4f} ({card.get('baseline_source', '')})",
+        "",
+        f"{'stage':<32} {'fve_nrm':>8} {'shuffled':>8} {'empty':>7} {'top1@8':>7} {'tag-fail':>8} "
+        f"{'trunc':>6} {'len':>5} {'quotes-in-ctx':>13}",
+    ]
+    names = [n for n in _STAGE_TITLES if n in card] + [
+        n for n in card.get("ladder", {}) if n not in _STAGE_TITLES and n != "each_beats_the_one_before"
+    ]
     for name in names:
         m = card[name]
         ret = next((v for k, v in m.items() if k.startswith("retrieval_top1")), float("nan"))
-        fmt = (f" {m['tag_failure_rate']:>8.2f} {m['truncation_rate']:>6.2f} {m['len_mean']:>5.0f}"
-               if "tag_failure_rate" in m else f" {'-':>8} {'-':>6} {'-':>5}")
+        fmt = (
+            f" {m['tag_failure_rate']:>8.2f} {m['truncation_rate']:>6.2f} {m['len_mean']:>5.0f}"
+            if "tag_failure_rate" in m
+            else f" {'-':>8} {'-':>6} {'-':>5}"
+        )
         grounded = f" {m['quote_grounding']:>13.2f}" if "quote_grounding" in m else f" {'-':>13}"
-        lines.append(f"{_STAGE_TITLES.get(name, name):<32} {m['fve_nrm']:>+8.3f} {m['fve_shuffled']:>+8.3f} "
-                     f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}{grounded}")
+        lines.append(
+            f"{_STAGE_TITLES.get(name, name):<32} {m['fve_nrm']:>+8.3f} {m['fve_shuffled']:>+8.3f} "
+            f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}{grounded}"
+        )
     tr = card.get("best_of_transfer")
     if tr:
-        lines += ["", f"best-of read by a second AR ({tr['reader']}): "
-                  + ", ".join(f"{k} {v:+.3f}" for k, v in tr.items() if k != "reader")]
+        lines += [
+            "",
+            f"best-of read by a second AR ({tr['reader']}): "
+            + ", ".join(f"{k} {v:+.3f}" for k, v in tr.items() if k != "reader"),
+        ]
     ctl = card.get("controls", {})
     if ctl:
         lines += ["", "controls (any AR): " + ", ".join(f"{k.removeprefix('fve_')} {v:+.3f}" for k, v in ctl.items())]
@@ -215,8 +272,11 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
                 if k not in ("row", "doc_id", "context_tail"):
                     lines.append(f"    {k}: {text_for_ar(v) if isinstance(v, str) else v}"[:400])
     if card.get("compute"):
-        lines += ["", "compute:"] + [f"  {k}: {v}" for k, v in card["compute"].items()] \
-            if isinstance(card["compute"], dict) else ["", f"compute: {card['compute']}"]
+        lines += (
+            ["", "compute:"] + [f"  {k}: {v}" for k, v in card["compute"].items()]
+            if isinstance(card["compute"], dict)
+            else ["", f"compute: {card['compute']}"]
+        )
     return "\n".join(lines)
 
 

@@ -41,14 +41,23 @@ def candidates(
     greedy = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
     if k == 1:
         return greedy
-    drawn = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
-                      temperature=temperature, num_samples=k - 1, seed=seed)
+    drawn = av.sample(
+        vectors,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=True,
+        temperature=temperature,
+        num_samples=k - 1,
+        seed=seed,
+    )
     n = vectors.shape[0]  # in greedy + drawn, vector i's greedy answer is row i, its samples n + i*(k-1) ...
     both = greedy + drawn
     return both.take([r for i in range(n) for r in (i, *range(n + i * (k - 1), n + (i + 1) * (k - 1)))])
 
 
-def choose(ar: ActivationReconstructor, vectors: torch.Tensor, cands: Responses, k: int, *, batch_size: int = 32) -> tuple[Responses, torch.Tensor]:
+def choose(
+    ar: ActivationReconstructor, vectors: torch.Tensor, cands: Responses, k: int, *, batch_size: int = 32
+) -> tuple[Responses, torch.Tensor]:
     """The candidate with the lowest ``mse_nrm`` per vector (ties: the earliest, so greedy) and all the
     candidates' ``mse_nrm`` (N, k)."""
     n = vectors.shape[0]
@@ -68,7 +77,9 @@ def resolve_best_of(best_of: int | None, *, has_ar: bool, sampling: bool) -> int
     return DEFAULT_BEST_OF if has_ar and not sampling else 1
 
 
-def best_of(av: ActivationVerbalizer, ar: ActivationReconstructor, vectors: torch.Tensor, k: int, **kwargs: Any) -> tuple[Responses, torch.Tensor]:
+def best_of(
+    av: ActivationVerbalizer, ar: ActivationReconstructor, vectors: torch.Tensor, k: int, **kwargs: Any
+) -> tuple[Responses, torch.Tensor]:
     """:func:`candidates` then :func:`choose`: the chosen responses (N) and every candidate's ``mse_nrm`` (N, k)."""
     return choose(ar, vectors, candidates(av, vectors, k, **kwargs), k)
 

@@ -93,8 +93,10 @@ def grounding(explanations: list[str], contexts: list[str] | None) -> dict[str, 
         return {}
     pairs = [quote_grounding(text_for_ar(e), c) for e, c in zip(explanations, contexts, strict=False)]
     quoted = sum(q for _, q in pairs)
-    return {"quote_grounding": sum(f for f, _ in pairs) / quoted if quoted else float("nan"),
-            "quotes_per_explanation": quoted / max(1, len(pairs))}
+    return {
+        "quote_grounding": sum(f for f, _ in pairs) / quoted if quoted else float("nan"),
+        "quotes_per_explanation": quoted / max(1, len(pairs)),
+    }
 
 
 def response_stats(resp: Responses) -> dict[str, float]:
@@ -133,8 +135,16 @@ def round_trip(
     greedy answer and K-1 samples at ``temperature``, chosen by ``ar``: :mod:`nla.evaluate.rerank`) scored by
     ``ar`` with all controls; with the held-out ``contexts``, also how many of their quotes occur in them."""
     if responses is None and best_of > 1:
-        responses = best_of_k(av, ar, vectors, best_of, temperature=temperature, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, seed=seed)[0]
+        responses = best_of_k(
+            av,
+            ar,
+            vectors,
+            best_of,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+        )[0]
     elif responses is None:
         responses = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
     metrics = evaluate_ar(ar, [text_for_ar(t) for t in responses.texts], vectors, baseline, k=k, seed=seed)
@@ -143,5 +153,3 @@ def round_trip(
     if best_of > 1:
         metrics.update(best_of=float(best_of), temperature=temperature)
     return metrics, responses
-
-

@@ -154,7 +154,9 @@ class NLA:
         self.baseline = baseline
         self._check()
         if ar is not None and baseline is None:
-            log.info("no predict-the-mean baseline known (sidecar eval.baseline_mse): reporting cosine and mse_nrm, not fve")
+            log.info(
+                "no predict-the-mean baseline known (sidecar eval.baseline_mse): reporting cosine and mse_nrm, not fve"
+            )
 
     def _check(self) -> None:
         d_t, d_av = int(self.target.d_model), int(self.av.d_model)
@@ -164,7 +166,10 @@ class NLA:
             if int(self.ar.d_model) != d_av:
                 raise NLAError(f"d_model mismatch: the AV expects {d_av}, the AR predicts {int(self.ar.d_model)}")
             if int(self.ar.layer) != self.layer:
-                raise NLAError(f"layer mismatch: the AV explains layer {self.layer}, the AR reconstructs layer {int(self.ar.layer)}")
+                raise NLAError(
+                    f"layer mismatch: the AV explains layer {self.layer}, "
+                    f"the AR reconstructs layer {int(self.ar.layer)}"
+                )
         self.target.check_layer(self.layer)
         if self.baseline is not None and not (math.isfinite(self.baseline) and self.baseline > 0):
             raise NLAError(f"baseline must be a positive number, got {self.baseline}")
@@ -194,12 +199,15 @@ class NLA:
         verbalizer = ActivationVerbalizer.from_pretrained(av_path, device=device, dtype=dtype)
         reconstructor = None
         if ar is not None:
-
             reconstructor = ActivationReconstructor.from_pretrained(ar_path, device=device, dtype=dtype)
         if isinstance(target, Target):
             tgt = target
         else:
-            name = target or getattr(verbalizer, "base_model", None) or ((av_meta or {}).get("extraction") or {}).get("base_model")
+            name = (
+                target
+                or getattr(verbalizer, "base_model", None)
+                or ((av_meta or {}).get("extraction") or {}).get("base_model")
+            )
             if not name:
                 raise NLAError(f"the AV sidecar of {av} names no extraction.base_model: pass target=...")
             tgt = load_target(str(name), dtype=dtype, device=device)
@@ -221,11 +229,20 @@ class NLA:
 
     def _score(self, vectors: torch.Tensor, answers: list[list[str]], batch_size: int) -> list[list[Sample]]:
         """Parse answers and, with an AR, score each parsed explanation against its vector (N, d)."""
-        samples = [[Sample(raw=a, explanation=extract_explanation(a), cjk=cjk_fraction(a) > CJK_FAILURE_THRESHOLD) for a in row] for row in answers]
+        samples = [
+            [
+                Sample(raw=a, explanation=extract_explanation(a), cjk=cjk_fraction(a) > CJK_FAILURE_THRESHOLD)
+                for a in row
+            ]
+            for row in answers
+        ]
         n_cjk = sum(s.cjk for row in samples for s in row)
         if n_cjk:
-            log.warning("%d of %d answers are mostly CJK text: the injection probably failed (check the marker and scale)",
-                        n_cjk, sum(len(r) for r in samples))
+            log.warning(
+                "%d of %d answers are mostly CJK text: the injection probably failed (check the marker and scale)",
+                n_cjk,
+                sum(len(r) for r in samples),
+            )
         if self.ar is None:
             return samples
         flat = [(i, s) for i, row in enumerate(samples) for s in row]
@@ -277,8 +294,9 @@ class NLA:
         enc = self.encode(text_or_messages)
         picked = parse_positions(positions, len(enc.input_ids), assistant_mask=enc.assistant_mask)
         vectors = self.activations(enc.input_ids)[picked]  # (P, d)
-        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed,
-                                     best_of)
+        samples, control = self._run(
+            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of
+        )
         return [
             TokenExplanation(token=enc.tokens[p], position=p, **_main(row), control_cosine=c, samples=row)
             for p, row, c in zip(picked, samples, control, strict=True)
@@ -301,8 +319,9 @@ class NLA:
         steering vector. Only the direction matters. With an AR, the round-trip cosine is reported;
         ``best_of`` as in :meth:`explain`."""
         vectors = as_vectors(array, int(self.av.d_model))  # (N, d)
-        samples, control = self._run(vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed,
-                                     best_of)
+        samples, control = self._run(
+            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of
+        )
         norms = vectors.norm(dim=-1).tolist()
         return [
             VectorExplanation(index=i, norm=float(n), **_main(row), control_cosine=c, samples=row)
@@ -325,7 +344,9 @@ class NLA:
         if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or best_of < 1:
             raise NLAError("num_samples, max_new_tokens, batch_size and best_of must be >= 1")
         if best_of > 1:
-            return self._best_of(vectors, best_of, max_new_tokens, temperature, batch_size, seed, num_samples, do_sample)
+            return self._best_of(
+                vectors, best_of, max_new_tokens, temperature, batch_size, seed, num_samples, do_sample
+            )
         gen = dict(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample or num_samples > 1,
@@ -339,16 +360,30 @@ class NLA:
         return self._score(vectors, answers, batch_size), self._control(vectors)
 
     def _best_of(
-        self, vectors: torch.Tensor, k: int, max_new_tokens: int, temperature: float | None, batch_size: int,
-        seed: int | None, num_samples: int, do_sample: bool,
+        self,
+        vectors: torch.Tensor,
+        k: int,
+        max_new_tokens: int,
+        temperature: float | None,
+        batch_size: int,
+        seed: int | None,
+        num_samples: int,
+        do_sample: bool,
     ) -> tuple[list[list[Sample]], list[float | None]]:
         """Greedy + k-1 samples per vector, every one scored, the lowest ``mse_nrm`` first (ties keep greedy)."""
         if self.ar is None:
             raise NLAError("best-of decoding needs an AR to choose with (give --ar)")
         if num_samples > 1 or do_sample:
             raise NLAError("best-of decoding makes its own samples: drop --num-samples / --do-sample")
-        cands = candidates(self.av, vectors, k, temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, seed=0 if seed is None else seed)
+        cands = candidates(
+            self.av,
+            vectors,
+            k,
+            temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=0 if seed is None else seed,
+        )
         answers = [cands.texts[i * k : (i + 1) * k] for i in range(vectors.shape[0])]
         scored = self._score(vectors, answers, batch_size)
         ranked = [sorted(row, key=lambda s: s.mse_nrm if s.mse_nrm is not None else math.inf) for row in scored]

@@ -144,7 +144,9 @@ def load_vector_file(path: str | os.PathLike[str], key: str | None = None) -> np
             raise NLAError(f"cannot read {p} as safetensors: {e}") from e
         if key is None:
             if len(tensors) != 1:
-                raise NLAError(f"{p} holds {len(tensors)} tensors; choose one with --key ({', '.join(sorted(tensors))})")
+                raise NLAError(
+                    f"{p} holds {len(tensors)} tensors; choose one with --key ({', '.join(sorted(tensors))})"
+                )
             key = next(iter(tensors))
         if key not in tensors:
             raise NLAError(f"{p} has no tensor {key!r}; it holds {', '.join(sorted(tensors))}")

@@ -34,7 +34,8 @@ def _index(text: str, n: int, spec: str) -> int:
         i = int(text)
     except ValueError as e:
         raise NLAError(
-            f"bad --positions item {text!r} in {spec!r}: expected all, last, assistant, an index like -1 or a range like 10:20"
+            f"bad --positions item {text!r} in {spec!r}: "
+            "expected all, last, assistant, an index like -1 or a range like 10:20"
         ) from e
     if not -n <= i < n:
         raise NLAError(f"position {i} is out of range: the input has {n} tokens, valid indices are {-n}..{n - 1}")
@@ -64,7 +65,9 @@ def _range(text: str, n: int, spec: str) -> list[int]:
     return picked
 
 
-def parse_positions(spec: str | Sequence[int], n_tokens: int, *, assistant_mask: Sequence[bool] | None = None) -> list[int]:
+def parse_positions(
+    spec: str | Sequence[int], n_tokens: int, *, assistant_mask: Sequence[bool] | None = None
+) -> list[int]:
     """Resolve ``spec`` against ``n_tokens`` tokens into sorted, unique, non-negative indices.
 
     ``spec`` is a string (grammar in the module docstring) or a sequence of integer indices.
@@ -128,7 +131,9 @@ def content_spans(rendered: str, messages: Sequence[dict[str, str]], role: str =
             start = rendered.find(stripped, cursor) if stripped else -1
             if start < 0:
                 if msg.get("role") == role:
-                    raise NLAError(f"cannot locate a {role} message in the rendered chat template (the template rewrites it)")
+                    raise NLAError(
+                        f"cannot locate a {role} message in the rendered chat template (the template rewrites it)"
+                    )
                 continue
             content = stripped
         end = start + len(content)

@@ -81,7 +81,9 @@ def render_table(records: Sequence[Any], *, use_rich: bool | None = None, width:
         table = Table(show_lines=False)
         for i, name in enumerate(header):
             last = i == len(header) - 1
-            table.add_column(name, overflow="fold", justify="left" if last or i == 1 else "right", ratio=1 if last else None)
+            table.add_column(
+                name, overflow="fold", justify="left" if last or i == 1 else "right", ratio=1 if last else None
+            )
         for rec, row in zip(records, rows, strict=True):
             failed = _get(rec, "explanation") is None or bool(_get(rec, "cjk"))
             table.add_row(*row, style="red" if failed else None)
@@ -185,7 +187,7 @@ def _detail(i: int, rec: Any, metric: str) -> str:
         parts.append(f'<div class="k">{len(samples)} samples:</div>')
         for s in samples:
             head = f"{metric} {_num(_get(s, metric))}"
-            parts.append(f'<pre><b>{_esc(head)}</b>\n{_esc(_get(s, "raw", s))}</pre>')
+            parts.append(f"<pre><b>{_esc(head)}</b>\n{_esc(_get(s, 'raw', s))}</pre>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -233,7 +235,8 @@ def render_html(
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f'<header><h1>{_esc(title)}</h1>{head}<p class="legend">{metric}: 0 {legend} 1</p></header>'
         f'<main><div id="text">{"".join(spans)}</div>'
-        f'<div id="panel"><p id="hint" class="k">Hover a token for its explanation; click to pin details.</p>{details}</div>'
+        '<div id="panel"><p id="hint" class="k">Hover a token for its explanation; click to pin details.</p>'
+        f"{details}</div>"
         f"</main><script>{_JS}</script></body></html>\n"
     )
 
@@ -249,4 +252,13 @@ def write_html(
     atomic_write_text(Path(path), render_html(records, tokens, title=title, notes=notes))
 
 
-__all__ = ["render_html", "render_table", "score_colour", "summary", "table_rows", "to_dict", "write_html", "write_jsonl"]
+__all__ = [
+    "render_html",
+    "render_table",
+    "score_colour",
+    "summary",
+    "table_rows",
+    "to_dict",
+    "write_html",
+    "write_jsonl",
+]

@@ -127,9 +127,7 @@ class ActivationReconstructor(nn.Module):
         _set_n_layers(backbone.config, layer + 1)
         backbone.requires_grad_(True)
         backbone.eval()
-        return cls(
-            backbone, copy.deepcopy(target.tokenizer), layer=layer, template=template, base_model=target.name
-        )
+        return cls(backbone, copy.deepcopy(target.tokenizer), layer=layer, template=template, base_model=target.name)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -156,9 +154,7 @@ class ActivationReconstructor(nn.Module):
         """Freeze the backbone and train LoRA adapters on it; the head stays trainable."""
         if self.has_lora:
             raise NLAError("this AR already has LoRA adapters")
-        self.backbone = lora.apply_lora(
-            self.backbone, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules
-        )
+        self.backbone = lora.apply_lora(self.backbone, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
         self.head.requires_grad_(True)
 
     # ------------------------------------------------------------------ forward
@@ -314,13 +310,9 @@ class ActivationReconstructor(nn.Module):
                     layer,
                     int(layer) + 1,
                 )
-            has_tok = any(
-                (path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-            )
+            has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
             if not has_tok and not base_model:
-                raise NLAError(
-                    f"{path} has no tokenizer and its sidecar names no base model to take one from"
-                )
+                raise NLAError(f"{path} has no tokenizer and its sidecar names no base model to take one from")
             tokenizer = load_tokenizer(str(path) if has_tok else base_model)
             ar = cls(
                 backbone.to(device).eval(),
@@ -360,9 +352,7 @@ def _check_suffix(ar: ActivationReconstructor, info: dict[str, Any]) -> None:
         return
     got = ar.tokenizer(ar.suffix, add_special_tokens=False)["input_ids"]
     if [int(i) for i in want] != list(got):
-        log.warning(
-            "critic_suffix_ids in the sidecar %s differ from the live tokenizer's %s", list(want), got
-        )
+        log.warning("critic_suffix_ids in the sidecar %s differ from the live tokenizer's %s", list(want), got)
 
 
 __all__ = ["VALUE_HEAD", "ActivationReconstructor", "last_token_index"]

@@ -95,8 +95,13 @@ class AVBatch:
     prompt_len: int  # P: the response starts at position P in every row
 
     def to(self, device: torch.device | str) -> AVBatch:
-        return AVBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
-                       self.vectors.to(device), self.prompt_len)
+        return AVBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.response_mask.to(device),
+            self.vectors.to(device),
+            self.prompt_len,
+        )
 
 
 @contextlib.contextmanager
@@ -176,9 +181,18 @@ class ActivationVerbalizer:
         if marker is None:
             marker = choose_marker(target.tokenizer, template, corpus_texts=corpus_texts)
         model = copy.deepcopy(target.model)
-        return cls(model, copy.deepcopy(target.tokenizer), marker=marker, injection_scale=injection_scale,
-                   template=template, layer=layer, d_model=target.d_model, base_model=target.name,
-                   injection_mode=injection_mode, add_layer=add_layer)
+        return cls(
+            model,
+            copy.deepcopy(target.tokenizer),
+            marker=marker,
+            injection_scale=injection_scale,
+            template=template,
+            layer=layer,
+            d_model=target.d_model,
+            base_model=target.name,
+            injection_mode=injection_mode,
+            add_layer=add_layer,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -193,8 +207,15 @@ class ActivationVerbalizer:
         return list(self._prompt)
 
     def injector(self, vectors: torch.Tensor, *, once: bool = True) -> Injector:  # (B, d)
-        return Injector(self.model, self.marker.token_id, vectors, self.injection_scale,
-                        mode=self.injection_mode, add_layer=self.add_layer, once=once)
+        return Injector(
+            self.model,
+            self.marker.token_id,
+            vectors,
+            self.injection_scale,
+            mode=self.injection_mode,
+            add_layer=self.add_layer,
+            once=once,
+        )
 
     def _check_vectors(self, vectors: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, d)
         if vectors.dim() != 2 or vectors.shape[1] != self.d_model:
@@ -225,8 +246,12 @@ class ActivationVerbalizer:
         prompt = self.prompt_ids()
         eos = self.tokenizer.eos_token_id
         stops = sorted({self.eot_id, *([eos] if eos is not None else [])})
-        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=stops,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
@@ -249,7 +274,9 @@ class ActivationVerbalizer:
                     stop = next((i for i, t in enumerate(row) if t in stops), None)
                     kept = row[: stop + 1] if stop is not None else row[:max_new_tokens]
                     out_ids.append(kept)
-                    texts.append(self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True))
+                    texts.append(
+                        self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True)
+                    )
                     truncated.append(stop is None)
         if injection_failed(texts):
             log.warning("AV outputs are mostly CJK: the injection has probably failed (marker seen raw)")
@@ -269,7 +296,9 @@ class ActivationVerbalizer:
             ids = ids[: max(0, max_response_tokens - 1)]
         return [*ids, self.eot_id]
 
-    def encode(self, vectors: torch.Tensor, responses: Sequence[str], *, max_response_tokens: int | None = None) -> AVBatch:
+    def encode(
+        self, vectors: torch.Tensor, responses: Sequence[str], *, max_response_tokens: int | None = None
+    ) -> AVBatch:
         """Build a right-padded batch of prompt + response (vectors (N, d))."""
         return self.encode_tokens(vectors, [self.response_ids(r, max_response_tokens) for r in responses])
 
@@ -301,8 +330,9 @@ class ActivationVerbalizer:
         p, t = batch.prompt_len, batch.input_ids.shape[1]
         r = t - p
         with self.injector(batch.vectors):
-            out = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             use_cache=False, logits_to_keep=r + 1)
+            out = (model or self.model)(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=r + 1
+            )
         logits = out.logits[:, -(r + 1) : -1].float()  # (B, R, V): predicts tokens p .. t-1
         targets = batch.input_ids[:, p:]  # (B, R)
         logp = -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, R)
@@ -376,7 +406,6 @@ class ActivationVerbalizer:
         """Load an AV checkpoint (ours or official; ``role: av|actor``); token ids are asserted."""
         from transformers import AutoModelForCausalLM
 
-
         path = Path(path)
         meta = read_model_sidecar(path)
         role = meta.get("role", "av")
@@ -389,8 +418,12 @@ class ActivationVerbalizer:
         toks = meta.get("tokens") or {}
         try:
             d_model = int(meta["d_model"])
-            marker = Marker(str(toks["injection_char"]), int(toks["injection_token_id"]),
-                            int(toks["injection_left_neighbor_id"]), int(toks["injection_right_neighbor_id"]))
+            marker = Marker(
+                str(toks["injection_char"]),
+                int(toks["injection_token_id"]),
+                int(toks["injection_left_neighbor_id"]),
+                int(toks["injection_right_neighbor_id"]),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise NLAError(f"{path}/{MODEL_SIDECAR} lacks a valid d_model or tokens.* entry: {e}") from e
         if isinstance(dtype, str):
@@ -414,15 +447,25 @@ class ActivationVerbalizer:
         if int(cfg.hidden_size) != d_model:
             raise NLAError(f"{path}: sidecar d_model {d_model} but the model's hidden size is {cfg.hidden_size}")
         inj = meta.get("injection") or {}
-        av = cls(model, tokenizer, marker=marker, injection_scale=extraction_scale(meta, "injection_scale"),
-                 template=tmpl, layer=int(ext.get("layer_index", -1)), d_model=d_model,
-                 base_model=str(ext.get("base_model", "")), injection_mode=str(inj.get("mode", "replace")),
-                 add_layer=int(inj.get("add_layer", 0)))
+        av = cls(
+            model,
+            tokenizer,
+            marker=marker,
+            injection_scale=extraction_scale(meta, "injection_scale"),
+            template=tmpl,
+            layer=int(ext.get("layer_index", -1)),
+            d_model=d_model,
+            base_model=str(ext.get("base_model", "")),
+            injection_mode=str(inj.get("mode", "replace")),
+            add_layer=int(inj.get("add_layer", 0)),
+        )
         av.eval_meta = dict(meta.get("eval") or {})
         return av
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into (ids (B, T), attention_mask (B, T)) for batched generation."""
     t = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)

@@ -73,8 +73,14 @@ def apply_lora(
     if r <= 0:
         raise NLAError(f"LoRA rank must be positive, got {r}")
     targets = default_target_modules(model) if target_modules is None else target_modules
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                        modules_to_save=list(modules_to_save) if modules_to_save else None)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+    )
     try:
         with warnings.catch_warnings():  # peft calls a deprecated transformers property
             warnings.simplefilter("ignore", FutureWarning)

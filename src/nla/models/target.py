@@ -84,7 +84,9 @@ class Target:
 
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
-            raise NLAError(f"layer {layer} is out of range for {self.name}: it has {self.n_layers} blocks (0..{self.n_layers - 1})")
+            raise NLAError(
+                f"layer {layer} is out of range for {self.name}: it has {self.n_layers} blocks (0..{self.n_layers - 1})"
+            )
         return layer
 
     @torch.no_grad()

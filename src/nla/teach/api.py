@@ -42,7 +42,9 @@ class JsonClient:
     sends back before it can reach a message.
     """
 
-    def __init__(self, label: str, opts: TeacherOptions, secret: str | None, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self, label: str, opts: TeacherOptions, secret: str | None, sleep: Callable[[float], None] = time.sleep
+    ):
         self.label, self.retries, self.backoff, self.timeout = label, opts.retries, opts.backoff, opts.timeout
         self._secret = secret
         self._rng = random.Random(opts.seed)
@@ -56,7 +58,9 @@ class JsonClient:
         data = json.dumps(body).encode("utf-8")
         where = public_url(url)
         for attempt in range(self.retries + 1):
-            req = urllib.request.Request(url, data=data, method="POST", headers={"content-type": "application/json", **headers})
+            req = urllib.request.Request(
+                url, data=data, method="POST", headers={"content-type": "application/json", **headers}
+            )
             wait_hint = 0.0
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -80,7 +84,9 @@ class JsonClient:
             if attempt == self.retries:
                 raise NLAError(f"{self.label} request to {where} failed after {attempt + 1} attempts: {problem}")
             delay = max(wait_hint, self.backoff * 2**attempt * (0.5 + self._rng.random()))
-            log.warning("%s: %s, retrying in %.2f s (attempt %d/%d)", self.label, problem, delay, attempt + 2, self.retries + 1)
+            log.warning(
+                "%s: %s, retrying in %.2f s (attempt %d/%d)", self.label, problem, delay, attempt + 2, self.retries + 1
+            )
             self._sleep(delay)
         raise AssertionError("unreachable")
 

@@ -8,7 +8,8 @@ tag or fewer than 2 features means the row is dropped, with a reason that is cou
 **Stored explanation format**: the features, one per line (``"\\n".join(features)``), list markers
 ("1.", "-", "*", "Feature 1:") removed. ``response`` = the same text wrapped in explanation tags.
 
-Providers, one module each, by name in :mod:`nla.teach.registry` (:func:`make_teacher`): ``anthropic`` (Messages API, ``ANTHROPIC_API_KEY``, base URL from
+Providers, one module each, by name in :mod:`nla.teach.registry` (:func:`make_teacher`): ``anthropic``
+(Messages API, ``ANTHROPIC_API_KEY``, base URL from
 ``--base-url`` or ``ANTHROPIC_BASE_URL``), ``openai`` (any OpenAI-compatible ``/v1/chat/completions``
 server: OpenAI, vLLM, Ollama, llama.cpp; ``OPENAI_API_KEY`` optional), ``hf`` (a local HF model, greedy,
 batched, left padding) and ``offline`` (deterministic, no LLM: :class:`nla.teach.offline.OfflineTeacher`):

@@ -42,7 +42,10 @@ class HFTeacher(LocalTeacher):
         # special tokens inside a context would be read as real chat markup: show them as [name]
         prompts = [build_prompt(readable(c, special_strings(tok), escape_newlines=False)) for c in contexts]
         if t.chat_template:
-            prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts]
+            prompts = [
+                tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in prompts
+            ]
         prompts = [p + OPEN for p in prompts]  # prefill the opening tag: small models then keep the format
         side, tok.padding_side = tok.padding_side, "left"
         try:

@@ -81,11 +81,14 @@ class OfflineTeacher(LocalTeacher):
        next-token predictions with probabilities from a full forward pass, and the most likely kind of
        the next token (probability mass over the vocabulary by kind).
 
-    Example (SmolLM2, context ``<|im_start|>user\nHow do I boil pasta?<|im_end|>\n<|im_start|>assistant\nBring a large pot``)::
+    Example (SmolLM2, context
+    ``<|im_start|>user\nHow do I boil pasta?<|im_end|>\n<|im_start|>assistant\nBring a large pot``)::
 
-        Setting: a chat transcript (2 turns so far), inside the assistant's turn, about 11 words in; salient words: large, bring, pasta, boil.
+        Setting: a chat transcript (2 turns so far), inside the assistant's turn, about 11 words in;
+          salient words: large, bring, pasta, boil.
         The text ends with: "...How do I boil pasta?[im_end]\n[im_start]assistant\nBring a large pot"
-        The final token is " pot", the start of a word. The model predicts next " of" 94%, " to" 5%, " with" <1%, " filled" <1%, so the next token most likely starts a new word (100%).
+        The final token is " pot", the start of a word. The model predicts next " of" 94%, " to" 5%,
+          " with" <1%, " filled" <1%, so the next token most likely starts a new word (100%).
 
     ``style="compact"`` (about 65 tokens with the tags) puts first what a layer-20 activation states most
     reliably and writes little else: the final token and its kind with the top ``top_k`` predictions, the
@@ -110,7 +113,9 @@ class OfflineTeacher(LocalTeacher):
         if self.opts.style not in STYLES:
             raise NLAError(f"unknown offline teacher style {self.opts.style!r}; choose one of {', '.join(STYLES)}")
         self.style = self.opts.style
-        self.version = f"{OFFLINE_VERSION}-t{self.tail}-k{self.top_k}" + ("" if self.style == "full" else f"-{self.style}")
+        self.version = f"{OFFLINE_VERSION}-t{self.tail}-k{self.top_k}" + (
+            "" if self.style == "full" else f"-{self.style}"
+        )
         self.max_batch = 512  # contexts per call: rows of one document in one call share a forward
         self.batch_tokens = 4096  # padded tokens per forward batch
         self.n_sequences = 0  # sequences forwarded so far (for tests and benchmarks)
@@ -143,7 +148,10 @@ class OfflineTeacher(LocalTeacher):
             batch.append(r)
         if batch:
             probs.update(self._forward(t, batch, ids, members))
-        return [self._write(tok, contexts[i], ids[i], probs[i], specials) if i in probs else None for i in range(len(contexts))]
+        return [
+            self._write(tok, contexts[i], ids[i], probs[i], specials) if i in probs else None
+            for i in range(len(contexts))
+        ]
 
     def _forward(self, t: Any, roots: list[int], ids: list[list[int]], members: dict[int, list[int]]) -> dict[int, Any]:
         """One padded forward of ``roots``; returns each member's next-token distribution, shape (V,)."""
@@ -183,7 +191,6 @@ class OfflineTeacher(LocalTeacher):
     def _write(self, tok: Any, context: str, ids: list[int], p: Any, specials: list[str]) -> str:
         """The three features for one context; ``p`` is the next-token distribution, shape (V,)."""
 
-
         plain = re.sub("|".join(map(re.escape, specials)), " ", context) if specials else context
         turns = list(_TURN.finditer(context))
         where = ""
@@ -204,7 +211,9 @@ class OfflineTeacher(LocalTeacher):
         kind = self._kind(pieces, is_special)
         show = lambda s: '"' + readable(s, specials).replace('"', "'") + '"'  # noqa: E731
         top = torch.topk(p, min(self.top_k, p.shape[0]))
-        preds = ", ".join(f"{show(decode([int(i)]))} {_pct(float(v))}" for v, i in zip(top.values, top.indices, strict=True))
+        preds = ", ".join(
+            f"{show(decode([int(i)]))} {_pct(float(v))}" for v, i in zip(top.values, top.indices, strict=True)
+        )
 
         if self.style == "compact":
             before = ids[:-1][-self.tail :]
@@ -222,7 +231,9 @@ class OfflineTeacher(LocalTeacher):
         else:
             head = "Setting: source code" if code else "Setting: prose"
         words = _salient(plain)
-        setting = f"{head}, about {len(plain.split())} words in" + (f"; salient words: {', '.join(words)}." if words else ".")
+        setting = f"{head}, about {len(plain.split())} words in" + (
+            f"; salient words: {', '.join(words)}." if words else "."
+        )
         tail = readable(decode(ids[-self.tail :]), specials)
         quote = f'The text ends with: "{"..." if len(ids) > self.tail else ""}{tail}"'
         classes = self._vocab_classes(tok, p.shape[0])
@@ -263,5 +274,7 @@ class OfflineTeacher(LocalTeacher):
                 return "the start of a word"
             if word != s.strip():
                 return f'a piece continuing the word "{word}"'
-            return "a word start right after " + ("a special token" if len(pieces) > 1 and special[-2] else "punctuation or a line break")
+            return "a word start right after " + (
+                "a special token" if len(pieces) > 1 and special[-2] else "punctuation or a line break"
+            )
         return _PUNCT.get(s.strip(), "punctuation")

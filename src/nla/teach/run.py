@@ -58,13 +58,17 @@ class TeachConfig:
     data: str = option("", "Activation dataset directory written by `nla extract`.")
     split: str = option("ar_sft", "Split to explain (av_sft, ar_sft, rl, eval).")
     out: str = option("", "Output parquet file; its sidecar is written to <out>.nla_meta.yaml.")
-    teacher: str = option("offline", "Teacher: offline (no LLM), hf (local model), anthropic, openai (any compatible server).")
+    teacher: str = option(
+        "offline", "Teacher: offline (no LLM), hf (local model), anthropic, openai (any compatible server)."
+    )
     model: str = option(
         "",
         "Teacher model. offline: the target (default: the extraction's base_model); hf: default smollm2-135m; "
         "anthropic: default claude-haiku-4-5; openai: default gpt-4o-mini.",
     )
-    base_url: str = option("", "API base URL (anthropic: ANTHROPIC_BASE_URL; openai: OPENAI_BASE_URL, e.g. http://localhost:8000/v1).")
+    base_url: str = option(
+        "", "API base URL (anthropic: ANTHROPIC_BASE_URL; openai: OPENAI_BASE_URL, e.g. http://localhost:8000/v1)."
+    )
     concurrency: int = option(8, "Parallel requests for API teachers.")
     limit: int = option(0, "Explain only the first N rows of the split (0 = all).")
     chunk_size: int = option(256, "Rows per work chunk; a killed run resumes after the last finished chunk.")
@@ -77,8 +81,11 @@ class TeachConfig:
     seed: int = option(0, "Seed of the retry jitter.")
     tail_tokens: int = option(16, "offline: tokens of the context tail to quote.")
     top_k: int = option(4, "offline: top next-token predictions of the target to list.")
-    style: str = option("full", "offline: 'full' (setting + salient words, tail quote, final token) or 'compact' "
-                        "(final token and next-token predictions first, a short quote, the setting; ~45 tokens).")
+    style: str = option(
+        "full",
+        "offline: 'full' (setting + salient words, tail quote, final token) or 'compact' "
+        "(final token and next-token predictions first, a short quote, the setting; ~45 tokens).",
+    )
     batch_size: int = option(8, "hf/offline: sequences per generate/forward batch.")
     device: str = option("cpu", "hf/offline: torch device.")
 
@@ -87,7 +94,8 @@ class TeachConfig:
         return TeacherOptions(
             model=model, base_url=self.base_url, max_tokens=self.max_tokens, temperature=self.temperature,
             retries=self.retries, backoff=self.backoff, timeout=self.timeout, seed=self.seed,
-            tail_tokens=self.tail_tokens, top_k=self.top_k, style=self.style, batch_size=self.batch_size, device=self.device,
+            tail_tokens=self.tail_tokens, top_k=self.top_k, style=self.style, batch_size=self.batch_size,
+            device=self.device,
         )  # fmt: skip
 
 
@@ -148,7 +156,9 @@ def read_input(data: Path, split: str, limit: int = 0) -> pa.Table:
     else:
         files = sorted((data / split).glob("part-*.parquet"))
         if not files:
-            raise NLAError(f"no {split} rows under {data}: expected {data / split}/part-*.parquet (run `nla extract` first)")
+            raise NLAError(
+                f"no {split} rows under {data}: expected {data / split}/part-*.parquet (run `nla extract` first)"
+            )
         table = pa.concat_tables([pq.read_table(f) for f in files])
     if CONTEXT_COLUMN not in table.column_names:
         raise NLAError(f"{data}/{split} has no {CONTEXT_COLUMN} column: the teacher needs the context text")
@@ -184,7 +194,9 @@ def open_work(work: Path, manifest: dict[str, Any]) -> dict[int, pa.Table]:
         old = json.loads(mpath.read_text(encoding="utf-8"))
         diff = sorted(k for k in manifest if old.get(k) != manifest[k])
         if diff:
-            raise NLAError(f"{work} holds an unfinished run with different {', '.join(diff)}; delete it or choose another --out")
+            raise NLAError(
+                f"{work} holds an unfinished run with different {', '.join(diff)}; delete it or choose another --out"
+            )
     else:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(mpath, json.dumps(manifest, indent=1).encode("utf-8"))
@@ -274,7 +286,9 @@ def teach(cfg: TeachConfig, teacher: Teacher | None = None, *, cache: AnswerCach
     contexts = [str(c) for c in table.column(CONTEXT_COLUMN).to_pylist()]
     n = len(contexts)
     where = public_url(str(getattr(teacher, "base_url", "") or "")) or None
-    log.info("teaching %d %s rows with %s (%s)%s", n, cfg.split, teacher.name, teacher.model, f" at {where}" if where else "")
+    log.info(
+        "teaching %d %s rows with %s (%s)%s", n, cfg.split, teacher.name, teacher.model, f" at {where}" if where else ""
+    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(str(out) + ".work")
@@ -340,5 +354,14 @@ def teach(cfg: TeachConfig, teacher: Teacher | None = None, *, cache: AnswerCach
     return res
 
 
-__all__ = ["AnswerCache", "TeachConfig", "TeachResult", "default_cache", "input_sidecar", "open_work", "read_input",
-           "teach", "write_table"]
+__all__ = [
+    "AnswerCache",
+    "TeachConfig",
+    "TeachResult",
+    "default_cache",
+    "input_sidecar",
+    "open_work",
+    "read_input",
+    "teach",
+    "write_table",
+]

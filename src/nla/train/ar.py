@@ -45,22 +45,27 @@ VECTOR_COL, TEXT_COL, DOC_COL = "activation_vector", "explanation", "doc_id"
 class ARTrainConfig(TrainConfig):
     """Options of ``nla train ar`` (plus the shared training-loop options)."""
 
-    out_dir: str = option(
-        "runs/ar", "Run directory: metrics.jsonl, checkpoint/ (resume) and final/ (the AR)."
+    out_dir: str = option("runs/ar", "Run directory: metrics.jsonl, checkpoint/ (resume) and final/ (the AR).")
+    data: str = option(
+        "",
+        "Teacher parquet for training (columns activation_vector, explanation); several, "
+        "comma-separated, are trained on together (e.g. a few `nla verbalize` outputs).",
     )
-    data: str = option("", "Teacher parquet for training (columns activation_vector, explanation); several, "
-                       "comma-separated, are trained on together (e.g. a few `nla verbalize` outputs).")
     eval_data: str = option("", "Teacher parquet for held-out evaluation (document-disjoint from --data).")
-    baseline_data: str = option("", "Activations whose normalised mean gives the baseline B stored with the AR "
-                                "(parquet or `nla extract` dir, its ar_sft split); default: the --data rows. Use "
-                                "the full training split when --data is a subset (a refit), so B matches the card.")
-    model: str | None = option(None, "Base model (default: extraction.base_model of the data sidecar).")
-    layer: int | None = option(
-        None, "Layer L the vectors come from (default: extraction.layer_index of the sidecar)."
+    baseline_data: str = option(
+        "",
+        "Activations whose normalised mean gives the baseline B stored with the AR "
+        "(parquet or `nla extract` dir, its ar_sft split); default: the --data rows. Use "
+        "the full training split when --data is a subset (a refit), so B matches the card.",
     )
+    model: str | None = option(None, "Base model (default: extraction.base_model of the data sidecar).")
+    layer: int | None = option(None, "Layer L the vectors come from (default: extraction.layer_index of the sidecar).")
     template: str = option(meta.DEFAULT_AR_TEMPLATE, "AR prompt template with an {explanation} placeholder.")
-    init: str = option("", "Start from this AR checkpoint (full or adapter-only; its template and layer) "
-                       "instead of a fresh copy of the target, e.g. to refit an AR on AV explanations.")
+    init: str = option(
+        "",
+        "Start from this AR checkpoint (full or adapter-only; its template and layer) "
+        "instead of a fresh copy of the target, e.g. to refit an AR on AV explanations.",
+    )
     lora: bool = option(False, "Train LoRA adapters (+ the head) instead of the full backbone.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: float = option(32.0, "LoRA alpha.")
@@ -68,9 +73,7 @@ class ARTrainConfig(TrainConfig):
     train_last_n_layers: int | None = option(
         None, "Freeze embeddings and all blocks but the last n (CPU speed option); unset = full fine-tune."
     )
-    max_length: int = option(
-        256, "Max tokens of a templated explanation (the explanation is cut, never the template)."
-    )
+    max_length: int = option(256, "Max tokens of a templated explanation (the explanation is cut, never the template).")
     eval_batch_size: int = option(32, "Batch size of held-out evaluation.")
     eval_max_rows: int = option(0, "Evaluate on at most this many held-out rows (0 = all).")
     save_adapter_only: bool = option(
@@ -129,9 +132,7 @@ def load_ar_data(path: str | Path, *, d_model: int | None = None) -> ARData:
         rows = [v if v is not None else [0.0] * d for v in vec_col.to_pylist()]
         vectors = torch.tensor(rows, dtype=torch.float32).reshape(-1, d)
     else:
-        vectors = torch.from_numpy(
-            vec_col.flatten().to_numpy(zero_copy_only=False).astype("float32").reshape(-1, d)
-        )
+        vectors = torch.from_numpy(vec_col.flatten().to_numpy(zero_copy_only=False).astype("float32").reshape(-1, d))
     texts = [t if isinstance(t, str) else "" for t in table.column(TEXT_COL).to_pylist()]
     finite = torch.isfinite(vectors).all(-1)
     zero = vectors.abs().sum(-1) == 0
@@ -171,8 +172,10 @@ def load_ar_parts(paths: str, *, d_model: int | None = None) -> ARData:
     for path, part in zip(paths.split(",")[1:], parts[1:], strict=False):
         ext = part.sidecar.get("extraction") or {}
         if any(ext.get(k) != ext0.get(k) for k in key):
-            raise NLAError(f"{path.strip()} comes from {[ext.get(k) for k in key]}, the first file from "
-                           f"{[ext0.get(k) for k in key]}: train on data of one model and layer")
+            raise NLAError(
+                f"{path.strip()} comes from {[ext.get(k) for k in key]}, the first file from "
+                f"{[ext0.get(k) for k in key]}: train on data of one model and layer"
+            )
         if part.vectors.shape[1] != first.vectors.shape[1]:
             raise NLAError(f"{path.strip()}: d={part.vectors.shape[1]}, the first file has d={first.vectors.shape[1]}")
     docs = None if any(p.doc_ids is None for p in parts) else [d for p in parts for d in p.doc_ids or []]
@@ -229,9 +232,7 @@ def ar_batches(ar: ActivationReconstructor, data: ARData, batch_size: int, seed:
     """``batches(epoch)`` for :func:`nla.train.loop.fit`: a seeded shuffle per epoch, tokenised lazily."""
 
     def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        order = torch.randperm(
-            len(data.explanations), generator=torch.Generator().manual_seed(seed * 100003 + epoch)
-        )
+        order = torch.randperm(len(data.explanations), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         for i in range(0, len(order), batch_size):
             rows = order[i : i + batch_size].tolist()
             enc = ar.tokenize([data.explanations[r] for r in rows])
@@ -296,9 +297,7 @@ def train_ar(cfg: ARTrainConfig) -> TrainResult:
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        return evaluate_ar(
-            m, held.explanations, held.vectors, baseline, batch_size=cfg.eval_batch_size, seed=cfg.seed
-        )
+        return evaluate_ar(m, held.explanations, held.vectors, baseline, batch_size=cfg.eval_batch_size, seed=cfg.seed)
 
     def save_model(m: torch.nn.Module, path: Path) -> None:
         m.save_pretrained(path, adapter_only=cfg.save_adapter_only)

@@ -52,16 +52,23 @@ class AVTrainConfig(TrainConfig):
 
     out_dir: str = option("runs/av", "Run directory: metrics.jsonl, checkpoint/ (resume) and final/ (the AV).")
     data: str = option("", "Teacher parquet (file or directory) with activation_vector + response/explanation.")
-    eval_data: str = option("", "Held-out parquet (document-disjoint); empty = hold out eval_fraction of the documents.")
+    eval_data: str = option(
+        "", "Held-out parquet (document-disjoint); empty = hold out eval_fraction of the documents."
+    )
     eval_fraction: float = option(0.1, "Share of documents held out for evaluation when eval_data is empty.")
     eval_rows: int = option(128, "At most this many held-out rows are scored at each evaluation.")
     model: str = option("", "Target model the AV is copied from; empty = extraction.base_model of the data sidecar.")
     layer: int | None = option(None, "Layer the vectors come from; default: extraction.layer_index of the sidecar.")
-    injection_scale: float | None = option(None, "Norm the injected vector is rescaled to; default: a round number just above the mean training norm.")
+    injection_scale: float | None = option(
+        None, "Norm the injected vector is rescaled to; default: a round number just above the mean training norm."
+    )
     template: str = option(DEFAULT_AV_TEMPLATE, "AV instruction; must contain <concept>{injection_char}</concept>.")
     max_response_tokens: int = option(160, "Responses are cut to this many tokens (end-of-turn included).")
-    init: str = option("", "Start from this AV checkpoint (full, or a LoRA adapter whose adapter then trains) "
-                       "instead of a fresh copy of the target; its marker, scale and template are kept.")
+    init: str = option(
+        "",
+        "Start from this AV checkpoint (full, or a LoRA adapter whose adapter then trains) "
+        "instead of a fresh copy of the target; its marker, scale and template are kept.",
+    )
     lora: bool = option(False, "Train LoRA adapters instead of all weights.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: float = option(32.0, "LoRA alpha.")
@@ -150,8 +157,13 @@ def load_av_data(path: str | Path) -> AVData:
     skipped["unfinished_response"] = int((finite & nonzero & has_resp & unfinished).sum())
     keep = finite & nonzero & has_resp & ~unfinished
     if any(skipped.values()):
-        log.warning("%s: skipped %d of %d rows (%s)", path, n - int(keep.sum()), n,
-                    ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
+        log.warning(
+            "%s: skipped %d of %d rows (%s)",
+            path,
+            n - int(keep.sum()),
+            n,
+            ", ".join(f"{k} {v}" for k, v in skipped.items() if v),
+        )
     idx = keep.nonzero().squeeze(-1).tolist()
     if not idx:
         raise NLAError(f"{path}: no usable rows (all {n} skipped: {skipped})")
@@ -159,8 +171,9 @@ def load_av_data(path: str | Path) -> AVData:
 
 
 def _subset(data: AVData, rows: list[int]) -> AVData:
-    return AVData(data.vectors[rows], [data.responses[i] for i in rows], [data.doc_ids[i] for i in rows],
-                  data.meta, data.skipped)
+    return AVData(
+        data.vectors[rows], [data.responses[i] for i in rows], [data.doc_ids[i] for i in rows], data.meta, data.skipped
+    )
 
 
 def split_by_document(data: AVData, fraction: float, seed: int) -> tuple[AVData, AVData | None]:
@@ -176,8 +189,15 @@ def split_by_document(data: AVData, fraction: float, seed: int) -> tuple[AVData,
 
 
 @torch.no_grad()
-def eval_nll_gap(av: ActivationVerbalizer, vectors: torch.Tensor, responses: list[str], *,  # (N, d)
-                 batch_size: int = 8, seed: int = 0, max_response_tokens: int | None = None) -> dict[str, float]:
+def eval_nll_gap(
+    av: ActivationVerbalizer,
+    vectors: torch.Tensor,
+    responses: list[str],
+    *,  # (N, d)
+    batch_size: int = 8,
+    seed: int = 0,
+    max_response_tokens: int | None = None,
+) -> dict[str, float]:
     """Mean held-out NLL per response token with the real vectors, with shuffled vectors, and the gap."""
     fake = shuffled(vectors, generator=torch.Generator().manual_seed(seed))
     totals = {"real": 0.0, "shuffled": 0.0}
@@ -218,7 +238,10 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
         train, held = data, load_av_data(cfg.eval_data)
         overlap = set(train.doc_ids) & set(held.doc_ids)
         if overlap and "doc_id" in pq.read_schema(_parquet_files(Path(cfg.eval_data))[0]).names:
-            raise NLAError(f"eval data shares {len(overlap)} documents with the training data (e.g. {sorted(overlap)[0]}); split by document")
+            raise NLAError(
+                f"eval data shares {len(overlap)} documents with the training data (e.g. {sorted(overlap)[0]}); "
+                "split by document"
+            )
     else:
         train, held = split_by_document(data, cfg.eval_fraction, cfg.seed)
     model_name, layer = _resolve(cfg, data.meta)
@@ -239,13 +262,24 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
         scale = cfg.injection_scale if cfg.injection_scale is not None else default_injection_scale(train.vectors)
     for name, part in (("", train), ("eval ", held)):
         if part is not None and part.vectors.shape[1] != d_model:
-            raise NLAError(f"the {name}vectors have {part.vectors.shape[1]} dimensions but {model_name} has d_model {d_model}")
-    log.info("AV-SFT on %d rows (%d docs), eval %d rows; target %s layer %d, injection scale %g (mean norm %.1f)%s",
-             len(train.responses), len(set(train.doc_ids)), 0 if held is None else len(held.responses),
-             model_name, layer, scale, float(train.vectors.norm(dim=-1).mean()), f", from {cfg.init}" if cfg.init else "")
+            raise NLAError(
+                f"the {name}vectors have {part.vectors.shape[1]} dimensions but {model_name} has d_model {d_model}"
+            )
+    log.info(
+        "AV-SFT on %d rows (%d docs), eval %d rows; target %s layer %d, injection scale %g (mean norm %.1f)%s",
+        len(train.responses),
+        len(set(train.doc_ids)),
+        0 if held is None else len(held.responses),
+        model_name,
+        layer,
+        scale,
+        float(train.vectors.norm(dim=-1).mean()),
+        f", from {cfg.init}" if cfg.init else "",
+    )
     if not cfg.init:
-        av = ActivationVerbalizer.from_target(target, injection_scale=scale, layer=layer, template=cfg.template,
-                                              corpus_texts=train.responses[:2000])
+        av = ActivationVerbalizer.from_target(
+            target, injection_scale=scale, layer=layer, template=cfg.template, corpus_texts=train.responses[:2000]
+        )
         del target
         if cfg.lora:
             av.model = apply_lora(av.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
@@ -255,7 +289,9 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
     resp_ids = [av.response_ids(r, cfg.max_response_tokens) for r in train.responses]
     cut = sum(len(x) >= cfg.max_response_tokens for x in resp_ids)
     if cut:
-        log.warning("%d of %d responses were cut to max_response_tokens=%d", cut, len(resp_ids), cfg.max_response_tokens)
+        log.warning(
+            "%d of %d responses were cut to max_response_tokens=%d", cut, len(resp_ids), cfg.max_response_tokens
+        )
 
     evaluate = None
     initial: dict[str, float] = {}
@@ -264,9 +300,20 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             av.model = model
-            out = eval_nll_gap(av, ev_vecs, ev_resp, batch_size=cfg.batch_size, seed=cfg.seed,
-                               max_response_tokens=cfg.max_response_tokens)
-            log.info("held-out NLL: real %.4f, shuffled %.4f, gap %.4f nats", out["nll_real"], out["nll_shuffled"], out["nll_gap"])
+            out = eval_nll_gap(
+                av,
+                ev_vecs,
+                ev_resp,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                max_response_tokens=cfg.max_response_tokens,
+            )
+            log.info(
+                "held-out NLL: real %.4f, shuffled %.4f, gap %.4f nats",
+                out["nll_real"],
+                out["nll_shuffled"],
+                out["nll_gap"],
+            )
             if cfg.samples > 0:
                 texts = [s[0] for s in av.generate(ev_vecs[: cfg.samples], max_new_tokens=cfg.sample_tokens)]
                 for i, text in enumerate(texts):
@@ -285,8 +332,15 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
         av.save_pretrained(path, merge_lora=cfg.merge_lora)
 
     result = fit(av.model, loss_fn, _batches(av, train, resp_ids, cfg), cfg, evaluate=evaluate, save_model=save_model)
-    result.extra.update({"skipped_rows": data.skipped, "injection_scale": scale, "layer": layer,
-                         "initial_eval": initial, "train_rows": len(train.responses)})
+    result.extra.update(
+        {
+            "skipped_rows": data.skipped,
+            "injection_scale": scale,
+            "layer": layer,
+            "initial_eval": initial,
+            "train_rows": len(train.responses),
+        }
+    )
     if result.final_eval and not math.isfinite(result.final_eval.get("nll_gap", 0.0)):
         log.warning("the final NLL gap is not finite")
     return av, result

@@ -54,9 +54,7 @@ class TrainConfig:
     """Options of the shared SFT loop (every stage's config extends this)."""
 
     out_dir: str = option("runs/train", "Run directory: metrics.jsonl, checkpoint/ (resume) and final/.")
-    max_steps: int = option(
-        1000, "Optimizer steps to train for (each step uses batch_size * grad_accum rows)."
-    )
+    max_steps: int = option(1000, "Optimizer steps to train for (each step uses batch_size * grad_accum rows).")
     batch_size: int = option(16, "Rows per micro-batch (per process).")
     grad_accum: int = option(1, "Micro-batches accumulated into one optimizer step.")
     lr: float = option(2e-5, "Peak learning rate of AdamW.")
@@ -121,9 +119,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         return dataclasses.replace(
             batch,
-            **{
-                f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init
-            },
+            **{f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init},
         )
     return batch
 
@@ -230,18 +226,14 @@ class _Tracker:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise NLAError(
-                    "--log-with tensorboard needs the tensorboard package: pip install tensorboard"
-                ) from e
+                raise NLAError("--log-with tensorboard needs the tensorboard package: pip install tensorboard") from e
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
         else:
             try:
                 import wandb
             except ImportError as e:
                 raise NLAError("--log-with wandb needs the wandb package: pip install wandb") from e
-            self.wandb = wandb.init(
-                project="nla", dir=str(out_dir), config=dataclasses.asdict(cfg), resume="allow"
-            )
+            self.wandb = wandb.init(project="nla", dir=str(out_dir), config=dataclasses.asdict(cfg), resume="allow")
 
     def drop_after(self, step: int) -> None:
         """On resume, forget records of steps the checkpoint does not contain."""
@@ -326,9 +318,7 @@ def fit(
         raw.train()
         if accel.num_processes > 1:
             keys = sorted(metrics)
-            vals = accel.reduce(
-                torch.tensor([metrics[k] for k in keys], device=accel.device), reduction="mean"
-            )
+            vals = accel.reduce(torch.tensor([metrics[k] for k in keys], device=accel.device), reduction="mean")
             metrics = dict(zip(keys, vals.tolist(), strict=True))
         return metrics
 
@@ -373,11 +363,7 @@ def fit(
             bad = torch.tensor(
                 float(not (all(map(math.isfinite, losses)) and math.isfinite(grad_norm))), device=accel.device
             )
-            bad = (
-                bool(accel.reduce(bad, reduction="sum").item() > 0)
-                if accel.num_processes > 1
-                else bool(bad.item())
-            )
+            bad = bool(accel.reduce(bad, reduction="sum").item() > 0) if accel.num_processes > 1 else bool(bad.item())
             if bad:
                 skipped += 1
                 log.warning(
@@ -411,9 +397,7 @@ def fit(
         final_eval = run_eval()
         elapsed = elapsed_before + time.perf_counter() - t0
         if final_eval:
-            log.info(
-                "final eval at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in final_eval.items())
-            )
+            log.info("final eval at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in final_eval.items()))
             tracker.log({"step": step, **{f"eval/{k}": v for k, v in final_eval.items()}, "elapsed": elapsed})
         if save_model is not None and main:
             save_model(accel.unwrap_model(wrapped), out_dir / "final")

@@ -78,8 +78,9 @@ class RLConfig:
     kl_coef: float = option(0.01, "Weight of the k3 KL to the frozen SFT AV.")
     clip_eps: float = option(0.2, "PPO ratio clip.")
     ppo_epochs: int = option(1, "AV optimizer steps on each batch of rollouts.")
-    aggregation: str = option("token", "Loss aggregation: token (mean over all tokens) or sequence.",
-                              choices=["token", "sequence"])
+    aggregation: str = option(
+        "token", "Loss aggregation: token (mean over all tokens) or sequence.", choices=["token", "sequence"]
+    )
     normalize_std: bool = option(True, "Divide advantages by the group std (False: r - mean).")
     contrastive_weight: float = option(0.0, "Weight of the contrastive term (vs another activation); 0 = off.")
     length_target: int = option(0, "Hinged length penalty starts above this many tokens (0 = off).")
@@ -100,8 +101,15 @@ class RLConfig:
     bf16: str = option("auto", "bf16 autocast: auto = on CUDA when supported.", choices=["auto", "true", "false"])
 
     def __post_init__(self) -> None:
-        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs",
-                     "train_batch_size", "gen_batch_size"):
+        for name in (
+            "steps",
+            "prompts_per_step",
+            "group_size",
+            "max_new_tokens",
+            "ppo_epochs",
+            "train_batch_size",
+            "gen_batch_size",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -191,7 +199,9 @@ class RLTrainer:
         if cfg.prompts_per_step % self.world:
             raise NLAError(f"prompts_per_step {cfg.prompts_per_step} is not divisible by the {self.world} processes")
         device = self.accel.device
-        self.use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.use_bf16 = cfg.bf16 == "true" or (
+            cfg.bf16 == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
         self.train_vectors = load_vectors(cfg.data, cfg.split).vectors
         self.eval_set = load_vectors(cfg.eval_data, cfg.eval_split) if cfg.eval_data else None
         self.baseline = Baseline.from_train(self.train_vectors)
@@ -199,7 +209,9 @@ class RLTrainer:
 
         av = ActivationVerbalizer.from_pretrained(cfg.av, dtype=cfg.dtype)
         if av.d_model != self.train_vectors.shape[1]:
-            raise NLAError(f"the AV has d_model {av.d_model} but the vectors have {self.train_vectors.shape[1]} dimensions")
+            raise NLAError(
+                f"the AV has d_model {av.d_model} but the vectors have {self.train_vectors.shape[1]} dimensions"
+            )
         self.merge_on_save = cfg.merge_lora
         self.ref: nn.Module | None = None  # None: the LoRA model with its adapter disabled
         if is_lora(av.model):  # an SFT LoRA AV: keep training its adapter, reference = frozen copy
@@ -221,12 +233,16 @@ class RLTrainer:
         self.frozen_ar.max_length = cfg.ar_max_length
         if self.ref is not None:
             self.ref.to(device)
-        self.av_opt = torch.optim.AdamW([p for p in av.model.parameters() if p.requires_grad], lr=cfg.av_lr, weight_decay=0.0)
+        self.av_opt = torch.optim.AdamW(
+            [p for p in av.model.parameters() if p.requires_grad], lr=cfg.av_lr, weight_decay=0.0
+        )
         self.av_wrapped, self.av_opt = self.accel.prepare(av.model, self.av_opt)
         self.ar_opt: Any = None
         self.ar_wrapped: nn.Module = self.ar
         if cfg.ar_lr > 0:
-            self.ar_opt = torch.optim.AdamW([p for p in self.ar.parameters() if p.requires_grad], lr=cfg.ar_lr, weight_decay=0.0)
+            self.ar_opt = torch.optim.AdamW(
+                [p for p in self.ar.parameters() if p.requires_grad], lr=cfg.ar_lr, weight_decay=0.0
+            )
             self.ar_wrapped, self.ar_opt = self.accel.prepare(self.ar, self.ar_opt)
         else:
             self.ar.to(device)
@@ -259,8 +275,15 @@ class RLTrainer:
         cfg = self.cfg
         seed = cfg.seed * 1_000_003 + step * 1_009 + self.rank
         with self._autocast():
-            resp = self.av.sample(vectors, num_samples=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                                  do_sample=True, temperature=cfg.temperature, batch_size=cfg.gen_batch_size, seed=seed)
+            resp = self.av.sample(
+                vectors,
+                num_samples=cfg.group_size,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=True,
+                temperature=cfg.temperature,
+                batch_size=cfg.gen_batch_size,
+                seed=seed,
+            )
         valid = rl_math.response_valid(resp.texts, resp.truncated)
         return Rollouts(vectors.repeat_interleave(cfg.group_size, dim=0).cpu(), resp, valid)
 
@@ -297,16 +320,31 @@ class RLTrainer:
         opt.zero_grad(set_to_none=True)
         return norm, int(bad)
 
-    def _logprobs(self, model: nn.Module, raw: nn.Module, vectors: torch.Tensor,  # (b, d)
-                  ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:  # -> (b, R), (b, R)
+    def _logprobs(
+        self,
+        model: nn.Module,
+        raw: nn.Module,
+        vectors: torch.Tensor,  # (b, d)
+        ids: list[list[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # -> (b, R), (b, R)
         """Per-token log-probs (raw logits / temperature) of the responses with the vector injected."""
         av = self.av
         batch = av.encode_tokens(vectors, ids, device=self.accel.device)
         p, r = batch.prompt_len, batch.input_ids.shape[1] - batch.prompt_len
-        with Injector(raw, av.marker.token_id, batch.vectors, av.injection_scale, mode=av.injection_mode,
-                      add_layer=av.add_layer) as inj, self._autocast():
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                        logits_to_keep=r + 1)
+        with (
+            Injector(
+                raw,
+                av.marker.token_id,
+                batch.vectors,
+                av.injection_scale,
+                mode=av.injection_mode,
+                add_layer=av.add_layer,
+            ) as inj,
+            self._autocast(),
+        ):
+            out = model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=r + 1
+            )
         if inj.calls != 1:
             raise RuntimeError(f"injection ran {inj.calls} times in one forward")
         logits = out.logits[:, -(r + 1) : -1]  # (b, R, V): predicts response tokens 0..R-1
@@ -354,11 +392,22 @@ class RLTrainer:
                     logp, mask = self._logprobs(self.av_wrapped, raw, vec, ids)
                     if old[k] is None:
                         old[k] = logp.detach().float()
-                    pg, st = rl_math.clipped_pg_loss(logp, old[k], adv[c], mask, cfg.clip_eps,  # type: ignore[arg-type]
-                                                     aggregation=cfg.aggregation, denom=denom)  # type: ignore[arg-type]
+                    pg, st = rl_math.clipped_pg_loss(
+                        logp,
+                        old[k],
+                        adv[c],
+                        mask,
+                        cfg.clip_eps,  # type: ignore[arg-type]
+                        aggregation=cfg.aggregation,
+                        denom=denom,
+                    )  # type: ignore[arg-type]
                     ref_k = ref[k] if ref[k] is not None else logp.detach()
-                    kl = rl_math.masked_mean(rl_math.k3_kl_tokens(logp, ref_k), mask, cfg.aggregation,  # type: ignore[arg-type]
-                                             denom=denom)
+                    kl = rl_math.masked_mean(
+                        rl_math.k3_kl_tokens(logp, ref_k),
+                        mask,
+                        cfg.aggregation,  # type: ignore[arg-type]
+                        denom=denom,
+                    )
                     accel.backward(pg + cfg.kl_coef * kl)
                 n_tok = float(mask.sum())
                 kl_sum, pg_sum = kl_sum + float(kl.detach()), pg_sum + float(pg.detach())
@@ -367,9 +416,13 @@ class RLTrainer:
             stats["av_skipped"] += bad
             if epoch == 0:
                 tokens = self._sum(n_tokens)
-                stats.update(kl=self._sum(kl_sum) / self.world, pg_loss=self._sum(pg_sum) / self.world,
-                             clip_frac=self._sum(clip_sum) / tokens, ratio_mean=self._sum(ratio_sum) / tokens,
-                             av_grad_norm=grad_norm)
+                stats.update(
+                    kl=self._sum(kl_sum) / self.world,
+                    pg_loss=self._sum(pg_sum) / self.world,
+                    clip_frac=self._sum(clip_sum) / tokens,
+                    ratio_mean=self._sum(ratio_sum) / tokens,
+                    av_grad_norm=grad_norm,
+                )
         return stats
 
     def update_ar(self, ro: Rollouts) -> dict[str, float]:
@@ -437,11 +490,20 @@ class RLTrainer:
             return {}
         vecs = self.eval_set.vectors[: self.cfg.eval_rows]
         with self._autocast():
-            cur, resp = round_trip(self.av, self.ar, vecs, self.baseline, max_new_tokens=self.cfg.max_new_tokens,
-                                   batch_size=self.cfg.gen_batch_size, seed=self.cfg.seed)
+            cur, resp = round_trip(
+                self.av,
+                self.ar,
+                vecs,
+                self.baseline,
+                max_new_tokens=self.cfg.max_new_tokens,
+                batch_size=self.cfg.gen_batch_size,
+                seed=self.cfg.seed,
+            )
             frozen, _ = round_trip(self.av, self.frozen_ar, vecs, self.baseline, responses=resp, seed=self.cfg.seed)
         out = dict(cur)
-        out.update({f"frozen_ar/{k}": v for k, v in frozen.items() if k.startswith(("fve", "mse", "cosine", "retrieval"))})
+        out.update(
+            {f"frozen_ar/{k}": v for k, v in frozen.items() if k.startswith(("fve", "mse", "cosine", "retrieval"))}
+        )
         return out
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -450,8 +512,13 @@ class RLTrainer:
 
         self.accel.wait_for_everyone()
         if self.accel.is_main_process:
-            state = {"step": self.step, "elapsed": self.elapsed, "rng": _rng_state(),
-                     "av_opt": self.av_opt.state_dict(), "ar_opt": None if self.ar_opt is None else self.ar_opt.state_dict()}
+            state = {
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "rng": _rng_state(),
+                "av_opt": self.av_opt.state_dict(),
+                "ar_opt": None if self.ar_opt is None else self.ar_opt.state_dict(),
+            }
             with atomic_dir(self.out_dir / CHECKPOINT) as tmp:
                 save_file(trainable_state(self.av.model), str(tmp / "av.safetensors"))
                 save_file(trainable_state(self.ar), str(tmp / "ar.safetensors"))
@@ -516,10 +583,17 @@ class RLTrainer:
             bar.close()
         final = self.evaluate() if main else {}
         if main and final:
-            log.info("final held-out: fve_nrm %.4f (frozen SFT AR %.4f, shuffled %.4f), tag failures %.2f",
-                     final["fve_nrm"], final["frozen_ar/fve_nrm"], final["fve_shuffled"], final["tag_failure_rate"])
+            log.info(
+                "final held-out: fve_nrm %.4f (frozen SFT AR %.4f, shuffled %.4f), tag failures %.2f",
+                final["fve_nrm"],
+                final["frozen_ar/fve_nrm"],
+                final["fve_shuffled"],
+                final["tag_failure_rate"],
+            )
             with metrics.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": self.step, "final": True, **{f"eval/{k}": v for k, v in final.items()}}) + "\n")
+                f.write(
+                    json.dumps({"step": self.step, "final": True, **{f"eval/{k}": v for k, v in final.items()}}) + "\n"
+                )
         self.save_final()
         return RLResult(self.step, self.out_dir, final, last, resumed, time.perf_counter() - t_start)
 
@@ -528,13 +602,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Keep only the records of steps the checkpoint holds (drop a later crash's and final records)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and int(json.loads(line)["step"]) <= step and not json.loads(line).get("final")]
+    keep = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and int(json.loads(line)["step"]) <= step and not json.loads(line).get("final")
+    ]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def train_rl(cfg: RLConfig, *, reward_fn: RewardFn | None = None,
-             on_step: Callable[[RLStep], None] | None = None) -> RLResult:
+def train_rl(
+    cfg: RLConfig, *, reward_fn: RewardFn | None = None, on_step: Callable[[RLStep], None] | None = None
+) -> RLResult:
     """Run (or resume) joint RL; the final AV and AR land in ``<out_dir>/final/{av,ar}``."""
     return RLTrainer(cfg, reward_fn=reward_fn).run(on_step)
 
