@@ -12,26 +12,18 @@ import argparse
 import json
 import sys
 
-from nla.common.config import add_config_args, config_from_args
+from nla.common.config import config_from_args
+from nla.evaluate.card import EvalConfig, evaluation_card, format_card, shipped_card
+
+NAME, CONFIG = "eval", EvalConfig
+HELP = "Evaluate AV/AR checkpoints on held-out activations: FVE ladder beside its controls."
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from nla.evaluate.card import EvalConfig
-
-    p = sub.add_parser(
-        "eval",
-        help="Evaluate AV/AR checkpoints on held-out activations: FVE ladder beside its controls.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(p, EvalConfig)
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Print the whole card as JSON.")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.evaluate.card import EvalConfig, evaluation_card, format_card, shipped_card
-
     cfg = config_from_args(EvalConfig, args)
     if not cfg.data and not cfg.av and not cfg.ar and not cfg.sft_av and not cfg.sft_ar:
         card = shipped_card()

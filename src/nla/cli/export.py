@@ -11,26 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nla.common.config import add_config_args, config_from_args
+from nla.common.config import config_from_args
+from nla.common.errors import NLAError
+from nla.export import ExportConfig, export_nla
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from nla.export import ExportConfig
-
-    p = sub.add_parser(
-        "export",
-        help="Export full AV/AR checkpoints as compact LoRA adapters (SVD of the deltas).",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(p, ExportConfig)
-    p.set_defaults(func=run)
+NAME, CONFIG = "export", ExportConfig
+HELP = "Export full AV/AR checkpoints as compact LoRA adapters (SVD of the deltas)."
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.common.errors import NLAError
-    from nla.export import ExportConfig, export_nla
-
     cfg = config_from_args(ExportConfig, args)
     for name in ("av", "ar", "out"):
         if not getattr(cfg, name):

@@ -14,40 +14,28 @@ Killed runs resume: run the same command again.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from nla.common.config import add_config_args, config_from_args
+from nla.cli import print_json
+from nla.common.config import config_from_args
 from nla.data.extract import ExtractConfig, extract
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "extract",
-        help="Extract layer-L activations at N positions per document into av_sft/ar_sft/rl/eval parquet splits.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(p, ExtractConfig)
-    p.set_defaults(func=run)
+NAME, CONFIG = "extract", ExtractConfig
+HELP = "Extract layer-L activations at N positions per document into av_sft/ar_sft/rl/eval parquet splits."
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(ExtractConfig, args)
     res = extract(cfg)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        summary = {
-            "out": str(res.out),
-            "rows": res.n_rows,
-            "rows_per_split": res.rows_per_split,
-            "docs": res.n_docs,
-            "used_docs": res.n_used_docs,
-            "skipped_short": res.n_skipped_short,
-            "tokens_forwarded": res.tokens,
-            "tokens_per_s": round(res.tokens_per_s, 1),
-            "seconds": round(res.seconds, 2),
-        }
-        sys.stdout.write(json.dumps(summary) + "\n")
+    summary = {
+        "out": str(res.out),
+        "rows": res.n_rows,
+        "rows_per_split": res.rows_per_split,
+        "docs": res.n_docs,
+        "used_docs": res.n_used_docs,
+        "skipped_short": res.n_skipped_short,
+        "tokens_forwarded": res.tokens,
+        "tokens_per_s": round(res.tokens_per_s, 1),
+        "seconds": round(res.seconds, 2),
+    }
+    print_json(summary, indent=None, main_only=True)
     return 0

@@ -9,22 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from nla.common.config import add_config_args, config_from_args
+from nla.cli import print_json
+from nla.common.config import config_from_args
 from nla.teach.run import TeachConfig, teach
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "teach",
-        help="Explain an activation split with a teacher (offline, hf, anthropic, openai): warm-start data.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(p, TeachConfig)
-    p.set_defaults(func=run)
+NAME, CONFIG = "teach", TeachConfig
+HELP = "Explain an activation split with a teacher (offline, hf, anthropic, openai): warm-start data."
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
         "resumed": res.n_resumed,
         "seconds": round(res.seconds, 1),
     }
-    sys.stdout.write(json.dumps(summary) + "\n")
+    print_json(summary, indent=None)
     return 0

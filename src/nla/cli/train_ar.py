@@ -8,29 +8,18 @@ Re-running the same command with the same ``--out-dir`` resumes from its last ch
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from nla.common.config import add_config_args, config_from_args
+from nla.cli import print_json
+from nla.common.config import config_from_args
+from nla.evaluate.roundtrip import format_eval
+from nla.train.ar import ARTrainConfig, train_ar
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from nla.train.ar import ARTrainConfig
-
-    p = sub.add_parser(
-        "ar",
-        help="Train the activation reconstructor (explanation -> activation) on teacher data.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(p, ARTrainConfig)
-    p.set_defaults(func=run)
+NAME, CONFIG = "ar", ARTrainConfig
+HELP = "Train the activation reconstructor (explanation -> activation) on teacher data."
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.evaluate.roundtrip import format_eval
-    from nla.train.ar import ARTrainConfig, train_ar
-
     cfg = config_from_args(ARTrainConfig, args)
     result = train_ar(cfg)
     summary = {
@@ -45,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     }
     if result.final_eval:
         sys.stdout.write(f"held-out: {format_eval(result.final_eval)}\n")
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    print_json(summary)
     return 0

@@ -1,30 +1,24 @@
-"""``nla train av``: supervised fine-tuning of the activation verbalizer on teacher explanations."""
+"""``nla train av``: supervised fine-tuning of the activation verbalizer on teacher explanations.
+
+    nla train av --data av_sft.parquet --eval-data eval.parquet --out-dir runs/av [--lora] [...]
+
+Fine-tunes on teacher parquet (activation_vector + response). Held-out evaluation reports the NLL with
+real and with shuffled vectors; their gap is the signal. Re-running with the same ``--out-dir`` resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from nla.common.config import add_config_args, config_from_args
+from nla.cli import print_json
+from nla.common.config import config_from_args
+from nla.train.av import AVTrainConfig, train_av
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from nla.train.av import AVTrainConfig
-
-    p = sub.add_parser(
-        "av",
-        help="AV-SFT: teach a copy of the target to verbalise injected vectors (reports the real-vs-shuffled NLL gap).",
-        description="Fine-tune the activation verbalizer on teacher parquet (activation_vector + response). "
-        "Held-out evaluation reports the NLL with real and with shuffled vectors; their gap is the signal.",
-    )
-    add_config_args(p, AVTrainConfig)
-    p.set_defaults(func=run)
+NAME, CONFIG = "av", AVTrainConfig
+HELP = "AV-SFT: teach a copy of the target to verbalise injected vectors (reports the real-vs-shuffled NLL gap)."
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.train.av import AVTrainConfig, train_av
-
     cfg = config_from_args(AVTrainConfig, args)
     _, result = train_av(cfg)
     summary = {
@@ -39,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
         "layer": result.extra.get("layer"),
         "skipped_rows": result.extra.get("skipped_rows", {}),
     }
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    print_json(summary)
     return 0

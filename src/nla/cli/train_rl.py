@@ -9,42 +9,27 @@ Re-running the same command with the same ``--out-dir`` resumes from its last ch
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from nla.common.config import add_config_args, config_from_args
+from nla.cli import print_json
+from nla.common.config import config_from_args
+from nla.train.rl.trainer import RLConfig, train_rl
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from nla.train.rl.trainer import RLConfig
-
-    p = sub.add_parser(
-        "rl",
-        help="Joint RL: GRPO on the AV with rewards from the current AR, which keeps training on the rollouts.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(p, RLConfig)
-    p.set_defaults(func=run)
+NAME, CONFIG = "rl", RLConfig
+HELP = "Joint RL: GRPO on the AV with rewards from the current AR, which keeps training on the rollouts."
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.train.rl.trainer import RLConfig, train_rl
-
     cfg = config_from_args(RLConfig, args)
     res = train_rl(cfg)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        summary = {
-            "out_dir": str(res.out_dir),
-            "av": str(res.out_dir / "final" / "av"),
-            "ar": str(res.out_dir / "final" / "ar"),
-            "steps": res.steps,
-            "resumed_from": res.resumed_from,
-            "last_step": res.last.record() if res.last is not None else None,
-            "final_eval": res.final_eval,
-            "seconds": round(res.elapsed_s, 1),
-        }
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    summary = {
+        "out_dir": str(res.out_dir),
+        "av": str(res.out_dir / "final" / "av"),
+        "ar": str(res.out_dir / "final" / "ar"),
+        "steps": res.steps,
+        "resumed_from": res.resumed_from,
+        "last_step": res.last.record() if res.last is not None else None,
+        "final_eval": res.final_eval,
+        "seconds": round(res.elapsed_s, 1),
+    }
+    print_json(summary, indent=2, main_only=True)
     return 0

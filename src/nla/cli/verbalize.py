@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from nla.common.config import add_config_args, config_from_args
+from nla.common.config import config_from_args
+from nla.verbalize import VerbalizeConfig, verbalize
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from nla.verbalize import VerbalizeConfig
-
-    p = sub.add_parser(
-        "verbalize",
-        help="Write an AV's explanations of a split as teacher-format parquet.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(p, VerbalizeConfig)
-    p.set_defaults(func=run)
+NAME, CONFIG = "verbalize", VerbalizeConfig
+HELP = "Write an AV's explanations of a split as teacher-format parquet."
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.verbalize import VerbalizeConfig, verbalize
-
     verbalize(config_from_args(VerbalizeConfig, args))
     return 0
