@@ -31,7 +31,7 @@ from nla.common.meta import dataset_sidecar_path, write_sidecar
 from nla.core.text import text_for_ar
 from nla.data.activations import vectors as table_vectors
 from nla.models.av import ActivationVerbalizer
-from nla.teach.run import input_sidecar, open_work, read_input, write_table
+from nla.teach.run import open_work, read_input, write_table
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
         raise NLAError(f"--data {data} is not a directory")
-    table = read_input(data, cfg.split, cfg.limit)
+    inp = read_input(data, cfg.split, cfg.limit)
+    table, meta_in = inp.table, inp.sidecar
     vectors = table_vectors(table)  # (N, d)
     av = ActivationVerbalizer.from_pretrained(cfg.av, device=cfg.device)
     if vectors.shape[1] != av.d_model:
@@ -131,7 +132,6 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
         output = output.append_column(name, results.column(name))
     output = output.append_column("teacher", pa.array([f"av:{cfg.av}"] * n, pa.string()))
     tag_fail = n - sum(results.column("tag_ok").to_pylist())
-    meta_in = input_sidecar(data, cfg.split)
     meta = {k: v for k, v in meta_in.items() if k not in ("n_rows", "num_rows", "rows", "file", "shard", "splits")}
     meta.update(kind="nla_dataset", n_rows=n)
     meta["teacher"] = {"name": "av", "model": str(cfg.av), "version": "verbalize-v1", "base_url": None}

@@ -99,3 +99,48 @@ def test_reading_a_non_dataset_is_one_clear_error(tmp_path) -> None:
         read_split(tmp_path, "rl")
     with pytest.raises(NLAError, match="unknown split"):
         read_split(tmp_path, "train")
+
+
+def _teacher_file(path, vecs: list[list[float] | None], **extra) -> None:
+    cols = {"activation_vector": pa.array(vecs, type=pa.list_(pa.float32())), **extra}
+    pq.write_table(pa.table(cols), path)
+
+
+def test_read_parquet_reads_a_file_a_folder_and_a_split(tmp_path) -> None:
+    from nla.common.meta import dataset_sidecar_path, write_sidecar
+    from nla.data.activations import read_parquet
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    _teacher_file(folder / "a.parquet", [[1.0, 2.0]], explanation=["x"])
+    _teacher_file(folder / "b.parquet", [[3.0, 4.0], [5.0, 6.0]], explanation=["y", "z"], extra=[1, 2])
+    write_sidecar(dataset_sidecar_path(folder / "a.parquet"), {"kind": "nla_dataset", "d_model": 2})
+    both = read_parquet(folder)
+    assert both.table.num_rows == 3 and [f.name for f in both.files] == ["a.parquet", "b.parquet"]
+    assert both.sidecar["d_model"] == 2 and both.table.column("extra").to_pylist() == [None, 1, 2]
+    only = read_parquet(folder / "b.parquet", columns=["explanation", "missing"])
+    assert only.table.column_names == ["explanation"] and only.sidecar == {}
+    with pytest.raises(NLAError, match="lacks column"):
+        read_parquet(folder, require=["response"])
+    with pytest.raises(NLAError, match="not found"):
+        read_parquet(tmp_path / "nope.parquet")
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(NLAError, match="not a readable parquet"):
+        read_parquet(tmp_path / "junk.parquet")
+    _teacher_file(folder / "c.parquet", [[7.0, 8.0]], explanation=[3])
+    with pytest.raises(NLAError, match="incompatible schemas"):
+        read_parquet(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NLAError, match="no ar_sft rows"):
+        read_parquet(tmp_path / "empty", split="ar_sft")
+
+
+def test_activation_matrix_flags_rows_without_a_vector_of_the_common_length() -> None:
+    from nla.data.activations import activation_matrix
+
+    table = pa.table({"activation_vector": pa.array([[1.0, 2.0], None, [3.0], [4.0, 5.0]], pa.list_(pa.float32()))})
+    vecs, missing = activation_matrix(table)
+    assert vecs.tolist() == [[1.0, 2.0], [0.0, 0.0], [0.0, 0.0], [4.0, 5.0]]
+    assert missing.tolist() == [False, True, True, False]
+    with pytest.raises(NLAError, match="different lengths"):
+        vectors(table)

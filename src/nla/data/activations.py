@@ -37,6 +37,7 @@ from nla.common.paths import atomic_dir
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("av_sft", "ar_sft", "rl", "eval")
+VECTOR_COL = "activation_vector"
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.25, 0.25, 0.4, 0.1)
 
 SCHEMA = pa.schema(
@@ -113,15 +114,30 @@ def read_dataset_meta(data_dir: Path | str) -> dict[str, Any]:
 
 
 def vectors(table: pa.Table) -> torch.Tensor:  # -> (N, d) float32
-    """The ``activation_vector`` column as an (N, d) float32 tensor (raw, not normalised)."""
-    col = table.column("activation_vector").combine_chunks()
-    n = len(col)
-    if n == 0:
-        return torch.zeros(0, 0, dtype=torch.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if flat.size % n:
+    """The ``activation_vector`` column as an (N, d) float32 tensor (raw, not normalised); every row must
+    have the same length."""
+    vecs, missing = activation_matrix(table)
+    if bool(missing.any()):
         raise NLAError("activation_vector rows have different lengths")
-    return torch.from_numpy(flat.reshape(n, flat.size // n).copy())
+    return vecs
+
+
+def activation_matrix(table: pa.Table, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``activation_vector`` column as (N, d) float32 and a (N,) mask of rows that have no vector of
+    length d (null, or another length; those rows are zero). d is the most common length."""
+    col = table.column(VECTOR_COL).combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        raise NLAError(f"{where or 'data'}: column {VECTOR_COL} must be a list of floats, got {col.type}")
+    n = len(col)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    present = lengths[lengths > 0]
+    d = int(np.bincount(present).argmax()) if present.size else 0
+    ok = lengths == d if d else np.zeros(n, dtype=bool)
+    vecs = torch.zeros(n, d)
+    if ok.any():
+        flat = pc.list_flatten(col.filter(pa.array(ok))).to_numpy(zero_copy_only=False).astype(np.float32)
+        vecs[torch.from_numpy(ok)] = torch.from_numpy(flat.reshape(-1, d))
+    return vecs, torch.from_numpy(~ok)
 
 
 def assert_disjoint(data_dir: Path | str) -> dict[str, int]:
@@ -250,6 +266,69 @@ def write_dataset(
     return summary
 
 
+# ----------------------------------------------------------------------------- reading any activation data
+
+
+@dataclass
+class ParquetInput:
+    """Rows read by :func:`read_parquet`, with the files they came from and their dataset sidecar."""
+
+    table: pa.Table
+    files: list[Path]
+    sidecar: dict[str, Any]  # the first file's nla_dataset sidecar, else the dataset summary, else {}
+
+
+def read_parquet(
+    path: str | Path, *, split: str | None = None, columns: Sequence[str] | None = None, require: Sequence[str] = ()
+) -> ParquetInput:
+    """The one reader of activation/teacher parquet: an ``nla extract`` directory (its ``split``), a parquet
+    file, or a folder of parquet files (concatenated). Only ``columns`` are read (those present; all when
+    None); a missing ``require`` column, a missing/unreadable file or incompatible schemas are one
+    :class:`NLAError` each."""
+    p = Path(path)
+    if not p.exists():
+        raise NLAError(f"data file not found: {p}")
+    loose = sorted(p.glob("*.parquet")) if p.is_dir() else []
+    if p.is_dir() and split is not None and not loose:  # an `nla extract` directory
+        if split not in SPLITS:
+            raise NLAError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        files = sorted((p / split).glob("part-*.parquet"))
+        if not files:
+            raise NLAError(f"no {split} rows under {p}: expected {p / split}/part-*.parquet (run `nla extract` first)")
+    elif p.is_dir():
+        files = loose
+        if not files:
+            raise NLAError(f"{p} holds no .parquet files (nor is it an `nla extract` directory)")
+    else:
+        files = [p]
+    try:
+        names = pq.read_schema(files[0]).names
+    except (pa.ArrowInvalid, OSError) as e:
+        raise NLAError(f"{files[0]} is not a readable parquet file: {e}") from e
+    missing = [c for c in require if c not in names]
+    if missing:
+        raise NLAError(f"{files[0]} lacks column(s) {', '.join(missing)} (has: {', '.join(names)})")
+    cols = None if columns is None else [c for c in columns if c in names]
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, columns=cols))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise NLAError(f"{f} is not a readable parquet file: {e}") from e
+    try:
+        table = pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, TypeError) as e:
+        raise NLAError(f"the parquet files under {p} have incompatible schemas: {e}") from e
+    side = dataset_sidecar_path(files[0])
+    if side.exists():
+        sidecar = read_sidecar(side, kind="nla_dataset")
+    elif p.is_dir() and (p / MODEL_SIDECAR).exists():
+        sidecar = read_sidecar(p / MODEL_SIDECAR, kind="nla_dataset")
+    else:
+        sidecar = {}
+    return ParquetInput(table, files, sidecar)
+
+
 @dataclass
 class VectorSet:
     vectors: torch.Tensor  # (N, d) raw
@@ -259,26 +338,16 @@ class VectorSet:
 
 
 def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
-    """Activations from an ``nla extract`` directory (one split) or a parquet file / directory of parquet."""
-    p = Path(path)
-    if (p / MODEL_SIDECAR).exists() and (p / split).is_dir():
-        table = read_split(p, split)
-    elif p.is_dir():
-        files = sorted(p.glob("*.parquet"))
-        if not files:
-            raise NLAError(f"{p} is neither an `nla extract` directory with a {split} split nor a folder of parquet")
-        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    elif p.exists():
-        table = pq.read_table(p)
-    else:
-        raise NLAError(f"activation data not found: {p}")
-    if "activation_vector" not in table.column_names or table.num_rows == 0:
-        raise NLAError(f"{p} has no rows with an activation_vector column")
+    """Activations from an ``nla extract`` directory (one split) or a parquet file / directory of parquet;
+    rows with non-finite or zero vectors are skipped (and counted in a warning)."""
+    table = read_parquet(path, split=split).table
+    if VECTOR_COL not in table.column_names or table.num_rows == 0:
+        raise NLAError(f"{path} has no rows with an {VECTOR_COL} column")
     vecs = vectors(table)
     keep = torch.isfinite(vecs).all(-1) & (vecs.abs().sum(-1) > 0)
     rows = keep.nonzero().squeeze(-1).tolist()
     if len(rows) < vecs.shape[0]:
-        log.warning("%s: skipped %d rows with non-finite or zero vectors", p, vecs.shape[0] - len(rows))
+        log.warning("%s: skipped %d rows with non-finite or zero vectors", path, vecs.shape[0] - len(rows))
 
     def col(name: str) -> list[str] | None:
         if name not in table.column_names:
@@ -291,6 +360,10 @@ def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
 
 
 __all__ = [
+    "ParquetInput",
+    "VECTOR_COL",
+    "activation_matrix",
+    "read_parquet",
     "DEFAULT_FRACTIONS",
     "SCHEMA",
     "SPLITS",

@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 
 from nla.common.config import option
 from nla.common.errors import NLAError
-from nla.common.meta import MODEL_SIDECAR, SIDECAR_SUFFIX, dataset_sidecar_path, read_sidecar, write_sidecar
+from nla.common.meta import dataset_sidecar_path, write_sidecar
 from nla.common.paths import atomic_write_bytes, cache_dir
 from nla.core.text import wrap_explanation
-from nla.data.activations import read_split
+from nla.data.activations import ParquetInput, read_parquet
 from nla.teach.api import public_url
 from nla.teach.base import INSTRUCTION_VERSION, Teacher, TeacherOptions, parse_answer
 from nla.teach.registry import make_teacher
@@ -149,31 +149,15 @@ def default_cache() -> AnswerCache:
 # ----------------------------------------------------------------------------------- input
 
 
-def read_input(data: Path, split: str, limit: int = 0) -> pa.Table:
-    """The rows of ``<data>/<split>`` (first ``limit`` if > 0), via :mod:`nla.data.activations` when possible."""
-    if (data / MODEL_SIDECAR).exists():
-        table = read_split(data, split)
-    else:
-        files = sorted((data / split).glob("part-*.parquet"))
-        if not files:
-            raise NLAError(
-                f"no {split} rows under {data}: expected {data / split}/part-*.parquet (run `nla extract` first)"
-            )
-        table = pa.concat_tables([pq.read_table(f) for f in files])
-    if CONTEXT_COLUMN not in table.column_names:
-        raise NLAError(f"{data}/{split} has no {CONTEXT_COLUMN} column: the teacher needs the context text")
-    return table.slice(0, limit) if limit > 0 else table
-
-
-def input_sidecar(data: Path, split: str) -> dict[str, Any]:
-    """The first shard sidecar of the split (the official per-file contract), else the dataset summary."""
-    shards = sorted((data / split).glob(f"part-*.parquet{SIDECAR_SUFFIX}"))
-    if shards:
-        return read_sidecar(shards[0], kind="nla_dataset")
-    if (data / MODEL_SIDECAR).exists():
-        return read_sidecar(data / MODEL_SIDECAR, kind="nla_dataset")
-    log.warning("no nla_meta.yaml sidecar found for %s/%s; the output sidecar will lack extraction facts", data, split)
-    return {}
+def read_input(data: Path, split: str, limit: int = 0) -> ParquetInput:
+    """The rows of ``<data>/<split>`` (first ``limit`` if > 0) and their sidecar (the first shard's, the
+    official per-file contract, else the dataset summary)."""
+    inp = read_parquet(data, split=split, require=[CONTEXT_COLUMN])
+    if not inp.sidecar:
+        log.warning(
+            "no nla_meta.yaml sidecar found for %s/%s; the output sidecar will lack extraction facts", data, split
+        )
+    return ParquetInput(inp.table.slice(0, limit) if limit > 0 else inp.table, inp.files, inp.sidecar)
 
 
 # ----------------------------------------------------------------------------------- work dir
@@ -200,7 +184,7 @@ def open_work(work: Path, manifest: dict[str, Any]) -> dict[int, pa.Table]:
     else:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(mpath, json.dumps(manifest, indent=1).encode("utf-8"))
-    return {int(p.stem.split("-")[1]): pq.read_table(p) for p in sorted(work.glob("chunk-*.parquet"))}
+    return {int(p.stem.split("-")[1]): read_parquet(p).table for p in sorted(work.glob("chunk-*.parquet"))}
 
 
 def write_table(table: pa.Table, path: Path) -> None:
@@ -278,8 +262,8 @@ def teach(cfg: TeachConfig, teacher: Teacher | None = None, *, cache: AnswerCach
     data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
         raise NLAError(f"--data {data} is not a directory")
-    table = read_input(data, cfg.split, cfg.limit)
-    meta_in = input_sidecar(data, cfg.split)
+    inp = read_input(data, cfg.split, cfg.limit)
+    table, meta_in = inp.table, inp.sidecar
     if teacher is None:
         base_model = (meta_in.get("extraction") or {}).get("base_model")
         teacher = make_teacher(cfg.teacher, cfg.teacher_options(base_model))
@@ -359,7 +343,6 @@ __all__ = [
     "TeachConfig",
     "TeachResult",
     "default_cache",
-    "input_sidecar",
     "open_work",
     "read_input",
     "teach",

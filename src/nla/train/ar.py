@@ -30,7 +30,7 @@ from nla.common.errors import NLAError
 from nla.common.paths import atomic_write_text
 from nla.core import metrics
 from nla.core.modules import find_decoder_layers
-from nla.data.activations import load_vectors
+from nla.data.activations import VECTOR_COL, activation_matrix, load_vectors, read_parquet
 from nla.evaluate.roundtrip import Baseline, evaluate_ar, format_eval
 from nla.models.ar import ActivationReconstructor
 from nla.models.target import load_target
@@ -38,7 +38,7 @@ from nla.train.loop import TrainConfig, TrainResult, fit
 
 log = logging.getLogger(__name__)
 
-VECTOR_COL, TEXT_COL, DOC_COL = "activation_vector", "explanation", "doc_id"
+TEXT_COL, DOC_COL = "explanation", "doc_id"
 
 
 @dataclass
@@ -93,52 +93,25 @@ class ARData:
 
 def load_ar_data(path: str | Path, *, d_model: int | None = None) -> ARData:
     """Read a teacher parquet; drop (and count) rows with non-finite/zero vectors or empty explanations."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
-    if not path.exists():
-        raise NLAError(f"data file not found: {path}")
-    sidecar_path = meta.dataset_sidecar_path(path)
-    sidecar = meta.read_sidecar(sidecar_path, kind="nla_dataset") if sidecar_path.exists() else {}
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise NLAError(f"{path} is not a readable parquet file: {e}") from e
-    missing = [c for c in (VECTOR_COL, TEXT_COL) if c not in schema.names]
-    if missing:
-        raise NLAError(f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(schema.names)})")
-    cols = [VECTOR_COL, TEXT_COL] + ([DOC_COL] if DOC_COL in schema.names else [])
-    table = pq.read_table(path, columns=cols)
+    data = read_parquet(path, columns=[VECTOR_COL, TEXT_COL, DOC_COL], require=[VECTOR_COL, TEXT_COL])
+    table, sidecar = data.table, data.sidecar
     if table.num_rows == 0:
         raise NLAError(f"{path} has no rows")
-    vec_col = table.column(VECTOR_COL).combine_chunks()
-    if (
-        not pa.types.is_list(vec_col.type)
-        and not pa.types.is_large_list(vec_col.type)
-        and not pa.types.is_fixed_size_list(vec_col.type)
-    ):
-        raise NLAError(f"{path}: column {VECTOR_COL} must be a list of floats, got {vec_col.type}")
-    lengths = set(vec_col.value_lengths().to_pylist()) - {None}
-    if len(lengths) > 1:
+    vectors, no_vector = activation_matrix(table, str(path))
+    nulls = torch.from_numpy(table.column(VECTOR_COL).is_null().to_numpy(zero_copy_only=False))
+    if bool((no_vector & ~nulls).any()):
+        lengths = {len(v) for v in table.column(VECTOR_COL).to_pylist() if v is not None}
         raise NLAError(f"{path}: activation vectors have different lengths {sorted(lengths)}")
-    d = lengths.pop() if lengths else int(sidecar.get("d_model") or 0)
+    d = vectors.shape[1] or int(sidecar.get("d_model") or 0)
     if d_model is not None and d != d_model:
         raise NLAError(f"{path}: vectors have d={d} but the model has d_model={d_model}")
     if sidecar.get("d_model") is not None and int(sidecar["d_model"]) != d:
         raise NLAError(f"{path}: sidecar says d_model={sidecar['d_model']} but the vectors have d={d}")
-    nulls = vec_col.is_null().to_numpy(zero_copy_only=False)
-    if nulls.any():
-        rows = [v if v is not None else [0.0] * d for v in vec_col.to_pylist()]
-        vectors = torch.tensor(rows, dtype=torch.float32).reshape(-1, d)
-    else:
-        vectors = torch.from_numpy(vec_col.flatten().to_numpy(zero_copy_only=False).astype("float32").reshape(-1, d))
     texts = [t if isinstance(t, str) else "" for t in table.column(TEXT_COL).to_pylist()]
-    finite = torch.isfinite(vectors).all(-1)
-    zero = vectors.abs().sum(-1) == 0
+    bad_vec = ~torch.isfinite(vectors).all(-1) | nulls
+    zero = (vectors.abs().sum(-1) == 0) & ~bad_vec
     empty = torch.tensor([not t.strip() for t in texts], dtype=torch.bool)
-    bad_vec = ~finite | torch.from_numpy(nulls)
-    zero = zero & ~bad_vec
     keep = ~(bad_vec | zero | empty)
     skipped = {
         "nonfinite_vector": int(bad_vec.sum()),

@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from nla.common.config import option
 from nla.common.errors import NLAError
-from nla.common.meta import dataset_sidecar_path, read_sidecar
 from nla.core.metrics import mean_baseline, shuffled
 from nla.core.text import wrap_explanation
+from nla.data.activations import VECTOR_COL, activation_matrix, read_parquet
 from nla.models.av import (
     DEFAULT_AV_TEMPLATE,
     ActivationVerbalizer,
@@ -89,60 +86,34 @@ class AVData:
     skipped: dict[str, int]
 
 
-def _parquet_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(path.glob("*.parquet"))
-        if not files:
-            raise NLAError(f"{path} holds no .parquet files")
-        return files
-    if not path.exists():
-        raise NLAError(f"data file not found: {path}")
-    return [path]
-
-
 def load_av_data(path: str | Path) -> AVData:
     """Read teacher parquet; rows with NaN/inf/zero vectors or empty responses are counted and skipped."""
-    files = _parquet_files(Path(path))
-    tables = []
-    for f in files:
-        try:
-            tables.append(pq.read_table(f))
-        except (OSError, pa.ArrowInvalid) as e:
-            raise NLAError(f"cannot read parquet {f}: {e}") from e
-    cols = set(tables[0].column_names)
-    missing = [c for c in ("activation_vector",) if c not in cols]
+    data = read_parquet(path, require=[VECTOR_COL])
+    table, meta = data.table, data.sidecar
+    cols = set(table.column_names)
     if "response" not in cols and "explanation" not in cols:
-        missing.append("response (or explanation)")
-    if missing:
-        raise NLAError(f"{files[0]} lacks the column(s) {', '.join(missing)}; found {', '.join(sorted(cols))}")
-    try:
-        table = pa.concat_tables(tables, promote_options="default")
-    except (pa.ArrowInvalid, TypeError) as e:
-        raise NLAError(f"the parquet files under {path} have incompatible schemas: {e}") from e
-    sidecar = dataset_sidecar_path(files[0])
-    meta = read_sidecar(sidecar, kind="nla_dataset") if sidecar.exists() else {}
+        raise NLAError(
+            f"{data.files[0]} lacks the column(s) response (or explanation); found {', '.join(sorted(cols))}"
+        )
     n = table.num_rows
-    col = table.column("activation_vector").combine_chunks()
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-    good_len = lengths[lengths > 0]
-    if good_len.size == 0:
+    vecs, no_vector = activation_matrix(table, str(path))
+    d = vecs.shape[1]
+    if d == 0:
         raise NLAError(f"{path}: no row has an activation vector")
-    d = int(np.bincount(good_len).argmax())
     if "d_model" in meta and int(meta["d_model"]) != d:
         raise NLAError(f"{path}: vectors have {d} dimensions but the sidecar says d_model {meta['d_model']}")
     resp_col = "response" if "response" in cols else "explanation"
-    raw_resp = table.column(resp_col).to_pylist()
-    responses = [(r or "").strip() for r in raw_resp]
+    responses = [(r or "").strip() for r in table.column(resp_col).to_pylist()]
     if resp_col == "explanation":
         responses = [wrap_explanation(r) if r else "" for r in responses]
-    doc_ids = [str(x) for x in table.column("doc_id").to_pylist()] if "doc_id" in cols else [str(i) for i in range(n)]
-    vecs = torch.zeros(n, d)
-    ok_len = lengths == d
-    skipped = {"wrong_length": int((~ok_len).sum())}
-    if ok_len.any():
-        flat = pc.list_flatten(col.filter(pa.array(ok_len))).to_numpy(zero_copy_only=False).astype(np.float32)
-        vecs[torch.from_numpy(ok_len)] = torch.from_numpy(flat.reshape(-1, d))
-    finite = torch.isfinite(vecs).all(-1) & torch.from_numpy(ok_len)
+    # without a doc_id column every row is its own document, named by file so two files never share one
+    rows = range(n)
+    doc_ids = (
+        [str(x) for x in table.column("doc_id").to_pylist()] if "doc_id" in cols else [f"{path}#{i}" for i in rows]
+    )
+    ok_len = ~no_vector
+    skipped = {"wrong_length": int(no_vector.sum())}
+    finite = torch.isfinite(vecs).all(-1) & ok_len
     nonzero = vecs.abs().sum(-1) > 0
     # rows an AV wrote (``nla verbalize``) without finishing are not training targets
     finished = [True] * n
@@ -151,7 +122,7 @@ def load_av_data(path: str | Path) -> AVData:
             finished = [f and v is not bad for f, v in zip(finished, table.column(flag).to_pylist(), strict=True)]
     has_resp = torch.tensor([bool(r) for r in responses])
     unfinished = torch.tensor([not f for f in finished], dtype=torch.bool)
-    skipped["non_finite"] = int((torch.from_numpy(ok_len) & ~torch.isfinite(vecs).all(-1)).sum())
+    skipped["non_finite"] = int((ok_len & ~torch.isfinite(vecs).all(-1)).sum())
     skipped["zero_vector"] = int((finite & ~nonzero).sum())
     skipped["empty_response"] = int((finite & nonzero & ~has_resp).sum())
     skipped["unfinished_response"] = int((finite & nonzero & has_resp & unfinished).sum())
@@ -237,7 +208,7 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
     if cfg.eval_data:
         train, held = data, load_av_data(cfg.eval_data)
         overlap = set(train.doc_ids) & set(held.doc_ids)
-        if overlap and "doc_id" in pq.read_schema(_parquet_files(Path(cfg.eval_data))[0]).names:
+        if overlap:
             raise NLAError(
                 f"eval data shares {len(overlap)} documents with the training data (e.g. {sorted(overlap)[0]}); "
                 "split by document"
