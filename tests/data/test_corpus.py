@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import nla.data.corpus_default as cd
+import nla.data.prose as prose
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.data.corpus import corpus_stats, load_corpus
@@ -149,12 +150,12 @@ def test_clean_paragraphs_and_chunks() -> None:
         "lovely library.\n\n```python\nx = compute(1, 2)\n```\n\n    def f(x): return {x: [1, 2]}\n\n"
         ">>> f(1)\n\nUse :func:`os.path.join` to build a path from several parts safely."
     )
-    assert cd.clean_paragraphs(raw) == [
+    assert prose.clean_paragraphs(raw) == [
         "See the docs and for more details about this lovely library.",
         "Use os.path.join to build a path from several parts safely.",
     ]
     paras = [" ".join(["word"] * n) + "." for n in (30, 60, 90)] + [" ".join(["a b c d e f g h i j."] * 50)]
-    chunks = cd.chunk_passages(paras)
+    chunks = prose.chunk_passages(paras)
     sizes = [len(c.split()) for c in chunks]
     assert chunks and all(100 <= s <= 400 for s in sizes), sizes
     assert sum(sizes) == 680  # the 500-word paragraph was split at sentence ends, not dropped

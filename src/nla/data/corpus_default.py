@@ -20,19 +20,13 @@ limit=N)`` (:func:`default_corpus_documents`) generates only the chunks the firs
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import email.parser
 import functools
-import hashlib
-import importlib.metadata
 import itertools
 import json
 import logging
-import os
 import re
 import shutil
-import sysconfig
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -46,13 +40,13 @@ from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.paths import atomic_write_text, cache_dir
 from nla.data.documents import Document, document_from_record, write_jsonl
+from nla.data.prose import digest, web_passages
 from nla.models.target import DEFAULT_TARGET, Target, load_target
 from nla.resources import resource
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-WEB_SOURCES = ("stdlib-topics", "stdlib-docs", "pkg-readme", "license")
 
 
 @dataclass
@@ -69,10 +63,6 @@ class DefaultCorpusConfig:
     multi_turn: float = option(0.15, "Share of chats that get a follow-up question and a second answer.")
     generated_web: float = option(0.05, "Share of web documents written by the model (articles, stories).")
     repetition_penalty: float = option(1.1, "Greedy-decoding repetition penalty (1.0 = off).")
-
-
-def _h(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -116,7 +106,7 @@ def chat_prompts(n: int) -> list[tuple[str, str]]:
         templated.setdefault(t["category"], []).extend(_expand(t))
     groups = []
     for c in sorted(set(by_cat) | set(templated)):
-        extra = sorted(templated.get(c, []), key=_h)  # hash order: varied, stable
+        extra = sorted(templated.get(c, []), key=digest)  # hash order: varied, stable
         groups.append([(c, p) for p in by_cat.get(c, []) + extra])
     out, seen = [], set()
     for c, p in _round_robin(groups):
@@ -129,7 +119,7 @@ def chat_prompts(n: int) -> list[tuple[str, str]]:
 
 
 def article_prompts(n: int) -> list[str]:
-    groups = [sorted(_expand(t), key=_h) for t in _templates()["articles"]]
+    groups = [sorted(_expand(t), key=digest) for t in _templates()["articles"]]
     out = list(itertools.islice(_round_robin(groups), n))
     if len(out) < n:
         raise NLAError(f"only {len(out)} article prompts exist; lower --generated-web")
@@ -203,7 +193,7 @@ def _chat_chunk(
     }
     convs = [[{"role": "user", "content": p}] for _, _, p in jobs]
     first = generate_answers(target, convs, **gen)
-    multi = [k for k, (i, _, _) in enumerate(jobs) if int(_h(f"multi-turn-{i}"), 16) % 1000 < cfg.multi_turn * 1000]
+    multi = [k for k, (i, _, _) in enumerate(jobs) if int(digest(f"multi-turn-{i}"), 16) % 1000 < cfg.multi_turn * 1000]
     for k in multi:
         convs[k] += [
             {"role": "assistant", "content": first[k][0]},
@@ -242,7 +232,7 @@ def _article_chunk(target: Target, jobs: list[tuple[int, str]], cfg: DefaultCorp
 def _settings(cfg: DefaultCorpusConfig, model_name: str) -> dict[str, Any]:
     s = {k: v for k, v in asdict(cfg).items() if k not in ("out", "model")}
     data = _data_text("chat_prompts.txt") + _data_text("prompt_templates.yaml")
-    return {"format": FORMAT_VERSION, "model": model_name, **s, "data_sha1": _h(data)[:12]}
+    return {"format": FORMAT_VERSION, "model": model_name, **s, "data_sha1": digest(data)[:12]}
 
 
 def _read_chunk(path: Path, limit: int | None = None) -> list[Document]:
@@ -345,7 +335,7 @@ def _produce(
     if not (0 <= cfg.multi_turn <= 1 and 0 <= cfg.generated_web <= 1):
         raise NLAError("multi_turn and generated_web are shares between 0 and 1")
     settings = _settings(cfg, target.name if target is not None else cfg.model)
-    key = _h(json.dumps(settings, sort_keys=True))[:12]
+    key = digest(json.dumps(settings, sort_keys=True))[:12]
     out = _out_path(cfg, settings, key)
     info_path = Path(str(out) + ".info.json")
 
@@ -407,167 +397,3 @@ def _produce(
             shutil.rmtree(parts, ignore_errors=True)
             log.info("default corpus: %d documents in %s (%.0f s)", len(docs), out, seconds)
     return out, docs
-
-
-# ----------------------------------------------------------------------------- web prose
-_WORDLIKE = re.compile(r"^[(\"'“‘\[]*[A-Za-z][A-Za-z'’-]*[)\"'”’\].,;:!?]*$")
-_INLINE = [
-    (re.compile(r"!\[[^\]]*\]\([^)]*\)"), ""),  # markdown image
-    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # markdown link
-    (re.compile(r"`([^`<]+?)\s*<[^>]+>`_+"), r"\1"),  # rst link
-    (re.compile(r":[\w:.-]+:`~?([^`]+)`"), r"\1"),  # rst role
-    (re.compile(r"<[^>\n]{1,200}>"), ""),  # html tag
-    (re.compile(r"`+|\*\*|(?<!\w)_{1,2}(?=\w)|(?<=\w)_{1,2}(?!\w)"), ""),  # code and emphasis marks
-    (re.compile(r"\s+"), " "),
-]
-
-
-def clean_paragraphs(raw: str) -> list[str]:
-    """Prose paragraphs of a markdown/reST/plain text: code, tables, directives and markup removed."""
-    raw = re.sub(r"```.*?```|~~~.*?~~~|<!--.*?-->", "\n", raw.replace("\r\n", "\n"), flags=re.S)
-    out = []
-    for block in re.split(r"\n[ \t]*\n", raw):
-        lines = [ln for ln in block.splitlines() if ln.strip() and not re.fullmatch(r"\s*([=\-~^*#+])\1{2,}\s*", ln)]
-        if not lines or any(ln.lstrip().startswith((">>>", "$ ", "|", ".. ", "..\t")) for ln in lines):
-            continue
-        lines = [re.sub(r"^\s*(#{1,6}\s+|[-*+•]\s+|\d+[.)]\s+)", "", ln) for ln in lines]
-        text = " ".join(ln.strip() for ln in lines)
-        for pattern, repl in _INLINE:
-            text = pattern.sub(repl, text)
-        text = text.strip()
-        words = text.split()
-        if len(words) >= 8 and sum(1 for w in words if _WORDLIKE.match(w)) >= 0.75 * len(words):
-            out.append(text)
-    return out
-
-
-def chunk_passages(paragraphs: list[str], *, lo: int = 100, hi: int = 400, target: int = 250) -> list[str]:
-    """Group paragraphs into passages of lo..hi words (aiming at ``target``); long paragraphs are split
-    at sentence ends."""
-    pieces: list[str] = []
-    for p in paragraphs:
-        if len(p.split()) <= hi:
-            pieces.append(p)
-            continue
-        cur: list[str] = []
-        for sent in re.split(r"(?<=[.!?])\s+", p):
-            if cur and len(" ".join(cur + [sent]).split()) > hi:
-                pieces.append(" ".join(cur))
-                cur = []
-            cur.append(" ".join(sent.split()[:hi]))
-        pieces.append(" ".join(cur))
-    out, cur, n = [], [], 0
-    for p in pieces:
-        w = len(p.split())
-        if cur and n + w > hi:
-            if n >= lo:
-                out.append("\n\n".join(cur))
-            cur, n = [], 0
-        cur.append(p)
-        n += w
-        if n >= target:
-            out.append("\n\n".join(cur))
-            cur, n = [], 0
-    if n >= lo:
-        out.append("\n\n".join(cur))
-    return out
-
-
-def _stdlib_topics() -> Iterator[tuple[str, str]]:
-    from pydoc_data.topics import topics
-
-    for name in sorted(topics, key=_h):
-        yield f"pydoc topic {name}", topics[name]
-
-
-def _stdlib_docs() -> Iterator[tuple[str, str]]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "ensurepip"}
-    files = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in skip]
-        files += [Path(folder) / n for n in names if n.endswith(".py")]
-    for p in sorted(files, key=lambda p: _h(p.relative_to(root).as_posix())):
-        try:
-            tree = ast.parse(p.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        nodes = [tree] + [
-            n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        ]
-        docs = [d for d in (ast.get_docstring(n) for n in nodes) if d and len(d.split()) >= 20]
-        if docs:
-            yield f"stdlib {p.relative_to(root).as_posix()}", "\n\n".join(docs)
-
-
-def _distributions() -> list[importlib.metadata.Distribution]:
-    by_name: dict[str, importlib.metadata.Distribution] = {}
-    for d in importlib.metadata.distributions():
-        name = (d.metadata["Name"] or "").lower()
-        if name and name != "nla" and name not in by_name:
-            by_name[name] = d
-    return [by_name[n] for n in sorted(by_name, key=_h)]
-
-
-def _pkg_readmes() -> Iterator[tuple[str, str]]:
-    for d in _distributions():
-        raw = d.read_text("METADATA") or ""
-        msg = email.parser.Parser().parsestr(raw)
-        body = msg.get_payload() if isinstance(msg.get_payload(), str) else ""
-        body = body or msg.get("Description", "")
-        if body.strip():
-            yield f"package {d.metadata['Name']}", body
-
-
-def _licenses() -> Iterator[tuple[str, str]]:
-    for d in _distributions():
-        for f in sorted(d.files or [], key=str):
-            if re.search(r"(LICEN[CS]E|COPYING|NOTICE)[^/]*$", str(f), re.I) and not str(f).endswith((".py", ".pyc")):
-                try:
-                    text = Path(str(d.locate_file(f))).read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError):
-                    continue
-                yield f"license {d.metadata['Name']}/{f.name}", text
-
-
-def _source_passages(name: str, items: Iterator[tuple[str, str]]) -> Iterator[Document]:
-    seen: set[str] = set()  # paragraphs repeat across docstrings and license files: keep the first
-    for origin, raw in items:
-        fresh = [p for p in clean_paragraphs(raw) if not (p in seen or seen.add(p))]
-        for text in chunk_passages(fresh):
-            yield Document(
-                doc_id=f"web-{name}-{_h(text)[:10]}", text=text, source=f"default/web/{name}", meta={"origin": origin}
-            )
-
-
-def web_passages(n: int) -> list[Document]:
-    """``n`` distinct prose passages from installed software, round-robin across :data:`WEB_SOURCES`."""
-    return list(_web_passages(n)) if n > 0 else []
-
-
-@functools.lru_cache(maxsize=4)
-def _web_passages(n: int) -> tuple[Document, ...]:
-    makers = {
-        "stdlib-topics": _stdlib_topics,
-        "stdlib-docs": _stdlib_docs,
-        "pkg-readme": _pkg_readmes,
-        "license": _licenses,
-    }
-    sources = [_source_passages(name, makers[name]()) for name in WEB_SOURCES]
-    out: list[Document] = []
-    seen: set[str] = set()
-    while sources and len(out) < n:
-        for src in list(sources):
-            doc = next((d for d in src if _h(d.text or "") not in seen), None)
-            if doc is None:
-                sources.remove(src)
-                continue
-            seen.add(_h(doc.text or ""))
-            out.append(doc)
-            if len(out) == n:
-                break
-    if len(out) < n:
-        raise NLAError(
-            f"only {len(out)} prose passages are available offline here; lower --n-web or raise --generated-web"
-        )
-    return tuple(out)
