@@ -22,7 +22,8 @@ import torch
 
 from nla.data.activations import SPLITS, read_split, vectors
 from nla.data.documents import Document
-from nla.data.extract import ExtractConfig, choose_positions, encode_document, extract
+from nla.data.extract import ExtractConfig, extract
+from nla.data.positions import choose_positions, encode_document
 from nla.models.target import load_target
 
 _TOPICS = [

@@ -17,14 +17,8 @@ from nla.cli import main
 from nla.common.errors import NLAError
 from nla.data.activations import SPLITS, assert_disjoint, read_dataset_meta, read_split, split_of, vectors
 from nla.data.documents import Document
-from nla.data.extract import (
-    ExtractConfig,
-    choose_positions,
-    encode_document,
-    extract,
-    plan_batches,
-    work_dir_for,
-)
+from nla.data.extract import ExtractConfig, extract, work_dir_for
+from nla.data.positions import choose_positions, encode_document, plan_batches
 
 from helpers import save_tiny_target
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from collections.abc import Sequence
@@ -49,12 +48,12 @@ from nla.data.activations import (
     chunk_stats,
     read_dataset_meta,
     split_of,
-    stable_uniform,
     write_dataset,
 )
 from nla.data.corpus import load_corpus
 from nla.data.documents import Document
-from nla.models.target import DEFAULT_TARGET, Target, token_ids
+from nla.data.positions import Encoded, choose_positions, encode_document, plan_batches
+from nla.models.target import DEFAULT_TARGET, Target
 
 log = logging.getLogger(__name__)
 
@@ -111,80 +110,6 @@ class ExtractResult:
     tokens: int  # tokens forwarded by THIS run on this rank (0 when everything was already done)
     seconds: float  # wall time of this call
     tokens_per_s: float  # tokens / forward time of this run
-
-
-@dataclass
-class Encoded:
-    doc_id: str
-    ids: list[int]  # token ids, capped at max_tokens
-    start: int  # first eligible position
-
-
-# ----------------------------------------------------------------------------------------- tokenisation
-
-
-def _chat_prefix_len(tokenizer: Any, messages: list[dict[str, str]], ids: list[int]) -> int | None:
-    """Tokens before the content of the first non-system message (system prompt + turn header)."""
-    k = next((i for i, m in enumerate(messages) if m.get("role") != "system"), None)
-    if k is None:
-        return None
-    probe = messages[:k] + [{"role": messages[k]["role"], "content": ""}]
-    probe_ids = token_ids(tokenizer.apply_chat_template(probe, tokenize=True))
-    n = 0
-    for a, b in zip(ids, probe_ids, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n
-
-
-def encode_document(tokenizer: Any, doc: Document, max_tokens: int, skip: int) -> Encoded:
-    """Token ids of ``doc`` (one tokenisation step, capped) and its first eligible position."""
-    try:
-        return _encode(tokenizer, doc, max_tokens, skip)
-    except (TypeError, ValueError, KeyError, UnicodeError) as e:
-        raise NLAError(f"cannot tokenise document {doc.doc_id!r}: {type(e).__name__}: {e}") from e
-
-
-def _encode(tokenizer: Any, doc: Document, max_tokens: int, skip: int) -> Encoded:
-    if doc.messages is not None:
-        messages = [dict(m) for m in doc.messages]
-        if not getattr(tokenizer, "chat_template", None):
-            raise NLAError(f"document {doc.doc_id!r} is a chat but the tokenizer has no chat template")
-        ids = token_ids(tokenizer.apply_chat_template(messages, tokenize=True))
-        prefix = _chat_prefix_len(tokenizer, messages, ids)
-        start = skip if prefix is None else min(skip, prefix)
-    else:
-        ids = token_ids(tokenizer(doc.text or ""))
-        start = skip
-    return Encoded(doc.doc_id, ids[:max_tokens], start)
-
-
-def choose_positions(doc_id: str, n_tokens: int, start: int, n: int, seed: int) -> list[int]:
-    """Up to ``n`` distinct sorted positions in ``[start, n_tokens)`` from an RNG seeded by (seed, doc_id)."""
-    if n_tokens <= start:
-        return []
-    rng = random.Random(int(stable_uniform("positions", seed, doc_id) * 2**53))
-    return sorted(rng.sample(range(start, n_tokens), min(n, n_tokens - start)))
-
-
-def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped into length-bucketed batches whose padded size stays within ``batch_tokens``."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        longest = lengths[cur[0]] if cur else lengths[i]  # sorted descending: the first is the longest
-        if cur and longest * (len(cur) + 1) > batch_tokens:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-# ----------------------------------------------------------------------------------------- one chunk
 
 
 @torch.inference_mode()
