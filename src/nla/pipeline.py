@@ -64,19 +64,19 @@ DONE = "DONE"
 TEACH_SPLITS = ("ar_sft", "av_sft", "eval")
 
 
-PATH = "the pipeline fills in the paths that connect the stages"
-SIDECAR = "the trainers read it from the data's sidecar: set the top-level layer"
+_PATH = "the pipeline fills in the paths that connect the stages"
+_SIDECAR = "the trainers read it from the data's sidecar: set the top-level layer"
 
 
 def _managed(paths: str, shared: str = "", **other: str) -> dict[str, str]:
     """The fields of a stage config the pipeline fills in, with the reason a user may not set them."""
-    out = dict.fromkeys(paths.split(), PATH)
+    out = dict.fromkeys(paths.split(), _PATH)
     out.update({name: f"it is the top-level option {name}" for name in shared.split()})
     return {**out, **other}
 
 
 def _trainer(paths: str) -> dict[str, str]:
-    return _managed(paths, "model seed bf16 save_every", layer=SIDECAR)
+    return _managed(paths, "model seed bf16 save_every", layer=_SIDECAR)
 
 
 @dataclass
