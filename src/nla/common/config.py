@@ -59,9 +59,9 @@ def section(cls: type, help: str, *, managed: Mapping[str, str] | None = None, *
     """
     managed = dict(managed or {})
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    bad = sorted((set(managed) | set(defaults)) - names)
-    if bad or set(managed) & set(defaults):
-        raise TypeError(f"section {cls.__name__}: unknown or managed default(s) {bad or sorted(managed)}")
+    bad = sorted((set(managed) | set(defaults)) - names) or sorted(set(managed) & set(defaults))
+    if bad:
+        raise TypeError(f"section {cls.__name__}: {bad} are not fields, or are managed and have a default")
     cls(**defaults)  # fail at declaration, not at first use
     meta = {"help": help, "section": cls, "managed": managed}
     return dataclasses.field(default_factory=lambda: cls(**copy.deepcopy(defaults)), metadata=meta)
@@ -124,8 +124,8 @@ def _add_fields(
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if prefix:
-            kwargs["metavar"] = f.name.upper()
+        if prefix and not f.metadata.get("choices"):
+            kwargs["metavar"] = f.name.upper()  # not the whole dotted dest
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         if scalar is bool:
