@@ -18,9 +18,14 @@ Stages, each writing into ``<run_dir>/<stage>/`` and finishing with a ``<run_dir
 
 Re-running the same command skips stages with a DONE marker and resumes the interrupted one (every stage
 resumes internally). ``--stop-after STAGE`` stops after a stage; ``--from STAGE`` clears STAGE and every
-later stage and redoes them (earlier stages must be done). Options come from a preset (``--preset
-cpu-smollm2`` or ``gpu``, or a YAML path), then ``--config``, then flags; ``<stage>_options`` mappings pass
-any other option straight to a stage's own config.
+later stage and redoes them (earlier stages must be done).
+
+:class:`PipelineConfig` holds a few shared options (``run_dir model layer seed bf16 save_every
+held_out_rows``) and each stage's own config as a section (``extract teach ar_sft av_sft rl export refit
+eval``; ``refit`` has ``verbalize distill ar``): YAML ``rl: {kl_coef: 0.02}``, flag ``--rl.kl-coef 0.02``.
+The pipeline fills in each section's paths and shared options itself (setting one is an error). Options come
+from a preset (``--preset cpu-smollm2`` or ``gpu``, or a YAML path), then ``--config``, then flags, merged
+key by key. See docs/pipeline.md.
 
 >>> run_pipeline(load_pipeline_config("cpu-smollm2", run_dir="runs/nla"))     # doctest: +SKIP
 """
@@ -39,12 +44,12 @@ from typing import Any
 
 import yaml
 
-from nla.common.config import config_to_dict, load_yaml, make_config, option
+from nla.common.config import config_to_dict, fill_section, load_yaml, make_config, merge, nest, option, section
 from nla.common.errors import NLAError
 from nla.common.paths import atomic_dir, atomic_write_text, dir_size_mib
 from nla.data.extract import ExtractConfig, extract
 from nla.evaluate.card import EvalConfig, evaluation_card, format_card
-from nla.export import cast_adapter, drop_tokenizer_files, export_nla
+from nla.export import ExportConfig, cast_adapter, drop_tokenizer_files, export_nla
 from nla.resources import resource
 from nla.teach.run import TeachConfig, teach
 from nla.train.ar import ARTrainConfig, train_ar
@@ -59,73 +64,91 @@ DONE = "DONE"
 TEACH_SPLITS = ("ar_sft", "av_sft", "eval")
 
 
+_PATH = "the pipeline fills in the paths that connect the stages"
+_SIDECAR = "the trainers read it from the data's sidecar: set the top-level layer"
+
+
+def _managed(paths: str, shared: str = "", **other: str) -> dict[str, str]:
+    """The fields of a stage config the pipeline fills in, with the reason a user may not set them."""
+    out = dict.fromkeys(paths.split(), _PATH)
+    out.update({name: f"it is the top-level option {name}" for name in shared.split()})
+    return {**out, **other}
+
+
+def _trainer(paths: str) -> dict[str, str]:
+    return _managed(paths, "model seed bf16 save_every", layer=_SIDECAR)
+
+
+@dataclass
+class RefitConfig:
+    """The refit stage: the RL AV explains ar_sft rows (``verbalize``); the exported LoRA AV is distilled on
+    those explanations (``distill``) and the exported AR refit on them (``ar``)."""
+
+    rows: int = option(1024, "ar_sft rows the RL AV explains for the refit (0 = no refit: the plain export ships).")
+    distill_av: bool = option(True, "Distill the RL AV's explanations into the exported LoRA AV (refit.distill).")
+    refit_ar: bool = option(True, "Refit the exported AR on the RL AV's explanations (refit.ar).")
+    verbalize: VerbalizeConfig = section(
+        VerbalizeConfig, "The RL AV explains refit.rows ar_sft rows (nla verbalize).",
+        managed=_managed("av data split out", "seed", limit="it is refit.rows",
+                         device="the pipeline uses cuda when available, else cpu"),
+    )  # fmt: skip
+    distill: AVTrainConfig = section(
+        AVTrainConfig, "The exported LoRA AV trained on those explanations (nla train av).",
+        managed=_trainer("out_dir data init"),
+        max_steps=100, batch_size=8, lr=1e-4, max_response_tokens=150, samples=0, eval_every=0,
+    )  # fmt: skip
+    ar: ARTrainConfig = section(
+        ARTrainConfig, "The exported AR refit on those explanations (nla train ar).",
+        managed=_trainer("out_dir data init eval_data"),
+        max_steps=150, batch_size=16, lr=1e-4, save_adapter_only=True, eval_every=0,
+    )  # fmt: skip
+
+
 @dataclass
 class PipelineConfig:
-    """Options of ``nla train pipeline`` (every stage's main knobs; ``*_options`` for the rest)."""
+    """Options of ``nla train pipeline``: a few shared ones, then each stage's own config as a section."""
 
     run_dir: str = option("runs/pipeline", "Run directory: one sub-directory per stage.")
     model: str = option("smollm2-135m", "Target model: embedded name, HF id or local HF directory.")
     layer: int | None = option(None, "Layer L; default round(2/3 n_layers).")
-    corpus: str = option("default", "Corpus spec for extract ('default', a JSONL/parquet/txt path, hf:NAME).")
-    limit_docs: int | None = option(None, "Use only the first N documents of the corpus.")
-    positions_per_doc: int = option(8, "Activation positions per document.")
-    skip: int = option(50, "Skip the first tokens of each document.")
-    max_tokens: int = option(512, "Cap each document at this many tokens.")
-    split_fractions: list[float] = option([0.25, 0.25, 0.4, 0.1], "Document fractions of av_sft ar_sft rl eval.")
-    teacher: str = option("offline", "Teacher: offline, hf, anthropic, openai.")
-    teacher_model: str = option("", "Teacher model (default: the teacher's own default).")
-    teacher_base_url: str = option("", "Teacher API base URL.")
-    teacher_concurrency: int = option(8, "Parallel teacher requests (API teachers).")
-    teach_rows: int = option(0, "Explain at most this many rows of each of ar_sft/av_sft (0 = all).")
-    eval_rows: int = option(64, "Held-out rows explained by the teacher and scored in the card.")
-    ar_steps: int = option(200, "AR-SFT optimizer steps.")
-    ar_batch_size: int = option(8, "AR-SFT batch size.")
-    ar_lr: float = option(5e-5, "AR-SFT learning rate.")
-    ar_lora: bool = option(False, "AR-SFT with LoRA.")
-    av_steps: int = option(200, "AV-SFT optimizer steps.")
-    av_batch_size: int = option(8, "AV-SFT batch size.")
-    av_lr: float = option(2e-5, "AV-SFT learning rate.")
-    av_lora: bool = option(False, "AV-SFT with LoRA.")
-    rl_steps: int = option(60, "RL steps.")
-    rl_prompts_per_step: int = option(4, "RL activations per step.")
-    rl_group_size: int = option(4, "RL samples per activation (G).")
-    rl_max_new_tokens: int = option(100, "RL response cap.")
-    rl_av_lr: float = option(1e-5, "RL learning rate of the AV.")
-    rl_ar_lr: float = option(5e-5, "RL learning rate of the AR.")
-    rl_kl_coef: float = option(0.01, "RL KL coefficient.")
-    rl_lora: bool = option(False, "RL with LoRA on the AV.")
-    export_rank: int = option(16, "LoRA rank of the exported AV and AR.")
-    export_dtype: str = option(
-        "float16", "Storage type of the exported adapters.", choices=["float16", "bfloat16", "float32"]
-    )
-    refit_rows: int = option(1024, "ar_sft rows the RL AV explains for the refit of the exported pair (0 = no refit).")
-    distill_steps: int = option(100, "Steps distilling the RL AV's explanations into the exported LoRA AV (0 = none).")
-    distill_lr: float = option(1e-4, "Learning rate of that distillation.")
-    refit_steps: int = option(150, "Steps refitting the exported AR on the RL AV's explanations (0 = none).")
-    refit_batch_size: int = option(16, "AR refit batch size.")
-    refit_lr: float = option(1e-4, "AR refit learning rate (LoRA adapters + head).")
-    eval_max_new_tokens: int = option(150, "Cap of the greedy explanations of the eval card and the refit.")
-    save_every: int = option(25, "Checkpoint every this many steps in the training stages.")
-    bf16: str = option("auto", "bf16 autocast in the training stages.", choices=["auto", "true", "false"])
     seed: int = option(0, "Seed of every stage.")
-    extract_options: dict[str, Any] = option({}, "Extra ExtractConfig options (YAML mapping).")
-    teach_options: dict[str, Any] = option({}, "Extra TeachConfig options (YAML mapping).")
-    ar_sft_options: dict[str, Any] = option({}, "Extra ARTrainConfig options (YAML mapping).")
-    av_sft_options: dict[str, Any] = option({}, "Extra AVTrainConfig options (YAML mapping).")
-    rl_options: dict[str, Any] = option({}, "Extra RLConfig options (YAML mapping).")
-    distill_options: dict[str, Any] = option({}, "Extra AVTrainConfig options of the distillation (YAML mapping).")
-    refit_options: dict[str, Any] = option({}, "Extra ARTrainConfig options of the AR refit (YAML mapping).")
-    eval_options: dict[str, Any] = option({}, "Extra EvalConfig options (YAML mapping).")
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name.endswith("_options"):
-                value = getattr(self, f.name)
-                if isinstance(value, str):  # from the command line
-                    value = yaml.safe_load(value) or {}
-                if not isinstance(value, dict):
-                    raise ValueError(f"{f.name} must be a mapping of option: value")
-                setattr(self, f.name, value)
+    bf16: str = option("auto", "bf16 autocast in the training stages.", choices=["auto", "true", "false"])
+    save_every: int = option(25, "Checkpoint every this many steps in the training stages.")
+    held_out_rows: int = option(
+        64, "Rows of the eval split the teacher explains (teach/eval.parquet): the held-out pool of every evaluation."
+    )
+    extract: ExtractConfig = section(
+        ExtractConfig, "Activations of the target (nla extract).", managed=_managed("out", "model layer seed"),
+        positions_per_doc=8,
+    )  # fmt: skip
+    teach: TeachConfig = section(
+        TeachConfig,
+        "Teacher explanations of the ar_sft and av_sft splits (limit: rows of each) and of held_out_rows eval rows "
+        "(nla teach; teach.model is the teacher's model).",
+        managed=_managed("data out", "seed", split="the pipeline teaches the ar_sft, av_sft and eval splits"),
+    )
+    ar_sft: ARTrainConfig = section(
+        ARTrainConfig, "The AR trained on teacher text (nla train ar).", managed=_trainer("out_dir data eval_data"),
+        max_steps=200, batch_size=8, lr=5e-5, eval_every=0,
+    )  # fmt: skip
+    av_sft: AVTrainConfig = section(
+        AVTrainConfig, "The AV trained on teacher text (nla train av).", managed=_trainer("out_dir data eval_data"),
+        max_steps=200, batch_size=8, lr=2e-5, eval_every=0,
+    )  # fmt: skip
+    rl: RLConfig = section(
+        RLConfig, "Joint GRPO of the AV and AR (nla train rl).",
+        managed=_managed("av ar data split eval_data out_dir", "seed bf16 save_every"),
+        steps=60, prompts_per_step=4, max_new_tokens=100,
+    )  # fmt: skip
+    export: ExportConfig = section(
+        ExportConfig, "The RL pair as LoRA adapters (nla export).", managed=_managed("av ar out")
+    )
+    refit: RefitConfig = section(RefitConfig, "The exported pair refit on the RL AV's explanations.")
+    eval: EvalConfig = section(
+        EvalConfig, "The evaluation card (nla eval).",
+        managed=_managed("av ar sft_av sft_ar data train_data out compute", "seed",
+                         stage="the pipeline adds the shipped stage"),
+    )  # fmt: skip
 
 
 @dataclass
@@ -160,11 +183,13 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 def load_pipeline_config(
     preset: str | None = None, config: str | Path | None = None, **overrides: Any
 ) -> PipelineConfig:
-    """Defaults < preset < YAML ``config`` < ``overrides``; unknown keys are an error."""
+    """Defaults < preset < YAML ``config`` < ``overrides``, merged key by key inside sections; unknown keys
+    are an error. ``overrides`` are options by name: ``seed=1``, ``rl={"kl_coef": 0.02}`` or, as the CLI
+    passes them, dotted ``**{"rl.kl_coef": 0.02}``."""
     values: dict[str, Any] = load_preset(preset) if preset else {}
     if config:
-        values.update(load_yaml(Path(config)))
-    values.update(overrides)
+        values = merge(values, load_yaml(Path(config)))
+    values = merge(values, nest(overrides))
     return make_config(PipelineConfig, values, source=f"preset {preset}" if preset else "pipeline config")
 
 
@@ -188,101 +213,65 @@ class _Stages:
     def teach_out(self, split: str) -> Path:
         return self.dir("teach") / f"{split}.parquet"
 
+    def shared(self, *names: str) -> dict[str, Any]:
+        return {name: getattr(self.cfg, name) for name in names}
+
+    def trainer(self, out_dir: Path, data: Path, **paths: Path) -> dict[str, Any]:
+        """What the pipeline fills in for a trainer: its paths and the shared options (layer: the sidecar's)."""
+        return {"out_dir": out_dir, "data": data, **paths, **self.shared("model", "seed", "bf16", "save_every"),
+                "layer": None}  # fmt: skip
+
     def extract(self) -> dict[str, Any]:
-        c = self.cfg
-        ec = make_config(ExtractConfig, {
-            "model": c.model, "corpus": c.corpus, "out": str(self.acts), "layer": c.layer, "limit_docs": c.limit_docs,
-            "positions_per_doc": c.positions_per_doc, "skip": c.skip, "max_tokens": c.max_tokens, "seed": c.seed,
-            "split_fractions": list(c.split_fractions), **c.extract_options}, source="extract options")  # fmt: skip
-        res = extract(ec)
+        res = extract(fill_section(self.cfg, "extract", out=self.acts, **self.shared("model", "layer", "seed")))
         empty = [s for s in ("av_sft", "ar_sft", "rl", "eval") if res.rows_per_split.get(s, 0) == 0]
         if empty:
             raise NLAError(f"the corpus is too small: the {', '.join(empty)} split(s) got no rows; use more documents")
-        return {
-            "rows": res.n_rows,
-            "rows_per_split": res.rows_per_split,
-            "docs": res.n_used_docs,
-            "seconds": res.seconds,
-        }
+        return {"rows": res.n_rows, "rows_per_split": res.rows_per_split, "docs": res.n_used_docs,
+                "seconds": res.seconds}  # fmt: skip
 
     def teach(self) -> dict[str, Any]:
-        c = self.cfg
         out: dict[str, Any] = {}
         for split in TEACH_SPLITS:
             target = self.teach_out(split)
             if target.exists() and Path(str(target) + ".nla_meta.yaml").exists():
                 out[split] = "kept"
                 continue
-            limit = c.eval_rows if split == "eval" else c.teach_rows
-            tc = make_config(TeachConfig, {
-                "data": str(self.acts), "split": split, "out": str(target), "teacher": c.teacher,
-                "model": c.teacher_model,
-                "base_url": c.teacher_base_url, "concurrency": c.teacher_concurrency, "limit": limit, "seed": c.seed,
-                **c.teach_options}, source="teach options")  # fmt: skip
+            tc = fill_section(self.cfg, "teach", data=self.acts, split=split, out=target, seed=self.cfg.seed)
+            if split == "eval":
+                tc = dataclasses.replace(tc, limit=self.cfg.held_out_rows)
             res = teach(tc)
             if res.n_kept == 0:
                 raise NLAError(f"the teacher kept no row of the {split} split (drops: {res.drops})")
             out[split] = {"rows": res.n_rows, "kept": res.n_kept, "drops": res.drops}
         return out
 
-    def _train_common(self) -> dict[str, Any]:
-        c = self.cfg
-        return {"model": c.model, "seed": c.seed, "bf16": c.bf16, "save_every": c.save_every, "eval_every": 0}
-
     def ar_sft(self) -> dict[str, Any]:
-        c = self.cfg
-        ac = make_config(ARTrainConfig, {
-            **self._train_common(), "out_dir": str(self.dir("ar_sft")), "data": str(self.teach_out("ar_sft")),
-            "eval_data": str(self.teach_out("eval")), "max_steps": c.ar_steps, "batch_size": c.ar_batch_size,
-            "lr": c.ar_lr, "lora": c.ar_lora, **c.ar_sft_options}, source="ar_sft options")  # fmt: skip
-        res = train_ar(ac)
+        paths = self.trainer(self.dir("ar_sft"), self.teach_out("ar_sft"), eval_data=self.teach_out("eval"))
+        res = train_ar(fill_section(self.cfg, "ar_sft", **paths))
         return {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval}
 
     def av_sft(self) -> dict[str, Any]:
-        c = self.cfg
-        vc = make_config(AVTrainConfig, {
-            **self._train_common(), "out_dir": str(self.dir("av_sft")), "data": str(self.teach_out("av_sft")),
-            "eval_data": str(self.teach_out("eval")), "max_steps": c.av_steps, "batch_size": c.av_batch_size,
-            "lr": c.av_lr, "lora": c.av_lora, **c.av_sft_options}, source="av_sft options")  # fmt: skip
-        _, res = train_av(vc)
-        return {
-            "steps": res.steps,
-            "final_loss": res.final_loss,
-            "eval": res.final_eval,
-            "injection_scale": res.extra.get("injection_scale"),
-        }
+        paths = self.trainer(self.dir("av_sft"), self.teach_out("av_sft"), eval_data=self.teach_out("eval"))
+        _, res = train_av(fill_section(self.cfg, "av_sft", **paths))
+        scale = res.extra.get("injection_scale")
+        return {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval, "injection_scale": scale}
 
     def rl(self) -> dict[str, Any]:
-        c = self.cfg
-        rc = make_config(RLConfig, {
-            "av": str(self.dir("av_sft") / "final"), "ar": str(self.dir("ar_sft") / "final"), "data": str(self.acts),
-            "split": "rl", "eval_data": str(self.teach_out("eval")), "out_dir": str(self.dir("rl")),
-            "steps": c.rl_steps, "prompts_per_step": c.rl_prompts_per_step, "group_size": c.rl_group_size,
-            "max_new_tokens": c.rl_max_new_tokens, "av_lr": c.rl_av_lr, "ar_lr": c.rl_ar_lr, "kl_coef": c.rl_kl_coef,
-            "lora": c.rl_lora, "eval_rows": c.eval_rows, "save_every": c.save_every, "seed": c.seed, "bf16": c.bf16,
-            **c.rl_options}, source="rl options")  # fmt: skip
+        rc = fill_section(
+            self.cfg, "rl", av=self.dir("av_sft") / "final", ar=self.dir("ar_sft") / "final", data=self.acts,
+            split="rl", eval_data=self.teach_out("eval"), out_dir=self.dir("rl"),
+            **self.shared("seed", "bf16", "save_every"),
+        )  # fmt: skip
         res = train_rl(rc)
-        return {
-            "steps": res.steps,
-            "final_eval": res.final_eval,
-            "last_step": res.last.record() if res.last is not None else None,
-        }
+        last = res.last.record() if res.last is not None else None
+        return {"steps": res.steps, "final_eval": res.final_eval, "last_step": last}
 
     def export(self) -> dict[str, Any]:
-        c = self.cfg
-        rep = export_nla(
-            self.dir("rl") / "final" / "av",
-            self.dir("rl") / "final" / "ar",
-            self.dir("export") / "nla",
-            rank=c.export_rank,
-            dtype=c.export_dtype,
-        )
-        return {
-            "rank": rep.rank,
-            "size_mib": round(rep.size_mib, 2),
-            "kept_energy": rep.kept_energy,
-            "dropped": rep.dropped,
-        }
+        rl = self.dir("rl") / "final"
+        xc = fill_section(self.cfg, "export", av=rl / "av", ar=rl / "ar", out=self.dir("export") / "nla")
+        rep = export_nla(xc.av, xc.ar, xc.out, rank=xc.rank, dtype=xc.dtype, keep_tokenizer=xc.keep_tokenizer)
+        size = round(rep.size_mib, 2)
+        return {"rank": rep.rank, "size_mib": size, "kept_energy": rep.kept_energy, "dropped": rep.dropped}
 
     def shipped(self, role: str) -> Path:
         """The shipped AV or AR: the refit one when the refit ran, else the plain export."""
@@ -293,58 +282,44 @@ class _Stages:
         import pyarrow.parquet as pq
         import torch
 
-        c = self.cfg
-        if c.refit_rows <= 0:
-            return {"skipped": "refit_rows is 0: the plain export ships"}
-        exported = self.dir("export") / "nla"
+        r = self.cfg.refit
+        if r.rows <= 0:
+            return {"skipped": "refit.rows is 0: the plain export ships"}
+        exported, out_dir = self.dir("export") / "nla", self.dir("refit")
         text = verbalize(
-            VerbalizeConfig(
-                av=str(self.dir("rl") / "final" / "av"),
-                data=str(self.acts),
-                split="ar_sft",
-                out=str(self.dir("refit") / "rl_av_text.parquet"),
-                limit=c.refit_rows,
-                max_new_tokens=c.eval_max_new_tokens,
-                seed=c.seed,
+            fill_section(
+                self.cfg, "refit.verbalize", av=self.dir("rl") / "final" / "av", data=self.acts, split="ar_sft",
+                out=out_dir / "rl_av_text.parquet", limit=r.rows, seed=self.cfg.seed,
                 device="cuda" if torch.cuda.is_available() else "cpu",
             )
-        )
-        out: dict[str, Any] = {"rows": c.refit_rows}
+        )  # fmt: skip
+        out: dict[str, Any] = {"rows": r.rows}
         cols = pq.read_table(text, columns=["explanation", "tag_ok", "truncated"]).to_pydict()
         finished = [ok and not cut for ok, cut in zip(cols["tag_ok"], cols["truncated"], strict=True)]
         out["finished_rows"] = sum(finished)
-        if c.distill_steps > 0 and sum(finished) >= 2:
-            vc = make_config(AVTrainConfig, {
-                **self._train_common(), "out_dir": str(self.dir("refit") / "av"), "data": str(text),
-                "init": str(exported / "av"), "max_steps": c.distill_steps, "batch_size": c.av_batch_size,
-                "lr": c.distill_lr, "max_response_tokens": c.eval_max_new_tokens, "samples": 0,
-                **c.distill_options}, source="distill options")  # fmt: skip
-            _, res = train_av(vc)
+        if r.distill_av and sum(finished) >= 2:
+            paths = self.trainer(out_dir / "av", text, init=exported / "av")
+            _, res = train_av(fill_section(self.cfg, "refit.distill", **paths))
             out["av"] = {"steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval}
-        if c.refit_steps > 0 and any(e.strip() for e in cols["explanation"]):
-            ac = make_config(ARTrainConfig, {
-                **self._train_common(), "out_dir": str(self.dir("refit") / "ar"), "data": str(text),
-                "init": str(exported / "ar"), "eval_data": str(self.teach_out("eval")), "max_steps": c.refit_steps,
-                "batch_size": c.refit_batch_size, "lr": c.refit_lr, "save_adapter_only": True,
-                **c.refit_options}, source="refit options")  # fmt: skip
-            res = train_ar(ac)
+        if r.refit_ar and any(e.strip() for e in cols["explanation"]):
+            paths = self.trainer(out_dir / "ar", text, init=exported / "ar", eval_data=self.teach_out("eval"))
+            res = train_ar(fill_section(self.cfg, "refit.ar", **paths))
             out["ar"] = {"steps": res.steps, "final_loss": res.final_loss, "eval_on_teacher_text": res.final_eval}
         return out
 
     def eval(self) -> dict[str, Any]:
-        c = self.cfg
         compute = self.dir("eval") / "compute.yaml"
         atomic_write_text(compute, yaml.safe_dump(self.compute(), sort_keys=False))
-        ec = make_config(EvalConfig, {
-            "av": str(self.dir("rl") / "final" / "av"), "ar": str(self.dir("rl") / "final" / "ar"),
-            "sft_av": str(self.dir("av_sft") / "final"), "sft_ar": str(self.dir("ar_sft") / "final"),
-            "stage": [f"shipped={self.shipped('av')},{self.shipped('ar')}"],
-            "data": str(self.teach_out("eval")), "train_data": str(self.teach_out("ar_sft")), "rows": c.eval_rows,
-            "max_new_tokens": c.eval_max_new_tokens, "seed": c.seed, "out": str(self.dir("eval") / "card.json"),
-            "compute": str(compute), **c.eval_options}, source="eval options")  # fmt: skip
+        rl, card_path = self.dir("rl") / "final", self.dir("eval") / "card.json"
+        ec = fill_section(
+            self.cfg, "eval", av=rl / "av", ar=rl / "ar", sft_av=self.dir("av_sft") / "final",
+            sft_ar=self.dir("ar_sft") / "final", stage=[f"shipped={self.shipped('av')},{self.shipped('ar')}"],
+            data=self.teach_out("eval"), train_data=self.teach_out("ar_sft"), out=card_path, compute=compute,
+            seed=self.cfg.seed,
+        )  # fmt: skip
         card = evaluation_card(ec)
         log.info("evaluation card:\n%s", format_card(card))
-        return {"card": str(self.dir("eval") / "card.json"), "ladder": card["ladder"]}
+        return {"card": str(card_path), "ladder": card["ladder"]}
 
     def compute(self) -> dict[str, Any]:
         """Wall time of every finished stage (from the DONE markers) and the machine it ran on."""
@@ -369,18 +344,14 @@ class _Stages:
         with atomic_dir(self.nla_dir) as tmp:
             for role in ("av", "ar"):  # the refit adapters trained in fp32: store them compactly again
                 shutil.copytree(self.shipped(role), tmp / role)
-                cast_adapter(tmp / role, self.cfg.export_dtype)
+                cast_adapter(tmp / role, self.cfg.export.dtype)
                 drop_tokenizer_files(tmp / role)
             shutil.copy(self.dir("eval") / "card.json", tmp / "card.json")
-        size = dir_size_mib(self.nla_dir)
+        nla, size = self.nla_dir, dir_size_mib(self.nla_dir)
         log.info(
-            "the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it",
-            self.nla_dir,
-            size,
-            self.nla_dir,
-            self.nla_dir,
+            "the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it", nla, size, nla, nla
         )
-        return {"dir": str(self.nla_dir), "size_mib": round(size, 2)}
+        return {"dir": str(nla), "size_mib": round(size, 2)}
 
 
 def _check_stage(name: str | None, what: str) -> None:
@@ -440,11 +411,6 @@ def run_pipeline(
 
 
 __all__ = [
-    "STAGES",
-    "PipelineConfig",
-    "PipelineResult",
-    "load_pipeline_config",
-    "load_preset",
-    "preset_names",
-    "run_pipeline",
-]
+    "STAGES", "PipelineConfig", "PipelineResult", "RefitConfig", "load_pipeline_config", "load_preset",
+    "preset_names", "run_pipeline",
+]  # fmt: skip

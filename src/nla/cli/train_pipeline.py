@@ -3,20 +3,23 @@
     nla train pipeline --preset cpu-smollm2 --run-dir runs/smollm2          # the embedded SmolLM2 on CPU
     nla train pipeline --preset gpu --model Qwen/Qwen2.5-1.5B-Instruct --run-dir runs/qwen
     nla train pipeline --preset cpu-smollm2 --run-dir runs/smollm2 --stop-after teach
-    nla train pipeline --preset cpu-smollm2 --run-dir runs/smollm2 --from rl --rl-steps 100
+    nla train pipeline --preset cpu-smollm2 --run-dir runs/smollm2 --from rl --rl.steps 100 --rl.kl-coef 0.02
 
-Options: defaults < --preset < --config YAML < flags. Re-running skips finished stages (<run>/<stage>/DONE)
-and resumes the interrupted one; --from STAGE clears STAGE and the later stages and redoes them.
+Options: defaults < --preset < --config YAML < flags, merged key by key. A few options are shared by the
+stages (--run-dir, --model, --layer, --seed, --bf16, --save-every, --held-out-rows); every other option
+belongs to one stage and is spelled --<stage>.<option> (--ar-sft.max-steps 300, --refit.distill.lr 1e-4),
+in YAML a mapping per stage (rl: {kl_coef: 0.02}). The paths that connect the stages are the pipeline's.
+Re-running skips finished stages (<run>/<stage>/DONE) and resumes the interrupted one; --from STAGE clears
+STAGE and the later stages and redoes them. See docs/pipeline.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
-from nla.common.config import add_config_args
+from nla.common.config import add_config_args, flag_values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pipeline",
         help="Run the whole recipe (extract, teach, AR-SFT, AV-SFT, RL, eval) from a preset; resumable.",
         description=__doc__,
+        usage="nla train pipeline [--preset P] [--config YAML] [--from STAGE] [--stop-after STAGE] [--OPTION V ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", default=None, help="Bundled preset (cpu-smollm2, gpu) or a YAML file.")
@@ -38,9 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from nla.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 
-    names = {f.name for f in dataclasses.fields(PipelineConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    cfg = load_pipeline_config(args.preset, args.config, **overrides)
+    cfg = load_pipeline_config(args.preset, args.config, **flag_values(PipelineConfig, args))
     res = run_pipeline(cfg, start=args.start, stop_after=args.stop_after)
     summary = {
         "run_dir": str(res.run_dir),

@@ -1,7 +1,14 @@
-"""One config dataclass per stage: each field documented, exposed as CLI flags, loadable from YAML.
+"""Config dataclasses: each field documented, exposed as CLI flags, loadable from YAML.
 
 Declare fields with :func:`option`; the help text becomes ``--help``. Precedence is
 defaults < ``--config file.yaml`` < explicit command-line flags. Unknown YAML keys are an error.
+
+A config that combines others (``nla train pipeline``) declares each part with :func:`section`: the part's
+own dataclass, with defaults of its own. Its fields become dotted flags (``--rl.kl-coef 0.02``, dest
+``rl.kl_coef``; sections nest: ``--refit.distill.max-steps``) and nested YAML (``rl: {kl_coef: 0.02}``),
+merged key by key over the section's defaults. A section's ``managed`` fields are filled in by the enclosing
+config (paths that connect stages, options shared by every part): they get no flag, setting one is an error,
+and :func:`config_to_dict` leaves them out.
 
 >>> from dataclasses import dataclass
 >>> @dataclass
@@ -10,14 +17,23 @@ defaults < ``--config file.yaml`` < explicit command-line flags. Unknown YAML ke
 >>> import argparse; p = argparse.ArgumentParser(); add_config_args(p, Demo)
 >>> config_from_args(Demo, p.parse_args(["--lr", "0.5"])).lr
 0.5
+>>> @dataclass
+... class Outer:
+...     seed: int = option(0, "Seed.")
+...     demo: Demo = section(Demo, "The demo part.", lr=0.1)
+>>> p = argparse.ArgumentParser(); add_config_args(p, Outer)
+>>> config_from_args(Outer, p.parse_args(["--demo.lr", "0.5"])).demo.lr
+0.5
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +50,25 @@ def option(default: Any, help: str, *, choices: list[Any] | None = None, flag: s
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def section(cls: type, help: str, *, managed: Mapping[str, str] | None = None, **defaults: Any) -> Any:
+    """A dataclass field holding a whole ``cls`` config (defaults: ``cls``'s own, updated by ``defaults``).
+
+    ``managed`` maps the fields the enclosing config fills in itself to the reason shown when a user sets one.
+    """
+    managed = dict(managed or {})
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    bad = sorted((set(managed) | set(defaults)) - names) or sorted(set(managed) & set(defaults))
+    if bad:
+        raise TypeError(f"section {cls.__name__}: {bad} are not fields, or are managed and have a default")
+    cls(**defaults)  # fail at declaration, not at first use
+    meta = {"help": help, "section": cls, "managed": managed}
+    return dataclasses.field(default_factory=lambda: cls(**copy.deepcopy(defaults)), metadata=meta)
+
+
+def _section_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("section")]
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -58,19 +93,39 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, with_config_file: bool = True) -> None:
-    """Add one flag per field of dataclass ``cls`` (and ``--config``) to ``parser``."""
-    hints = typing.get_type_hints(cls)
+    """Add one flag per field of dataclass ``cls`` (and ``--config``) to ``parser``; one group per section."""
     group = parser.add_argument_group(f"{cls.__name__} options")
     if with_config_file:
         group.add_argument("--config", type=Path, default=None, help="YAML file with any of these options.")
+    _add_fields(parser, group, cls, "", None, {})
+
+
+def _add_fields(
+    parser: argparse.ArgumentParser,
+    group: argparse._ArgumentGroup,
+    cls: type,
+    prefix: str,
+    defaults: Any,
+    managed: Mapping[str, str],
+) -> None:
+    """The flags of ``cls``'s fields, named ``--<prefix><field>``; then one group for each section."""
+    sections = [f for f in dataclasses.fields(cls) if f.init and f.name not in managed and f.metadata.get("section")]
+    hints = typing.get_type_hints(
+        cls, localns={f.metadata["section"].__name__: f.metadata["section"] for f in sections}
+    )
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.name in managed or f.metadata.get("section"):
             continue
         scalar, is_list = _base_type(hints[f.name])
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        own_flag = (f.metadata.get("flag") or "--" + f.name.replace("_", "-")).removeprefix("--")
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if prefix and not f.metadata.get("choices"):
+            kwargs["metavar"] = f.name.upper()  # not the whole dotted dest
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         if scalar is bool:
@@ -79,7 +134,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, with_config_f
             kwargs.update(type=scalar, nargs="*")
         else:
             kwargs.update(type=scalar if scalar in (int, float, str) else str)
-        group.add_argument(flag, **kwargs)
+        group.add_argument("--" + prefix.replace("_", "-") + own_flag, **kwargs)
+    for f in sections:
+        sub, dotted = f.metadata["section"], prefix + f.name
+        sub_defaults = getattr(defaults, f.name) if defaults is not None else f.default_factory()  # type: ignore[misc]
+        sub_group = parser.add_argument_group(f"{dotted} options ({sub.__name__})", f.metadata["help"])
+        _add_fields(parser, sub_group, sub, dotted + ".", sub_defaults, f.metadata["managed"])
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -94,18 +154,94 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def make_config(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
-    """Build ``cls`` from a mapping, rejecting unknown keys with one clear error."""
+def nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"rl.kl_coef": 0.02}`` -> ``{"rl": {"kl_coef": 0.02}}`` (undotted keys and nested mappings kept)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise NLAError(f"option {p} is not a section, so {key} is not an option")
+        both = isinstance(node.get(leaf), Mapping) and isinstance(value, Mapping)
+        node[leaf] = merge(node[leaf], value) if both else value
+    return out
+
+
+def merge(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` over ``base``, key by key inside nested mappings (a later layer of options over an earlier)."""
+    out = dict(base)
+    for key, value in new.items():
+        both = isinstance(out.get(key), Mapping) and isinstance(value, Mapping)
+        out[key] = merge(out[key], value) if both else value
+    return out
+
+
+def make_config(cls: type[T], values: Mapping[str, Any], *, source: str = "config") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys with one clear error.
+
+    A section given as a mapping is merged over that section's defaults; given as an instance of its class
+    it is taken as it is (its managed fields are then simply overwritten by whoever manages them).
+    """
+    return _build(cls, values, source, "")
+
+
+def _build(cls: type[T], values: Mapping[str, Any], source: str, where: str) -> T:
+    values = dict(values)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    in_section = f" in section {where}" if where else ""
     unknown = sorted(set(values) - names)
     if unknown:
         raise NLAError(
-            f"unknown {source} key(s) for {cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            f"unknown {source} key(s) for {cls.__name__}{in_section}: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(names))}"
         )
+    for f in _section_fields(cls):
+        sub, value, dotted = f.metadata["section"], values.get(f.name), (f"{where}." if where else "") + f.name
+        if f.name not in values or isinstance(value, sub):
+            continue
+        value = {} if value is None else value  # an empty YAML section
+        if not isinstance(value, Mapping):
+            raise NLAError(f"{source}: section {dotted} must be a mapping of option: value, got {value!r}")
+        managed = f.metadata["managed"]
+        clash = sorted(set(value) & set(managed))
+        if clash:
+            raise NLAError(f"{source}: {dotted}.{clash[0]} cannot be set ({managed[clash[0]]})")
+        settable = [g.name for g in dataclasses.fields(sub) if g.init and g.name not in managed]
+        unknown = sorted(set(value) - set(settable))
+        if unknown:
+            raise NLAError(
+                f"unknown {source} key(s) for {sub.__name__} in section {dotted}: {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(settable))}"
+            )
+        default = f.default_factory()  # type: ignore[misc]
+        base = {g.name: getattr(default, g.name) for g in dataclasses.fields(sub) if g.init}
+        values[f.name] = _build(sub, {**base, **value}, source, dotted)
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise NLAError(f"bad {source} for {cls.__name__}: {e}") from e
+        raise NLAError(f"bad {source} for {cls.__name__}{in_section}: {e}") from e
+
+
+def fill_section(cfg: Any, path: str, **values: Any) -> Any:
+    """Section ``path`` of ``cfg`` (dotted: ``refit.distill``) with its managed fields set to ``values``.
+
+    ``values`` must name exactly the managed fields, so the declaration and the code that fills them agree.
+    """
+    obj, managed = cfg, {}
+    for name in path.split("."):
+        field = next(f for f in dataclasses.fields(obj) if f.name == name and f.metadata.get("section"))
+        obj, managed = getattr(obj, name), field.metadata["managed"]
+    if set(values) != set(managed):
+        raise TypeError(f"section {path} manages {sorted(managed)}; got {sorted(values)}")
+    return dataclasses.replace(obj, **{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+
+
+def flag_values(cls: type, ns: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``cls`` given as flags in ``ns`` (dotted dests of sections nested into mappings)."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return nest({k: v for k, v in vars(ns).items() if k.split(".")[0] in names})
 
 
 def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:
@@ -113,15 +249,19 @@ def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:
     values: dict[str, Any] = {}
     cfg_path = getattr(ns, "config", None)
     if cfg_path is not None:
-        values.update(load_yaml(cfg_path))
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values.update({k: v for k, v in vars(ns).items() if k in names})
+        values = load_yaml(cfg_path)
+    values = merge(values, flag_values(cls, ns))
     return make_config(cls, values, source=f"--config {cfg_path}" if cfg_path else "option")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, YAML-safe dict of a config dataclass (paths become strings)."""
+    """A plain, YAML-safe dict of a config dataclass (paths become strings; sections become nested dicts
+    without their managed fields, so the dict loads back as a config)."""
     out = {}
-    for k, v in dataclasses.asdict(cfg).items():
-        out[k] = str(v) if isinstance(v, Path) else v
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.metadata.get("section"):
+            out[f.name] = {k: x for k, x in config_to_dict(v).items() if k not in f.metadata["managed"]}
+        else:
+            out[f.name] = str(v) if isinstance(v, Path) else copy.deepcopy(v)
     return out
