@@ -86,14 +86,15 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trainable_state(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """Copy ``weights`` into the trainable parameters of ``model``; they must match name for name."""
+    """Copy ``weights`` into the trainable parameters of ``model``; they must match name for name and in shape."""
     params = dict(model.named_parameters())
     wanted = {n for n, p in params.items() if p.requires_grad}
-    if set(weights) != wanted:
+    reshaped = [n for n in set(weights) & wanted if weights[n].shape != params[n].shape]
+    if set(weights) != wanted or reshaped:
         raise NLAError(
             f"checkpoint {where} does not match the model's trainable parameters "
-            f"({len(set(weights) - wanted)} unexpected, {len(wanted - set(weights))} missing): "
-            "change out_dir or use the same model options as the interrupted run"
+            f"({len(set(weights) - wanted)} unexpected, {len(wanted - set(weights))} missing, "
+            f"{len(reshaped)} of another shape): change out_dir or use the same model options as the interrupted run"
         )
     with torch.no_grad():
         for name, tensor in weights.items():
