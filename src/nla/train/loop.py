@@ -39,17 +39,8 @@ from torch import nn
 
 from nla.common.config import option
 from nla.common.errors import NLAError
-from nla.train.checkpoint import (
-    STATE,
-    Checkpoint,
-    load_trainable_state,
-    rng_isolated,
-    rng_state,
-    seed_all,
-    set_rng_state,
-    trainable_state,
-)
-from nla.train.tracking import LOG_WITH, METRICS, Tracker, read_metrics
+from nla.train.checkpoint import Checkpoint, load_trainable_state, rng_isolated, seed_all, trainable_state
+from nla.train.tracking import LOG_WITH, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -322,25 +313,16 @@ def fit(
 
 __all__ = [
     "CHECKPOINT",
-    "METRICS",
-    "STATE",
     "WEIGHTS",
-    "Checkpoint",
     "TrainConfig",
     "TrainResult",
-    "Tracker",
     "bf16_autocast",
     "clip_and_step",
     "fit",
     "grad_sync",
     "load_trainable_state",
     "lr_at",
-    "read_metrics",
     "reduce_sum",
-    "rng_isolated",
-    "rng_state",
-    "seed_all",
-    "set_rng_state",
     "to_device",
     "trainable_state",
     "use_bf16",

@@ -7,6 +7,7 @@ optional TensorBoard / Weights & Biases sinks chosen by the ``log_with`` option 
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,17 +40,12 @@ class Tracker:
         if not enabled or log_with == "none":
             return
         if log_with == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise NLAError("--log-with tensorboard needs the tensorboard package: pip install tensorboard") from e
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            writer = _optional("torch.utils.tensorboard", "tensorboard").SummaryWriter
+            self.tb = writer(str(Path(out_dir) / "tensorboard"))
         elif log_with == "wandb":
-            try:
-                import wandb
-            except ImportError as e:
-                raise NLAError("--log-with wandb needs the wandb package: pip install wandb") from e
-            self.wandb = wandb.init(project="nla", dir=str(out_dir), config=config or {}, resume="allow")
+            self.wandb = _optional("wandb", "wandb").init(
+                project="nla", dir=str(out_dir), config=config or {}, resume="allow"
+            )
         else:
             raise NLAError(f"log_with must be none, tensorboard or wandb, got {log_with!r}")
 
@@ -83,6 +79,14 @@ class Tracker:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _optional(module: str, package: str) -> Any:
+    """Import an optional tracker backend, or say which package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise NLAError(f"--log-with {package} needs the {package} package: pip install {package}") from e
 
 
 def read_metrics(out_dir: str | Path) -> Iterator[dict[str, Any]]:

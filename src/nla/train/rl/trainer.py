@@ -129,6 +129,11 @@ def _policy(av: ActivationVerbalizer, cfg: RLConfig) -> tuple[nn.Module | None, 
     return ref, cfg.merge_lora
 
 
+def _adamw(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW at a constant ``lr`` on the trainable parameters, no weight decay."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+
+
 class RLTrainer:
     """Holds the models, optimizers and state of a run; :meth:`run` is the loop (see the module doc).
 
@@ -142,8 +147,12 @@ class RLTrainer:
 
         if not cfg.av or not cfg.ar or not cfg.data:
             raise NLAError("nla train rl needs --av (SFT AV dir), --ar (SFT AR dir) and --data (activations)")
+        if reward_fn is not None and terms is not None:
+            raise ValueError("give reward_fn or terms, not both")
         self.cfg = cfg
-        self.terms = [custom_term(reward_fn)] if reward_fn is not None else terms or reward_terms(cfg)
+        self.terms = (
+            [custom_term(reward_fn)] if reward_fn is not None else reward_terms(cfg) if terms is None else terms
+        )
         self.accel = Accelerator(cpu=not torch.cuda.is_available())
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
         if cfg.prompts_per_step % self.world:
@@ -170,17 +179,11 @@ class RLTrainer:
         self.frozen_ar.max_length = cfg.ar_max_length
         if self.ref is not None:
             self.ref.to(device)
-        av_opt = torch.optim.AdamW(
-            [p for p in av.model.parameters() if p.requires_grad], lr=cfg.av_lr, weight_decay=0.0
-        )
-        av_wrapped, self.av_opt = self.accel.prepare(av.model, av_opt)
+        av_wrapped, self.av_opt = self.accel.prepare(av.model, _adamw(av.model, cfg.av_lr))
         self.ar_opt: Any = None
         ar_wrapped: nn.Module = self.ar
         if cfg.ar_lr > 0:
-            ar_opt = torch.optim.AdamW(
-                [p for p in self.ar.parameters() if p.requires_grad], lr=cfg.ar_lr, weight_decay=0.0
-            )
-            ar_wrapped, self.ar_opt = self.accel.prepare(self.ar, ar_opt)
+            ar_wrapped, self.ar_opt = self.accel.prepare(self.ar, _adamw(self.ar, cfg.ar_lr))
         else:
             self.ar.to(device)
         self.policy = PolicyUpdate(av, av_wrapped, self.ref, self.av_opt, cfg, self.accel, self.bf16)
