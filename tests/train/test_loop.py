@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nla.common.errors import NLAError
-from nla.train.loop import TrainConfig, fit, lr_at, to_device
+from nla.train.loop import TrainConfig, clip_and_step, fit, lr_at, to_device, use_bf16
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -203,3 +203,30 @@ def test_to_device_handles_nested_batches() -> None:
     batch = {"a": [torch.zeros(1), (torch.ones(1), 3)], "enc": BatchEncoding({"ids": torch.zeros(2)})}
     moved = to_device(batch, torch.device("cpu"))
     assert moved["a"][1][1] == 3 and isinstance(moved["enc"], BatchEncoding)
+
+
+def test_rerun_after_a_crash_before_the_first_checkpoint_starts_clean(tmp_path: Path) -> None:
+    x, y = _data()
+    with pytest.raises(RuntimeError, match="injected crash"):
+        fit(_model(), _loss, _batches(x, y, crash_at=4), _cfg(tmp_path, max_steps=6))
+    assert [r["step"] for r in _records(tmp_path)] == [1, 2, 3] and not (tmp_path / "checkpoint").exists()
+    res = fit(_model(), _loss, _batches(x, y), _cfg(tmp_path, max_steps=6))
+    assert res.resumed_from is None and [r["step"] for r in _records(tmp_path)] == list(range(1, 7))
+
+
+def test_clip_and_step_and_bf16_choice() -> None:
+    from accelerate import Accelerator
+
+    accel = Accelerator(cpu=True)
+    w = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=1.0)
+    w.grad = torch.tensor([3.0, 4.0])
+    norm, skipped = clip_and_step(accel, opt, [w], max_norm=1.0)
+    assert (norm, skipped, w.grad) == (5.0, False, None)
+    torch.testing.assert_close(w.detach(), torch.tensor([-0.6, -0.8]))  # clipped to norm 1
+    for grad, finite in ((torch.tensor([float("nan"), 0.0]), True), (torch.tensor([1.0, 0.0]), False)):
+        w.grad = grad
+        assert clip_and_step(accel, opt, [w], max_norm=0.0, finite=finite)[1] is True
+        torch.testing.assert_close(w.detach(), torch.tensor([-0.6, -0.8]))  # skipped: unchanged
+    assert use_bf16("true", torch.device("cpu")) and not use_bf16("auto", torch.device("cpu"))
+    assert not use_bf16("false", torch.device("cuda"))

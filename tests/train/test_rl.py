@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from nla.cli import main
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.models.target import load_target
+from nla.train.rl.rollout import sampling_seed, step_rows
 from nla.train.rl.trainer import RLConfig, RLTrainer, iter_metrics, train_rl
 
 from helpers import save_tiny_target
@@ -187,6 +189,60 @@ def test_resume_after_crash_equals_uninterrupted_run(run_dirs, tmp_path) -> None
         return [{k: v for k, v in r.items() if not k.startswith(("time_", "elapsed"))} for r in iter_metrics(out)]
 
     assert json.dumps(clean(tmp_path / "a")) == json.dumps(clean(tmp_path / "b"))
+
+
+def test_reward_terms_are_logged_and_sum_to_the_reward(run_dirs, tmp_path) -> None:
+    kw = dict(steps=1, ar_lr=0.0, contrastive_weight=0.5, length_target=4, length_coef=0.01)
+    train_rl(config(run_dirs, tmp_path / "terms", **kw))
+    (rec,) = iter_metrics(tmp_path / "terms")
+    terms = {k: v for k, v in rec.items() if k.startswith("reward/")}
+    assert list(terms) == ["reward/reconstruction", "reward/format", "reward/contrastive", "reward/length"]
+    assert sum(terms.values()) == pytest.approx(rec["reward_mean"], abs=1e-5)
+    assert terms["reward/format"] == pytest.approx(-2 * (1 - rec["valid_rate"]))
+    assert terms["reward/length"] <= 0 and terms["reward/reconstruction"] < 0
+
+    train_rl(config(run_dirs, tmp_path / "custom", steps=1), reward_fn=lambda ro: torch.full((len(ro.valid),), 0.7))
+    (rec,) = iter_metrics(tmp_path / "custom")
+    assert [k for k in rec if k.startswith("reward/")] == ["reward/custom"]
+    assert rec["reward/custom"] == pytest.approx(0.7) == rec["reward_mean"]
+
+
+def test_resume_from_a_checkpoint_with_only_the_torch_rng(run_dirs, tmp_path) -> None:
+    """Checkpoints written before RL shared the SFT loop's machinery saved only the torch RNG stream."""
+    kw = dict(av_lr=1e-3, ar_lr=1e-3, save_every=1)
+    train_rl(config(run_dirs, tmp_path / "a", steps=2, **kw))
+    train_rl(config(run_dirs, tmp_path / "b", steps=1, **kw))
+    state_path = tmp_path / "b" / "checkpoint" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["rng"] = {"torch": state["rng"]["torch"]}
+    torch.save(state, state_path)
+    res = train_rl(config(run_dirs, tmp_path / "b", steps=2, **kw))
+    assert res.resumed_from == 1
+    for part in ("av", "ar"):
+        a, b = weights(tmp_path / "a" / "final" / part), weights(tmp_path / "b" / "final" / part)
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
+def test_log_with_tensorboard(run_dirs, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_rl(config(run_dirs, tmp_path / "tb", log_with="tensorboard", ar_lr=0.0))
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"reward_mean", "reward/reconstruction", "reward/format", "kl"} <= tags
+    records = [r for r in iter_metrics(tmp_path / "tb")]
+    assert [e.value for e in acc.Scalars("reward_mean")] == pytest.approx([r["reward_mean"] for r in records])
+
+
+def test_step_rows_visit_every_row_once_per_pass() -> None:
+    rows = [r for s in range(6) for r in step_rows(8, 4, s, seed=3)]  # 3 passes over 8 rows
+    assert all(sorted(rows[i : i + 8]) == list(range(8)) for i in (0, 8, 16))
+    assert rows[:8] != rows[8:16]  # a new order each pass
+    assert step_rows(8, 4, 1, seed=3) == rows[4:8] and step_rows(8, 4, 1, seed=4) != rows[4:8]
+    seeds = {sampling_seed(0, s, r) for s in range(50) for r in range(8)}
+    assert len(seeds) == 400
 
 
 RUNNER = """

@@ -3,7 +3,10 @@
 :func:`fit` runs AdamW with linear warmup + cosine decay, gradient accumulation, clipping, skipping of
 steps whose loss or gradients are not finite, optional bf16 autocast, periodic evaluation, JSONL
 metrics, atomic checkpoints and **exact resume**: re-running with the same ``out_dir`` continues from
-``out_dir/checkpoint`` and ends with the same weights as a run that was never interrupted.
+``out_dir/checkpoint`` and ends with the same weights as a run that was never interrupted. The machinery is
+shared with joint RL: checkpoints and RNG streams in :mod:`nla.train.checkpoint`, metrics and the optional
+TensorBoard/W&B sinks in :mod:`nla.train.tracking`, and the step pieces here (:func:`use_bf16`,
+:func:`grad_sync`, :func:`clip_and_step`, :func:`reduce_sum`).
 
 ``batches(epoch)`` must yield the (micro-)batches of one epoch deterministically; on resume the first
 ``k`` batches of the interrupted epoch are drawn again and dropped. A step consumes ``grad_accum``
@@ -22,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import random
 import time
 from collections import UserDict
 from collections.abc import Callable, Iterable, Iterator
@@ -33,20 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from nla.common.config import option
 from nla.common.errors import NLAError
-from nla.common.paths import atomic_dir
+from nla.train.checkpoint import Checkpoint, load_trainable_state, rng_isolated, seed_all, trainable_state
+from nla.train.tracking import LOG_WITH, Tracker
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 WEIGHTS = "trainable.safetensors"
-STATE = "state.pt"
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -70,9 +69,7 @@ class TrainConfig:
         "bf16 autocast: auto = on CUDA when supported, true = force, false = off.",
         choices=["auto", "true", "false"],
     )
-    log_with: str = option(
-        "none", "Experiment tracker (imported only when chosen).", choices=["none", "tensorboard", "wandb"]
-    )
+    log_with: str = option("none", "Experiment tracker (imported only when chosen).", choices=LOG_WITH)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):
@@ -124,55 +121,45 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-# ---------------------------------------------------------------------------------------- RNG state
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [
-            np_state[0],
-            torch.from_numpy(np_state[1].astype(np.int64)),
-            int(np_state[2]),
-            int(np_state[3]),
-            float(np_state[4]),
-        ],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-@contextlib.contextmanager
-def _rng_isolated() -> Iterator[None]:
-    """Run a block (evaluation) without disturbing the training RNG streams."""
-    saved = _rng_state()
-    try:
-        yield
-    finally:
-        _set_rng_state(saved)
-
-
 # ---------------------------------------------------------------------------------------- pieces
-def _use_bf16(mode: str, device: torch.device) -> bool:
+def use_bf16(mode: str, device: torch.device) -> bool:
+    """The ``bf16`` option: ``"auto"`` = on CUDA when the GPU supports it, ``"true"``/``"false"`` = forced."""
     if mode == "true":
         return True
     if mode == "false":
         return False
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> Any:
+    """The autocast context of a forward pass (a no-op when ``enabled`` is False)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def grad_sync(accel: Any, model: nn.Module, last: bool) -> Any:
+    """Context of one micro-batch's backward: DDP all-reduces gradients only on the ``last`` one of a step."""
+    return contextlib.nullcontext() if last else accel.no_sync(model)
+
+
+def reduce_sum(accel: Any, x: float) -> float:
+    """``x`` summed over the processes (``x`` itself in a single process)."""
+    if accel.num_processes == 1:
+        return float(x)
+    return float(accel.reduce(torch.tensor(float(x), device=accel.device), reduction="sum"))
+
+
+def clip_and_step(
+    accel: Any, optimizer: Any, params: list[nn.Parameter], max_norm: float, *, finite: bool = True
+) -> tuple[float, bool]:
+    """Clip the gradient norm of ``params`` to ``max_norm`` (<= 0: no clipping), then step ``optimizer`` unless
+    some process saw a non-finite gradient norm or passed ``finite=False`` (e.g. a NaN loss); gradients are
+    zeroed either way. Returns (gradient norm, skipped)."""
+    norm = float(accel.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
+    bad = reduce_sum(accel, float(not (finite and math.isfinite(norm)))) > 0
+    if not bad:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, bad
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -184,86 +171,6 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         raise NLAError("the model has no trainable parameters")
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters of ``model`` on the CPU, by name (what a resumable checkpoint stores)."""
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """Copy ``weights`` into the trainable parameters of ``model``; they must match name for name."""
-    params = dict(model.named_parameters())
-    wanted = {n for n, p in params.items() if p.requires_grad}
-    if set(weights) != wanted:
-        raise NLAError(
-            f"checkpoint {where} does not match the model's trainable parameters "
-            f"({len(set(weights) - wanted)} unexpected, {len(wanted - set(weights))} missing): "
-            "change out_dir or use the same model options as the interrupted run"
-        )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-
-
-def _kept(record: dict[str, Any], step: int) -> bool:
-    """Records a resume keeps: training steps up to the checkpoint (a final eval is redone)."""
-    at = int(record.get("step", 0))
-    return at < step or (at == step and "loss" in record)
-
-
-class _Tracker:
-    """metrics.jsonl plus the optional tensorboard / wandb sinks (main process only)."""
-
-    def __init__(self, out_dir: Path, cfg: TrainConfig, enabled: bool) -> None:
-        self.path = out_dir / METRICS
-        self.enabled = enabled
-        self.tb: Any = None
-        self.wandb: Any = None
-        if not enabled or cfg.log_with == "none":
-            return
-        if cfg.log_with == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise NLAError("--log-with tensorboard needs the tensorboard package: pip install tensorboard") from e
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-        else:
-            try:
-                import wandb
-            except ImportError as e:
-                raise NLAError("--log-with wandb needs the wandb package: pip install wandb") from e
-            self.wandb = wandb.init(project="nla", dir=str(out_dir), config=dataclasses.asdict(cfg), resume="allow")
-
-    def drop_after(self, step: int) -> None:
-        """On resume, forget records of steps the checkpoint does not contain."""
-        if not self.enabled or not self.path.exists():
-            return
-        keep = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and _kept(json.loads(line), step)
-        ]
-        self.path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        step = int(record["step"])
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
 
 
 # ---------------------------------------------------------------------------------------- the loop
@@ -285,35 +192,30 @@ def fit(
     main = accel.is_main_process
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
+    seed_all(cfg.seed)
 
     optimizer = _make_optimizer(model, cfg)
     wrapped, optimizer = accel.prepare(model, optimizer)
     step, epoch, batch_index, skipped, elapsed_before = 0, 0, 0, 0, 0.0
+    checkpoint = Checkpoint(out_dir / CHECKPOINT, {WEIGHTS: model}, {"optimizer": optimizer})
+    state = checkpoint.load()
     resumed_from: int | None = None
-    ckpt = out_dir / CHECKPOINT
-    if (ckpt / STATE).exists():
-        state = _load_checkpoint(ckpt, model, optimizer)
+    if state is not None:
         step, epoch, batch_index = int(state["step"]), int(state["epoch"]), int(state["batch_index"])
         skipped, elapsed_before = int(state["skipped"]), float(state["elapsed"])
         resumed_from = step
-        _set_rng_state(state["rng"])
         log.info("resuming %s from step %d (epoch %d, batch %d)", out_dir, step, epoch, batch_index)
-    use_bf16 = _use_bf16(cfg.bf16, accel.device)
-    tracker = _Tracker(out_dir, cfg, main)
-    if resumed_from is not None:
-        tracker.drop_after(step)
+    bf16 = use_bf16(cfg.bf16, accel.device)
+    tracker = Tracker(out_dir, cfg.log_with, enabled=main, config=dataclasses.asdict(cfg))
+    tracker.drop_after(step)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
 
     def run_eval() -> dict[str, float]:
         if evaluate is None:
             return {}
         raw = accel.unwrap_model(wrapped)
         raw.eval()
-        with _rng_isolated(), torch.no_grad():
+        with rng_isolated(), torch.no_grad():
             metrics = {k: float(v) for k, v in evaluate(raw).items()}
         raw.train()
         if accel.num_processes > 1:
@@ -353,28 +255,19 @@ def fit(
                     batch = next(data, None)
                 batch_index += 1
                 batch = to_device(batch, accel.device)
-                sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accel.no_sync(wrapped)
-                with sync:
-                    with torch.autocast(accel.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with grad_sync(accel, wrapped, micro == cfg.grad_accum - 1):
+                    with bf16_autocast(accel.device, bf16):
                         loss = loss_fn(wrapped, batch)
                     accel.backward(loss.float() / cfg.grad_accum)
                 losses.append(float(loss.detach()))
-            grad_norm = float(accel.clip_grad_norm_(trainable, max_norm))
-            bad = torch.tensor(
-                float(not (all(map(math.isfinite, losses)) and math.isfinite(grad_norm))), device=accel.device
+            grad_norm, bad = clip_and_step(
+                accel, optimizer, trainable, cfg.max_grad_norm, finite=all(map(math.isfinite, losses))
             )
-            bad = bool(accel.reduce(bad, reduction="sum").item() > 0) if accel.num_processes > 1 else bool(bad.item())
             if bad:
                 skipped += 1
                 log.warning(
-                    "step %d: non-finite loss or gradient (loss %s, grad norm %s), skipped",
-                    step + 1,
-                    losses,
-                    grad_norm,
+                    "step %d: non-finite loss or gradient (loss %s, grad norm %s), skipped", step + 1, losses, grad_norm
                 )
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             last_loss = sum(losses) / len(losses)
             record: dict[str, Any] = {
@@ -392,7 +285,9 @@ def fit(
             bar.set_postfix(loss=f"{last_loss:.4f}")
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
                 elapsed = elapsed_before + time.perf_counter() - t0
-                _save_checkpoint(ckpt, accel, model, optimizer, step, epoch, batch_index, skipped, elapsed)
+                checkpoint.save(
+                    accel, step=step, epoch=epoch, batch_index=batch_index, skipped=skipped, elapsed=elapsed
+                )
         bar.close()
         final_eval = run_eval()
         elapsed = elapsed_before + time.perf_counter() - t0
@@ -416,43 +311,19 @@ def fit(
     )
 
 
-def _save_checkpoint(
-    path: Path,
-    accel: Any,
-    model: nn.Module,
-    optimizer: Any,
-    step: int,
-    epoch: int,
-    batch_index: int,
-    skipped: int,
-    elapsed: float,
-) -> None:
-    from safetensors.torch import save_file
-
-    accel.wait_for_everyone()
-    if accel.is_main_process:
-        state = {
-            "step": step,
-            "epoch": epoch,
-            "batch_index": batch_index,
-            "skipped": skipped,
-            "elapsed": elapsed,
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
-        }
-        with atomic_dir(path) as tmp:
-            save_file(trainable_state(accel.unwrap_model(model)), str(tmp / WEIGHTS))
-            torch.save(state, tmp / STATE)
-    accel.wait_for_everyone()
-
-
-def _load_checkpoint(path: Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    load_trainable_state(model, load_file(str(path / WEIGHTS)), str(path))
-    state = torch.load(path / STATE, weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(state["optimizer"])
-    return state
-
-
-__all__ = ["TrainConfig", "TrainResult", "fit", "load_trainable_state", "lr_at", "to_device", "trainable_state"]
+__all__ = [
+    "CHECKPOINT",
+    "WEIGHTS",
+    "TrainConfig",
+    "TrainResult",
+    "bf16_autocast",
+    "clip_and_step",
+    "fit",
+    "grad_sync",
+    "load_trainable_state",
+    "lr_at",
+    "reduce_sum",
+    "to_device",
+    "trainable_state",
+    "use_bf16",
+]
