@@ -1,7 +1,8 @@
 """What an audit reads and which tokens it explains: tolerant input reading and per-document positions.
 
 :func:`read_documents` reads DATA (JSONL of ``text`` or chat ``messages``, parquet, a folder of .txt,
-``hf:NAME``; see :func:`nla.data.corpus.load_corpus`). For JSONL it is tolerant: a malformed line (bad
+``hf:NAME``; see :func:`nla.data.corpus.load_corpus`; ``sample-chats``: the 34 varied chats shipped with
+nla). For JSONL it is tolerant: a malformed line (bad
 JSON, no text/messages, empty text, a repeated id) is counted and reported, and the rest is audited.
 
 :func:`select_positions` resolves the position options against one tokenised document: ``auto`` (every
@@ -26,8 +27,10 @@ from nla.data.corpus import load_corpus, read_utf8
 from nla.data.documents import Document, document_from_record
 from nla.explain.inputs import Encoded
 from nla.explain.positions import parse_positions
+from nla.resources import resource
 
 CONTEXT_CHARS = 160  # characters of context kept before (and including) each token
+SAMPLE_CHATS = "sample-chats"  # DATA name of the transcripts shipped with nla (resources/audit/sample_chats.jsonl)
 
 
 @dataclass
@@ -46,6 +49,8 @@ class ReadReport:
 def read_documents(data: str, *, limit: int | None = None) -> tuple[list[Document], ReadReport]:
     """The documents of ``data`` (at most ``limit``) and what was skipped; no document at all is an error."""
     report = ReadReport()
+    if str(data) == SAMPLE_CHATS and not Path(SAMPLE_CHATS).exists():
+        data = str(resource("audit", "sample_chats.jsonl"))
     path = Path(str(data)).expanduser()
     if path.suffix.lower() != ".jsonl" or not path.is_file():
         return load_corpus(str(data), limit=limit), report

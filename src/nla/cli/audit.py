@@ -26,8 +26,22 @@ HELP = "Audit many transcripts into a searchable store (run), search it, and fla
 COMMANDS = ("run", "search", "flags")
 
 
+class _AnyName:
+    """What argparse checks the first word against: anything (an unknown word is DATA of ``run``)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Any:
+        return iter(COMMANDS)
+
+
 class _DefaultRun(argparse._SubParsersAction):
     """Sub-commands where an unknown first word is DATA of the default ``run`` command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = _AnyName()
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
         if values and values[0] not in self._name_parser_map:
