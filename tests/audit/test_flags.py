@@ -148,3 +148,11 @@ def test_cli_flags(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert summary["detectors"][0]["name"] == "food"
     assert main(["audit", "flags", "--db", str(db)]) == 0  # the stored flags
     assert "food" in capsys.readouterr().out
+
+
+def test_shipped_sample_rules() -> None:
+    from nla.audit.flags import SAMPLE_RULES
+
+    found = {d.name: d for d in load_rules(SAMPLE_RULES)}
+    assert found["secrecy-direction"].pairs_with == "secrecy" and found["secrecy-direction"].reference == "negative"
+    assert found["evaluation-direction"].positive and found["evaluation"].keywords

@@ -43,6 +43,7 @@ import yaml
 from nla.audit.store import Store
 from nla.common.errors import NLAError
 from nla.core.text import text_for_ar
+from nla.resources import resource
 
 
 @dataclass
@@ -77,8 +78,14 @@ def _as_list(value: Any) -> list[Any]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
+SAMPLE_RULES = "sample-rules"  # the rules shipped for the sample chats (resources/audit/sample_rules.yaml)
+
+
 def load_rules(path: str | Path) -> list[Detector]:
-    """Parse and check a rules file (see the module docstring); paths in it are relative to it."""
+    """Parse and check a rules file (see the module docstring); paths in it are relative to it.
+    ``sample-rules``: the detectors shipped for the sample chats."""
+    if str(path) == SAMPLE_RULES and not Path(SAMPLE_RULES).exists():
+        path = str(resource("audit", "sample_rules.yaml"))
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
