@@ -154,5 +154,5 @@ def test_shipped_sample_rules() -> None:
     from nla.audit.flags import SAMPLE_RULES
 
     found = {d.name: d for d in load_rules(SAMPLE_RULES)}
-    assert found["secrecy-direction"].pairs_with == "secrecy" and found["secrecy-direction"].reference == "negative"
+    assert found["secrecy-direction"].pairs_with == "secrecy" and found["secrecy-direction"].reference == "db"
     assert found["evaluation-direction"].positive and found["evaluation"].keywords

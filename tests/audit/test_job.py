@@ -126,7 +126,7 @@ def _cli(data: Path, db: Path, dirs: dict) -> list[str]:
 
 def test_sigkill_and_rerun_loses_and_repeats_nothing(tiny: NLA, tiny_nla_dirs: dict, tmp_path: Path) -> None:
     """Kill -9 a sampled (best-of-2) audit mid-way, rerun it: the rows equal those of an uninterrupted run."""
-    data = write_chats(tmp_path / "log.jsonl", CHATS * 10)
+    data = write_chats(tmp_path / "log.jsonl", CHATS * 3)
     env = {**os.environ, "PYTHONPATH": str(Path(nla.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the CLI runs below, so that the numbers can be compared exactly
