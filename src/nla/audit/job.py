@@ -1,0 +1,354 @@
+"""``nla audit DATA --out audit.db``: explain the tokens of many documents into the audit store.
+
+How it works, and why it resumes exactly:
+
+1. **Plan** (driver, tokenizer only): every document of DATA not yet in this run is tokenised, its
+   positions chosen (:mod:`nla.audit.plan`), and its position rows written with a **work batch number**,
+   all in one transaction. Batches hold ``batch_size`` positions in document order, across documents;
+   they are fixed once written.
+2. **Explain** (an engine): each batch without explanations is explained in one batched pass
+   (:meth:`nla.explain.api.NLA.explain_texts`: activations, AV decoding, AR round-trip score and the
+   empty-explanation control) and written in ONE transaction. Greedy decoding by default; best-of-K and
+   sampling are seeded per batch (``seed`` + batch number).
+
+A killed job leaves whole batches; the rerun explains the missing batches with exactly the same inputs,
+so it stores what an uninterrupted run would. A JSONL that has grown gets its new documents planned into
+new batches; documents already planned are not touched. A DB made with another NLA (or other decoding
+or position options) refuses to continue that run unless ``new_run`` is set. ``engine="ray"`` runs step 2
+on Ray Data (:mod:`nla.audit.ray_engine`) with the same batches and writes the same rows.
+
+>>> summary = audit("chats.jsonl", AuditConfig(out="audit.db", sample=4))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nla.audit.plan import content_hash, content_of, read_documents, select_positions, token_rows
+from nla.audit.store import Store, pack_vector
+from nla.common.config import option
+from nla.common.errors import NLAError
+from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
+from nla.core.text import text_for_ar
+from nla.data.documents import Document
+from nla.explain.api import NLA, resolve_nla_paths, sidecar_baseline
+from nla.explain.inputs import encode_input
+from nla.models.target import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+# the options a run is defined by: continuing a run with other values would mix incomparable rows
+RUN_KEYS = ("positions", "every", "sample", "seed", "max_new_tokens", "best_of", "temperature", "batch_size")
+
+
+@dataclass
+class AuditConfig:
+    """Options of ``nla audit``."""
+
+    out: str = option("audit.db", "The audit database (SQLite) to create or continue.")
+    av: str | None = option(None, "AV checkpoint; default: the NLA shipped with nla.")
+    ar: str | None = option(None, "AR checkpoint; default: the shipped one with the default AV.")
+    target: str | None = option(None, "Target model; default: the AV sidecar's extraction.base_model.")
+    baseline: float | None = option(None, "Predict-the-mean baseline for fve (default: the sidecar's).")
+    positions: str = option(
+        "auto", "Tokens to explain: auto (assistant tokens of chats, all tokens of text), all, assistant, last, 10:20."
+    )
+    every: int = option(1, "Keep every k-th of the selected tokens.")
+    sample: int | None = option(None, "Keep a random sample of at most this many tokens per document (seeded).")
+    limit: int | None = option(None, "Audit at most this many documents of DATA (rerun without it to continue).")
+    max_new_tokens: int = option(150, "Longest explanation, in tokens.")
+    best_of: int = option(1, "1 = greedy; K > 1 = the greedy answer and K-1 samples, the best-reconstructed kept.")
+    temperature: float | None = option(None, "Sampling temperature for --best-of (default 0.7).")
+    batch_size: int = option(32, "Positions per work batch (decoded together across documents, one transaction).")
+    seed: int = option(0, "Seed of --sample and of best-of sampling (per batch: seed + batch number).")
+    new_run: bool = option(False, "Start a new run in the DB (needed to use another NLA or other options).")
+    engine: str = option("local", "Where batches are explained.", choices=["local", "ray"])
+    ray_address: str | None = option(None, "Ray cluster address (default: start a local Ray).")
+    num_actors: int | None = option(None, "Ray actors (each loads the NLA once); default: CPUs - 1 locally.")
+    num_cpus: float = option(1.0, "CPUs per Ray actor (also its torch threads).")
+    num_gpus: float = option(0.0, "GPUs per Ray actor (use with --device cuda).")
+    device: str = option("cpu", "Torch device, e.g. cpu or cuda:0.")
+    dtype: str = option("float32", "Model dtype.", choices=["float32", "bfloat16", "float16"])
+    timeout: float = option(10.0, "Seconds to wait for a database another process has locked.")
+
+
+# ----------------------------------------------------------------------------- the NLA's identity
+
+
+def _file_digest(path: Path, h: Any, chunk: int = 1 << 20) -> None:
+    """Name, size and the first and last MiB of a file (cheap even for large weights)."""
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}:".encode())
+    with path.open("rb") as f:
+        h.update(f.read(chunk))
+        if size > 2 * chunk:
+            f.seek(-chunk, 2)
+            h.update(f.read(chunk))
+
+
+def nla_identity(cfg: AuditConfig) -> tuple[str, dict[str, Any]]:
+    """(fingerprint, description) of the NLA ``cfg`` names: hashes of both sidecars and weight files."""
+    av, ar = resolve_nla_paths(cfg.av, cfg.ar)
+    h = hashlib.sha256()
+    desc: dict[str, Any] = {"av": str(Path(av).resolve()), "ar": str(Path(ar).resolve()) if ar else None}
+    metas = []
+    for role, d in (("av", av), ("ar", ar)):
+        if d is None:
+            continue
+        p = Path(d)
+        if not (p / MODEL_SIDECAR).is_file():
+            raise NLAError(f"{p} has no {MODEL_SIDECAR}: it is not an NLA checkpoint")
+        sidecar = (p / MODEL_SIDECAR).read_bytes()
+        desc[f"{role}_sidecar_sha256"] = hashlib.sha256(sidecar).hexdigest()
+        h.update(role.encode() + sidecar)
+        for f in sorted(p.glob("*.safetensors")):
+            _file_digest(f, h)
+        metas.append(read_model_sidecar(p))
+    ext = metas[0].get("extraction") or {}
+    desc.update(
+        target=cfg.target or ext.get("base_model"),
+        layer=ext.get("layer_index"),
+        baseline=cfg.baseline if cfg.baseline is not None else sidecar_baseline(*reversed(metas)),
+    )
+    if not desc["target"]:
+        raise NLAError(f"the AV sidecar of {av} names no extraction.base_model: pass --target")
+    return h.hexdigest()[:16], desc
+
+
+def load_nla(desc: dict[str, Any], device: str = "cpu", dtype: str = "float32") -> NLA:
+    """The NLA a run describes (what every engine worker loads once)."""
+    return NLA.from_pretrained(
+        desc["av"], desc["ar"], target=desc["target"], device=device, dtype=dtype, baseline=desc["baseline"]
+    )
+
+
+# ----------------------------------------------------------------------------- runs and the plan
+
+
+def open_run(store: Store, cfg: AuditConfig, nla_id: str, desc: dict[str, Any]) -> int:
+    """The run to write into: the latest one when it matches this NLA and these options, a new one on
+    an empty DB or with ``new_run``; otherwise one clear error."""
+    config = {k: getattr(cfg, k) for k in RUN_KEYS}
+    runs = store.runs()
+    if runs and not cfg.new_run:
+        last = runs[-1]
+        if last["nla_id"] != nla_id:
+            raise NLAError(
+                f"{store.path} run {last['run_id']} was made with another NLA ({last['nla']['av']}, "
+                f"id {last['nla_id']}; this one is {nla_id}): pass --new-run to add a run with this NLA"
+            )
+        changed = [k for k in RUN_KEYS if last["config"].get(k) != config[k]]
+        if changed:
+            was = ", ".join(f"{k}={last['config'].get(k)!r}" for k in changed)
+            raise NLAError(f"{store.path} run {last['run_id']} used {was}: use the same options, or pass --new-run")
+        return int(last["run_id"])
+    return store.add_run(datetime.now(timezone.utc).isoformat(timespec="seconds"), nla_id, desc, config)
+
+
+def plan_documents(store: Store, run_id: int, docs: list[Document], tokenizer: Any, cfg: AuditConfig) -> dict[str, int]:
+    """Tokenise the documents new to this run, choose their positions and give them work batches, in
+    one transaction. A document id already stored with other content is an error (nothing is written)."""
+    known = {r["doc_id"]: (r["doc_key"], r["content_hash"]) for r in store.query("SELECT * FROM documents")}
+    done = {r[0] for r in store.query("SELECT doc_key FROM run_docs WHERE run_id = ?", (run_id,))}
+    counts = {"documents": len(docs), "new": 0, "already_audited": 0, "without_positions": 0, "new_positions": 0}
+    row = store.query("SELECT COALESCE(MAX(batch), -1) FROM positions WHERE run_id = ?", (run_id,))
+    batch, in_batch = int(row[0][0]) + 1, 0
+    with store.transaction() as db:
+        for doc in docs:
+            digest = content_hash(doc)
+            if doc.doc_id in known:
+                key, old = known[doc.doc_id]
+                if old != digest:
+                    raise NLAError(
+                        f"document {doc.doc_id!r} changed since it was stored in {store.path}; "
+                        "give it a new id or use a new database"
+                    )
+            else:
+                content = json.dumps(content_of(doc), ensure_ascii=False)
+                key = db.execute(
+                    "INSERT INTO documents (doc_id, kind, source, content, content_hash) VALUES (?, ?, ?, ?, ?)",
+                    (doc.doc_id, doc.kind, doc.source, content, digest),
+                ).lastrowid
+                known[doc.doc_id] = (key, digest)
+            if key in done:
+                counts["already_audited"] += 1
+                continue
+            enc = encode_input(tokenizer, content_of(doc))
+            picked = select_positions(doc, enc, cfg.positions, every=cfg.every, sample=cfg.sample, seed=cfg.seed)
+            rendered, rows = token_rows(doc, enc, picked)
+            db.execute(
+                "INSERT INTO run_docs VALUES (?, ?, ?, ?, ?)",
+                (run_id, key, rendered, json.dumps(enc.tokens, ensure_ascii=False), len(rows)),
+            )
+            for r in rows:
+                values = [r[k] for k in ("idx", "token", "start", "end", "role", "turn", "context")]
+                db.execute(
+                    "INSERT INTO positions (run_id, doc_key, idx, token, start, end, role, turn, context, batch) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, key, *values, batch),
+                )
+                in_batch += 1
+                if in_batch == cfg.batch_size:
+                    batch, in_batch = batch + 1, 0
+            counts["new"] += 1
+            counts["new_positions"] += len(rows)
+            counts["without_positions"] += not rows
+    return counts
+
+
+def pending_batches(store: Store, run_id: int) -> list[dict[str, Any]]:
+    """The work batches of a run that have no explanations yet, in order, each with what a worker needs:
+    ``{"batch", "docs": [{"content", "positions", "pos_ids", "tokens"}]}``."""
+    rows = store.query(
+        "SELECT p.batch, p.pos_id, p.doc_key, p.idx, p.token, e.pos_id IS NOT NULL AS done, d.content "
+        "FROM positions p JOIN documents d USING (doc_key) LEFT JOIN explanations e USING (pos_id) "
+        "WHERE p.run_id = ? ORDER BY p.batch, p.pos_id",
+        (run_id,),
+    )
+    by_batch: dict[int, list[Any]] = {}
+    for r in rows:
+        by_batch.setdefault(int(r["batch"]), []).append(r)
+    out = []
+    for b, items in by_batch.items():
+        n_done = sum(int(r["done"]) for r in items)
+        if n_done == len(items):
+            continue
+        if n_done:
+            raise NLAError(f"{store.path}: batch {b} of run {run_id} is half written (the database was edited?)")
+        docs: dict[int, dict[str, Any]] = {}
+        for r in items:
+            d = docs.setdefault(
+                r["doc_key"], {"content": json.loads(r["content"]), "positions": [], "pos_ids": [], "tokens": []}
+            )
+            d["positions"].append(int(r["idx"]))
+            d["pos_ids"].append(int(r["pos_id"]))
+            d["tokens"].append(r["token"])
+        out.append({"batch": b, "docs": list(docs.values())})
+    return out
+
+
+# ----------------------------------------------------------------------------- explaining one batch
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    return (int(seed) * 1_000_003 + int(batch)) % (2**31 - 1)
+
+
+def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Explanation rows (``nla.audit.store.EXPLANATION_COLUMNS`` + ``search_text``) of one work batch.
+
+    ``opts``: max_new_tokens, best_of, temperature, seed. Every engine calls this, so rows are the same
+    wherever a batch runs."""
+    docs = work["docs"]
+    n = sum(len(d["positions"]) for d in docs)
+    records, acts, _ = nla.explain_texts(
+        [d["content"] for d in docs],
+        [d["positions"] for d in docs],
+        max_new_tokens=int(opts["max_new_tokens"]),
+        best_of=int(opts["best_of"]),
+        temperature=opts.get("temperature"),
+        batch_size=max(1, n),
+        seed=batch_seed(opts["seed"], work["batch"]),
+        return_activations=True,
+    )
+    rows = []
+    for d, recs, vecs in zip(docs, records, acts, strict=True):
+        if [r.token for r in recs] != d["tokens"]:
+            raise NLAError("the NLA's tokenizer splits a document differently from the plan in the database")
+        for pid, r, v in zip(d["pos_ids"], recs, vecs, strict=True):
+            margin = None if r.cosine is None or r.control_cosine is None else r.cosine - r.control_cosine
+            samples = [
+                {"raw": s.raw, "explanation": s.explanation, "cosine": s.cosine, "mse_nrm": s.mse_nrm, "fve": s.fve}
+                for s in r.samples
+            ]
+            rows.append(
+                dict(
+                    pos_id=pid,
+                    explanation=r.explanation,
+                    raw=r.raw,
+                    cosine=r.cosine,
+                    mse_nrm=r.mse_nrm,
+                    fve=r.fve,
+                    control_cosine=r.control_cosine,
+                    margin=margin,
+                    cjk=int(r.cjk),
+                    samples=json.dumps(samples, ensure_ascii=False),
+                    activation=pack_vector(v.numpy()),
+                    search_text=r.explanation if r.explanation is not None else text_for_ar(r.raw),
+                )
+            )
+    return rows
+
+
+def local_engine(desc: dict[str, Any], cfg: AuditConfig, nla: NLA | None = None) -> Callable[..., Iterator[Any]]:
+    """An engine: ``engine(batches, opts)`` yields ``(batch, rows)`` explained in this process."""
+
+    def run(batches: list[dict[str, Any]], opts: dict[str, Any]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        model = nla or load_nla(desc, cfg.device, cfg.dtype)
+        for work in batches:
+            yield work["batch"], explain_batch(model, work, opts)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def audit(data: str, cfg: AuditConfig, *, nla: NLA | None = None, progress: bool = True) -> dict[str, Any]:
+    """Audit ``data`` into ``cfg.out`` (see the module docstring); returns a summary. ``nla``: an already
+    loaded NLA matching ``cfg.av/ar`` (the local engine uses it instead of loading one)."""
+    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or cfg.best_of < 1:
+        raise NLAError("--batch-size, --max-new-tokens and --best-of must be >= 1")
+    t0 = time.perf_counter()
+    docs, report = read_documents(data, limit=cfg.limit)
+    if report.malformed:
+        log.warning("skipped %d malformed line(s) of %s, e.g. %s", report.malformed, data, report.examples[0])
+    nla_id, desc = nla_identity(cfg)
+    tokenizer = nla.target.tokenizer if nla is not None else load_tokenizer(str(desc["target"]))
+    with Store(cfg.out, create=True, timeout=cfg.timeout) as store:
+        store.lock_writer()
+        run_id = open_run(store, cfg, nla_id, desc)
+        counts = plan_documents(store, run_id, docs, tokenizer, cfg)
+        batches = pending_batches(store, run_id)
+        total = sum(len(d["positions"]) for b in batches for d in b["docs"])
+        opts = {k: getattr(cfg, k) for k in ("max_new_tokens", "best_of", "temperature", "seed")}
+        if cfg.engine == "ray":
+            from nla.audit.ray_engine import ray_engine
+
+            engine = ray_engine(desc, cfg)
+        else:
+            engine = local_engine(desc, cfg, nla)
+        explained = 0
+        t1 = time.perf_counter()
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, unit="pos", desc="audit", disable=not progress or total == 0) as bar:
+            for _batch, rows in engine(batches, opts) if batches else ():
+                store.write_explanations(rows)
+                explained += len(rows)
+                bar.update(len(rows))
+        seconds = time.perf_counter() - t1
+        stored = store.query(
+            "SELECT COUNT(*) FROM explanations JOIN positions USING (pos_id) WHERE run_id = ?", (run_id,)
+        )
+    return {
+        "db": str(cfg.out),
+        "run": run_id,
+        "nla": nla_id,
+        "engine": cfg.engine,
+        "documents": {**counts, "malformed_lines": report.malformed, "malformed_examples": report.examples},
+        "positions": {"explained_now": explained, "stored": int(stored[0][0])},
+        "seconds": round(time.perf_counter() - t0, 2),
+        "positions_per_second": round(explained / seconds, 3) if explained and seconds > 0 else None,
+    }
+
+
+__all__ = ["AuditConfig", "audit", "explain_batch", "load_nla", "nla_identity", "pending_batches", "plan_documents"]

@@ -1,0 +1,156 @@
+"""What an audit reads and which tokens it explains: tolerant input reading and per-document positions.
+
+:func:`read_documents` reads DATA (JSONL of ``text`` or chat ``messages``, parquet, a folder of .txt,
+``hf:NAME``; see :func:`nla.data.corpus.load_corpus`; ``sample-chats``: the 34 varied chats shipped with
+nla). For JSONL it is tolerant: a malformed line (bad
+JSON, no text/messages, empty text, a repeated id) is counted and reported, and the rest is audited.
+
+:func:`select_positions` resolves the position options against one tokenised document: ``auto`` (every
+assistant token of a chat, every token of plain text), any ``--positions`` spec of :mod:`nla.explain.positions`,
+then every k-th (``every``) and a random sample of at most ``sample`` per document, seeded by the document
+id so a rerun picks the same tokens. :func:`token_rows` gives each picked token its character offsets in
+the rendered text, its role and turn (chats), and the context tail before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nla.common.errors import NLAError
+from nla.data.corpus import load_corpus, read_utf8
+from nla.data.documents import Document, document_from_record
+from nla.explain.inputs import Encoded
+from nla.explain.positions import parse_positions
+from nla.resources import resource
+
+CONTEXT_CHARS = 160  # characters of context kept before (and including) each token
+SAMPLE_CHATS = "sample-chats"  # DATA name of the transcripts shipped with nla (resources/audit/sample_chats.jsonl)
+
+
+@dataclass
+class ReadReport:
+    """What reading DATA skipped: malformed lines (first few kept as examples)."""
+
+    malformed: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, where: str, why: str) -> None:
+        self.malformed += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {why}")
+
+
+def read_documents(data: str, *, limit: int | None = None) -> tuple[list[Document], ReadReport]:
+    """The documents of ``data`` (at most ``limit``) and what was skipped; no document at all is an error."""
+    report = ReadReport()
+    if str(data) == SAMPLE_CHATS and not Path(SAMPLE_CHATS).exists():
+        data = str(resource("audit", "sample_chats.jsonl"))
+    path = Path(str(data)).expanduser()
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return load_corpus(str(data), limit=limit), report
+    docs: list[Document] = []
+    seen: set[str] = set()
+    for n, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if limit is not None and len(docs) >= limit:
+            break
+        if not line.strip():
+            continue
+        where = f"{path.name} line {n}"
+        try:
+            doc = document_from_record(json.loads(line), f"{path.name}:{n}", where, f"file:{path.name}")
+        except json.JSONDecodeError as e:
+            report.add(where, f"not valid JSON ({e.msg})")
+            continue
+        except NLAError as e:
+            report.add(where, str(e).removeprefix(f"{where}: "))
+            continue
+        if doc.doc_id in seen:
+            report.add(where, f"repeats document id {doc.doc_id!r}")
+            continue
+        seen.add(doc.doc_id)
+        docs.append(doc)
+    if not docs:
+        raise NLAError(f"{path} holds no readable document ({report.malformed} malformed lines)")
+    return docs, report
+
+
+def content_of(doc: Document) -> str | list[dict[str, str]]:
+    """What :meth:`nla.explain.api.NLA.encode` takes: the text, or the list of messages."""
+    return doc.text if doc.text is not None else [dict(m) for m in doc.messages or ()]
+
+
+def content_hash(doc: Document) -> str:
+    return hashlib.sha256(json.dumps(content_of(doc), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def select_positions(
+    doc: Document, enc: Encoded, positions: str = "auto", *, every: int = 1, sample: int | None = None, seed: int = 0
+) -> list[int]:
+    """Token indices of ``doc`` to explain (sorted); empty when the spec selects nothing in it (e.g. a chat
+    without an assistant turn under ``auto``)."""
+    if every < 1 or (sample is not None and sample < 1):
+        raise NLAError("--every and --sample must be >= 1")
+    spec = positions.strip().lower()
+    if spec == "auto":
+        if doc.messages is None:
+            picked = list(range(len(enc.input_ids)))
+        else:
+            picked = [i for i, m in enumerate(enc.assistant_mask or []) if m]
+    else:
+        try:
+            picked = parse_positions(positions, len(enc.input_ids), assistant_mask=enc.assistant_mask)
+        except NLAError:
+            if "assistant" in spec and doc.messages is not None:
+                return []  # a chat without an assistant turn has nothing to audit under this spec
+            raise
+    picked = picked[::every]
+    if sample is not None and len(picked) > sample:
+        rng = random.Random(f"{seed}:{doc.doc_id}")
+        picked = sorted(rng.sample(picked, sample))
+    return picked
+
+
+def message_spans(rendered: str, messages: Sequence[dict[str, str]]) -> list[tuple[int, int, int, str]]:
+    """``(start, end, turn, role)`` of each message's content in the rendered chat, searched in order."""
+    spans, cursor = [], 0
+    for turn, m in enumerate(messages):
+        content = str(m.get("content", "")).strip()
+        start = rendered.find(content, cursor) if content else -1
+        if start < 0:
+            continue
+        spans.append((start, start + len(content), turn, str(m.get("role", ""))))
+        cursor = start + len(content)
+    return spans
+
+
+def token_rows(doc: Document, enc: Encoded, picked: Sequence[int]) -> tuple[str, list[dict[str, Any]]]:
+    """The rendered text (the tokens' texts joined) and one row per picked token: ``idx, token, start,
+    end, role, turn, context``. Role is the message's role, ``template`` for chat decorations, ``text``
+    for plain text."""
+    rendered = "".join(enc.tokens)
+    ends, total = [], 0
+    for t in enc.tokens:
+        total += len(t)
+        ends.append(total)
+    spans = message_spans(rendered, doc.messages) if doc.messages is not None else []
+    rows = []
+    for i in picked:
+        end = ends[i]
+        start = end - len(enc.tokens[i])
+        role, turn = ("text", None) if doc.messages is None else ("template", None)
+        for s, e, t, r in spans:
+            if start < e and s < end:
+                role, turn = r, t
+                break
+        context = rendered[max(0, end - CONTEXT_CHARS) : end]
+        rows.append(dict(idx=i, token=enc.tokens[i], start=start, end=end, role=role, turn=turn, context=context))
+    return rendered, rows
+
+
+__all__ = ["ReadReport", "content_hash", "content_of", "read_documents", "select_positions", "token_rows"]
