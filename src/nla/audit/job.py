@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from nla.audit.plan import content_hash, content_of, read_documents, select_positions, token_rows
-from nla.audit.store import Store, pack_vector
+from nla.audit.ray_engine import ray_engine
+from nla.audit.store import Store
+from nla.audit.worker import explain_batch, load_nla
 from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
-from nla.core.text import text_for_ar
 from nla.data.documents import Document
 from nla.explain.api import NLA, resolve_nla_paths, sidecar_baseline
 from nla.explain.inputs import encode_input
@@ -121,13 +122,6 @@ def nla_identity(cfg: AuditConfig) -> tuple[str, dict[str, Any]]:
     if not desc["target"]:
         raise NLAError(f"the AV sidecar of {av} names no extraction.base_model: pass --target")
     return h.hexdigest()[:16], desc
-
-
-def load_nla(desc: dict[str, Any], device: str = "cpu", dtype: str = "float32") -> NLA:
-    """The NLA a run describes (what every engine worker loads once)."""
-    return NLA.from_pretrained(
-        desc["av"], desc["ar"], target=desc["target"], device=device, dtype=dtype, baseline=desc["baseline"]
-    )
 
 
 # ----------------------------------------------------------------------------- runs and the plan
@@ -235,59 +229,6 @@ def pending_batches(store: Store, run_id: int) -> list[dict[str, Any]]:
     return out
 
 
-# ----------------------------------------------------------------------------- explaining one batch
-
-
-def batch_seed(seed: int, batch: int) -> int:
-    return (int(seed) * 1_000_003 + int(batch)) % (2**31 - 1)
-
-
-def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
-    """Explanation rows (``nla.audit.store.EXPLANATION_COLUMNS`` + ``search_text``) of one work batch.
-
-    ``opts``: max_new_tokens, best_of, temperature, seed. Every engine calls this, so rows are the same
-    wherever a batch runs."""
-    docs = work["docs"]
-    n = sum(len(d["positions"]) for d in docs)
-    records, acts, _ = nla.explain_texts(
-        [d["content"] for d in docs],
-        [d["positions"] for d in docs],
-        max_new_tokens=int(opts["max_new_tokens"]),
-        best_of=int(opts["best_of"]),
-        temperature=opts.get("temperature"),
-        batch_size=max(1, n),
-        seed=batch_seed(opts["seed"], work["batch"]),
-        return_activations=True,
-    )
-    rows = []
-    for d, recs, vecs in zip(docs, records, acts, strict=True):
-        if [r.token for r in recs] != d["tokens"]:
-            raise NLAError("the NLA's tokenizer splits a document differently from the plan in the database")
-        for pid, r, v in zip(d["pos_ids"], recs, vecs, strict=True):
-            margin = None if r.cosine is None or r.control_cosine is None else r.cosine - r.control_cosine
-            samples = [
-                {"raw": s.raw, "explanation": s.explanation, "cosine": s.cosine, "mse_nrm": s.mse_nrm, "fve": s.fve}
-                for s in r.samples
-            ]
-            rows.append(
-                dict(
-                    pos_id=pid,
-                    explanation=r.explanation,
-                    raw=r.raw,
-                    cosine=r.cosine,
-                    mse_nrm=r.mse_nrm,
-                    fve=r.fve,
-                    control_cosine=r.control_cosine,
-                    margin=margin,
-                    cjk=int(r.cjk),
-                    samples=json.dumps(samples, ensure_ascii=False),
-                    activation=pack_vector(v.numpy()),
-                    search_text=r.explanation if r.explanation is not None else text_for_ar(r.raw),
-                )
-            )
-    return rows
-
-
 def local_engine(desc: dict[str, Any], cfg: AuditConfig, nla: NLA | None = None) -> Callable[..., Iterator[Any]]:
     """An engine: ``engine(batches, opts)`` yields ``(batch, rows)`` explained in this process."""
 
@@ -321,8 +262,6 @@ def audit(data: str, cfg: AuditConfig, *, nla: NLA | None = None, progress: bool
         total = sum(len(d["positions"]) for b in batches for d in b["docs"])
         opts = {k: getattr(cfg, k) for k in ("max_new_tokens", "best_of", "temperature", "seed")}
         if cfg.engine == "ray":
-            from nla.audit.ray_engine import ray_engine
-
             engine = ray_engine(desc, cfg)
         else:
             engine = local_engine(desc, cfg, nla)

@@ -1,7 +1,7 @@
 """The Ray engine of ``nla audit --engine ray``: the same work batches, explained by a Ray Data actor pool.
 
 Each actor loads the NLA once (from the run's checkpoint paths) and explains whole work batches with
-:func:`nla.audit.job.explain_batch`, the function the local engine calls, so the rows are the same. The
+:func:`nla.audit.worker.explain_batch`, the function the local engine calls, so the rows are the same. The
 driver keeps planning and writing: it alone touches SQLite (one transaction per batch), so a cluster
 needs no shared database, only the checkpoints at the same paths on every node and ``nla`` installed.
 
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from nla.audit.worker import explain_batch, load_nla
 from nla.common.errors import NLAError
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,10 @@ class BatchWorker:
     def __init__(self, desc: dict[str, Any], device: str, dtype: str, threads: int) -> None:
         import torch
 
-        from nla.audit.job import load_nla
-
         torch.set_num_threads(max(1, threads))
         self.nla = load_nla(desc, device, dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from nla.audit.job import explain_batch
-
         out = []
         for work_json, opts_json in zip(batch["work"], batch["opts"], strict=True):
             rows = explain_batch(self.nla, json.loads(work_json), json.loads(opts_json))
