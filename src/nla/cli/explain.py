@@ -172,8 +172,10 @@ def read_input(args: argparse.Namespace) -> str | list[dict[str, str]]:
             raise NLAError(f"--file {args.file} is a folder, not a text file")
         try:
             return args.file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise NLAError(f"cannot read {args.file} as UTF-8 text: {e}") from e
+        except UnicodeDecodeError as e:
+            raise NLAError(f"--file {args.file} is not UTF-8 text (byte {e.object[e.start]:#x} at {e.start})") from e
+        except OSError as e:
+            raise NLAError(f"cannot read --file {args.file}: {e.strerror or e}") from e
     return str(args.text)
 
 
@@ -275,7 +277,7 @@ def generate(nla: Any, cfg: NLAOptions, items: int, what: str, call: Callable[[]
     if estimate > WARN_SECONDS:
         sys.stderr.write(f"nla: {estimate_line(plan, estimate, what=what)}\n")
     t0 = time.perf_counter()
-    with progress_bar(plan.generations, desc=f"explain {items} {what}"):
+    with progress_bar(plan.generations, desc=f"explain {items} {what[:-1] if items == 1 else what}"):
         records = call()
     took = time.perf_counter() - t0
     note = (

@@ -85,7 +85,7 @@ def _probe(folder: Path, what: str, path: Path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise NLAError(f"cannot write {what} {path}: {e.strerror or e} in {folder}") from e
+        raise NLAError(f"cannot write {what} {path}: no new file can be made in {folder} ({e.strerror or e})") from e
 
 
 def check_writable_file(path: str | os.PathLike[str], what: str = "output") -> Path:
