@@ -167,3 +167,23 @@ def test_an_unexpected_os_error_is_one_line(monkeypatch, ckpt, tmp_path, capsys)
     assert err.strip().splitlines()[-1] == f"nla: error: No space left on device ({tmp_path / 'o.jsonl'})"
     assert "Traceback" not in err
     assert not Path(tmp_path / "o.jsonl").exists()
+
+
+def test_add_command_marks_required_options_in_help(capsys) -> None:
+    from dataclasses import dataclass
+
+    from nla.cli import Parser, add_command
+    from nla.common.config import option
+
+    @dataclass
+    class Demo:
+        data: str = option("", "Training data.")
+        lr: float = option(0.1, "Learning rate.")
+
+    parser = Parser(prog="nla")
+    sub = parser.add_subparsers()
+    add_command(sub, "demo", "A demo.", lambda a: 0, config=Demo, required=("data",))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Training data. (required)" in text and "Learning rate. (default: 0.1)" in text

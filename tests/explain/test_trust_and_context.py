@@ -46,9 +46,9 @@ def test_table_and_html_show_control_verdict_sink_and_negative_legend() -> None:
     lines = legend_lines(recs)
     assert "0.10 fve" in lines[0] and "(1 of 3 here)" in lines[0] and "attention sink" in lines[1]
     page = render_html(recs, ["<s>", "t0", "t1", "t2"][1:], text_mask=[True, True, True])
-    assert "below 0 (worse than predicting the mean, lowest here -0.700)" in page  # no clamping in the legend
+    assert "below 0, striped (worse than predicting the mean, lowest here -0.700)" in page  # no clamping in the legend
     assert "Every explanation" in page and page.count("<tr data-i=") == 3  # the overview lists all
-    assert 'class="t sink"' in page and "1 beat the empty explanation" in page
+    assert 'class="t sink"' in page and 'class="t neg"' in page and "1 beat the empty explanation" in page
 
 
 def test_html_hides_template_tokens_unless_explained() -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from nla.models.av import ActivationVerbalizer, generation_progress
 
-TYPICAL_BATCH_STEPS = 100  # decoding steps of a batch of the shipped NLA (longest answer of 16; docs/explain.md)
+TYPICAL_BATCH_STEPS = 72  # steps of a batch (its longest answer) of the shipped NLA: 66-74, mean 70 (docs/explain.md)
 WARN_SECONDS = 60.0  # runs estimated longer than this get a line saying so, and how to go faster
 
 

@@ -188,7 +188,7 @@ main{display:flex;gap:16px;padding:16px 20px}
 .d{display:none} .d.show{display:block}
 .d pre{white-space:pre-wrap;background:#f4f4f4;padding:6px;border-radius:4px;font-size:12px}
 .k{color:#666} .legend span{display:inline-block;width:28px;height:12px;margin-right:1px}
-.legend span.neg{width:40px;background:repeating-linear-gradient(45deg,hsl(0,75%,80%) 0 4px,hsl(0,60%,65%) 4px 8px)}
+.legend span.neg{width:40px} .neg{background:repeating-linear-gradient(45deg,hsl(0,75%,80%) 0 4px,hsl(0,60%,65%) 4px 8px)!important}
 .t.sink{outline:2px dotted #555} .tpl{display:none} body.showtpl .tpl{display:inline;color:#999}
 #overview{padding:0 20px 20px} #overview table{border-collapse:collapse;background:#fff;width:100%;font-size:13px}
 #overview td,#overview th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
@@ -268,7 +268,7 @@ def _legend(records: Sequence[Any], metric: str) -> str:
     lowest = f", lowest here {low:+.3f}" if low is not None and low < 0 else ""
     ramp = "".join(f'<span style="background:{score_colour(k / 10)}"></span>' for k in range(11))
     return (
-        f'<p class="legend">{metric}: <span class="neg"></span> below 0 ({below}{lowest}) &nbsp; '
+        f'<p class="legend">{metric}: <span class="neg"></span> below 0, striped ({below}{lowest}) &nbsp; '
         f"0 {ramp} 1 &nbsp; · dotted outline: the first token (an attention sink) · wavy underline: no closed "
         "explanation tag (scored on the raw answer)</p>"
     )
@@ -306,6 +306,8 @@ def render_html(
             classes.append("cjk")
         if is_sink(rec) and hasattr(rec, "position"):
             classes.append("sink")
+        if (_get(rec, metric) or 0.0) < 0:
+            classes.append("neg")
         colour = score_colour(_get(rec, metric))
         style = f' style="background:{colour}"' if colour else ""
         tip = f"{metric} {_num(_get(rec, metric))} (empty: {_num(_control(rec))}; {_verdict(rec)})\n"
@@ -323,7 +325,8 @@ def render_html(
         if hidden
         else ""
     )
-    head = "".join(f"<p>{_esc(n)}</p>" for n in [facts, *legend_lines(records), *notes])
+    legend = [line for line in legend_lines(records) if line not in notes]
+    head = "".join(f"<p>{_esc(n)}</p>" for n in [facts, *legend, *notes])
     details = "".join(_detail(i, r, metric) for i, r in enumerate(records))
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
