@@ -188,7 +188,8 @@ main{display:flex;gap:16px;padding:16px 20px}
 .d{display:none} .d.show{display:block}
 .d pre{white-space:pre-wrap;background:#f4f4f4;padding:6px;border-radius:4px;font-size:12px}
 .k{color:#666} .legend span{display:inline-block;width:28px;height:12px;margin-right:1px}
-.legend span.neg{width:40px} .neg{background:repeating-linear-gradient(45deg,hsl(0,75%,80%) 0 4px,hsl(0,60%,65%) 4px 8px)!important}
+.legend span.neg{width:40px}
+.neg{background:repeating-linear-gradient(45deg,hsl(0,75%,80%) 0 4px,hsl(0,60%,65%) 4px 8px)!important}
 .t.sink{outline:2px dotted #555} .tpl{display:none} body.showtpl .tpl{display:inline;color:#999}
 #overview{padding:0 20px 20px} #overview table{border-collapse:collapse;background:#fff;width:100%;font-size:13px}
 #overview td,#overview th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
