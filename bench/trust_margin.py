@@ -29,7 +29,7 @@ TEXTS = [
     "The stock market fell sharply on Monday after the central bank raised interest rates again.",
     "She opened the letter slowly, afraid of what it might say about her brother.",
 ]
-MARGINS = (0.0, 0.05, 0.10, 0.15, 0.20)
+MARGINS = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.40, 0.50)
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shuffles", type=int, default=5, help="Shuffled pairings per token (other texts).")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -58,25 +59,27 @@ def main() -> None:
             rows.append((ti, v, r.raw, control_fve(r.control_cosine, b), r.fve))
     vectors = torch.stack([r[1] for r in rows])  # (N, d)
     rng = random.Random(args.seed)
-    other = []  # for each row, a row of another text
-    for ti, *_ in rows:
+    pred = nla.ar.predict([text_for_ar(r[2]) for r in rows]).float()  # (N, d): each token's own explanation
+    pairs = []  # (token row, row of a token from another text whose explanation is scored against it)
+    for i, (ti, *_) in enumerate(rows):
         choices = [j for j, r in enumerate(rows) if r[0] != ti]
-        other.append(rng.choice(choices))
-    pred = nla.ar.predict([text_for_ar(rows[j][2]) for j in other]).float()  # (N, d): another token's text
-    shuffled = [fve_nrm(float(m), b) for m in mse_nrm(pred, vectors)]
+        pairs += [(i, j) for j in rng.sample(choices, args.shuffles)]
+    mse = mse_nrm(pred[[j for _, j in pairs]], vectors[[i for i, _ in pairs]])  # (N * shuffles,)
+    shuffled = [fve_nrm(float(m), b) for m in mse]
     own_gap = [r[4] - r[3] for r in rows]
-    shuf_gap = [s - r[3] for s, r in zip(shuffled, rows, strict=True)]
-    n = len(rows)
+    shuf_gap = [s - rows[i][3] for s, (i, _) in zip(shuffled, pairs, strict=True)]
+    n, ns = len(rows), len(pairs)
     out = {
         "tokens": n,
         "baseline": b,
         "mean_fve_own": sum(r[4] for r in rows) / n,
-        "mean_fve_shuffled": sum(shuffled) / n,
+        "mean_fve_shuffled": sum(shuffled) / ns,
+        "shuffled_pairs": ns,
         "mean_control_fve": sum(r[3] for r in rows) / n,
         "pass_rate": {
             f"{m:.2f}": {
                 "own": round(sum(g >= m for g in own_gap) / n, 3),
-                "shuffled": round(sum(g >= m for g in shuf_gap) / n, 3),
+                "shuffled": round(sum(g >= m for g in shuf_gap) / ns, 3),
             }
             for m in MARGINS
         },

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from nla.cli import build_parser, leaf_parsers, main
+from nla.explain.trust import COS_MARGIN
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -105,7 +106,7 @@ def test_table_shows_control_verdict_and_sink(ckpt, capsys) -> None:
     header = next(line for line in out.splitlines() if "verdict" in line)
     assert "ctrl" in header and "(sink)" in out and "attention sink" in out
     assert ("beats empty" in out) or ("no better" in out)
-    assert "verdict 'beats empty' = at least 0.03 cosine above it" in out  # no baseline: the cosine margin
+    assert f"verdict 'beats empty' = at least {COS_MARGIN:.2f} cosine above it" in out  # no baseline: cosine
 
 
 def test_long_input_max_tokens_and_windows(ckpt, tmp_path, capsys) -> None:

@@ -15,9 +15,9 @@ def test_control_fve_and_the_margin() -> None:
     assert control_fve(None, 0.5) is None and control_fve(0.7, None) is None
     assert control_fve(0.75, 0.5) == pytest.approx(1 - 2 * 0.25 / 0.5)  # = 0.0
     assert beats_control(0.30, 0.9, 0.30 - FVE_MARGIN, 0.8) is True  # exactly the margin counts
-    assert beats_control(0.30, 0.9, 0.25, 0.8) is False  # fve decides when known, whatever the cosines
+    assert beats_control(0.30, 0.9, 0.30 - FVE_MARGIN / 2, 0.1) is False  # fve decides when known
     assert beats_control(None, 0.9, None, 0.9 - COS_MARGIN / 2) is False
-    assert beats_control(None, 0.9, None, 0.9 - COS_MARGIN) is True
+    assert beats_control(None, 0.9, None, 0.9 - COS_MARGIN - 1e-9) is True
     assert beats_control(None, None, None, None) is None
     assert [verdict(x) for x in (True, False, None)] == ["beats empty", "no better", "-"]
 
@@ -44,7 +44,7 @@ def test_table_and_html_show_control_verdict_sink_and_negative_legend() -> None:
     assert rows[0][4:6] == ["+0.850", "no better (sink)"] and rows[2][4:6] == ["-0.300", "beats empty"]
     assert "beats empty" in render_table(recs, use_rich=True, width=200)
     lines = legend_lines(recs)
-    assert "0.10 fve" in lines[0] and "(1 of 3 here)" in lines[0] and "attention sink" in lines[1]
+    assert f"{FVE_MARGIN:.2f} fve" in lines[0] and "(1 of 3 here)" in lines[0] and "attention sink" in lines[1]
     page = render_html(recs, ["<s>", "t0", "t1", "t2"][1:], text_mask=[True, True, True])
     assert "below 0, striped (worse than predicting the mean, lowest here -0.700)" in page  # no clamping in the legend
     assert "Every explanation" in page and page.count("<tr data-i=") == 3  # the overview lists all
