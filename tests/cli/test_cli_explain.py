@@ -188,3 +188,16 @@ def test_add_command_marks_required_options_in_help(capsys) -> None:
         parser.parse_args(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Training data. (required)" in text and "Learning rate. (default: 0.1)" in text
+
+
+def test_eval_shows_a_progress_bar_that_ends_full(ckpt, tmp_path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vecs = np.random.default_rng(0).normal(size=(6, 64)).astype(np.float32)
+    pq.write_table(pa.table({"activation_vector": [list(map(float, v)) for v in vecs]}), tmp_path / "h.parquet")
+    argv = ["eval", "--data", str(tmp_path / "h.parquet"), "--av", ckpt["av"], "--ar", ckpt["ar"]]
+    assert main([*argv, "--rows", "10", "--max-new-tokens", "2", "--out", str(tmp_path / "card.json")]) == 0
+    err = capsys.readouterr().err
+    assert "eval: generate" in err and "6/6" in err  # 6 rows held out, though --rows asked for 10
+    assert json.loads((tmp_path / "card.json").read_text())["rows"] == 6
