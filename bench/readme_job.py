@@ -49,8 +49,9 @@ def torch_default_threads() -> int:
     return int(out.stdout.strip())
 
 
-def run_job(html: Path, threads: int | None, extra: list[str]) -> tuple[float, int | None]:
-    """Wall seconds of one job and the thread count it used (from its -v log)."""
+def run_job(html: Path, threads: int | None, extra: list[str]) -> tuple[float, int | None, str]:
+    """Wall seconds of one job, the thread count it used (from its -v log) and its own timing note
+    (generation time beside the estimate made before it)."""
     cmd = [sys.executable, "-m", "nla.cli", "-v", "explain", TEXT, "--html", str(html), *extra]
     if threads is not None:
         cmd += ["--threads", str(threads)]
@@ -60,7 +61,8 @@ def run_job(html: Path, threads: int | None, extra: list[str]) -> tuple[float, i
     if done.returncode != 0:
         raise SystemExit(f"the job failed ({done.returncode}):\n{done.stderr[-2000:]}")
     used = re.search(r"torch uses (\d+) CPU thread", done.stderr)
-    return seconds, int(used.group(1)) if used else None
+    note = re.search(r"explanations in \d+ batches took (.*)", done.stdout)
+    return seconds, int(used.group(1)) if used else None, note.group(1).strip() if note else ""
 
 
 def main() -> None:
@@ -76,7 +78,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="nla-readme-job-") as tmp:
         html = Path(tmp) / "explain.html"
-        first, _ = run_job(html, None, args.extra)  # warm-up, not in the table
+        first, _, _ = run_job(html, None, args.extra)  # warm-up, not in the table
         print(f"warm-up run: {first:.1f} s; usable cores {usable_cores()}; torch's default threads {old}", flush=True)
         for load in ("idle", "busy"):
             hog = None
@@ -85,7 +87,7 @@ def main() -> None:
                 time.sleep(2.0)
             try:
                 busy = busy_cores(1.0)
-                runs: dict[str, list[tuple[float, int | None]]] = {"old default": [], "nla default": []}
+                runs: dict[str, list[tuple[float, int | None, str]]] = {"old default": [], "nla default": []}
                 for _ in range(args.repeats):  # interleaved, so a drift in the machine's load hits both
                     runs["old default"].append(run_job(html, old, args.extra))
                     runs["nla default"].append(run_job(html, None, args.extra))
@@ -97,10 +99,11 @@ def main() -> None:
                 row = {
                     "load": load,
                     "threads_rule": name,
-                    "threads": sorted({t for _, t in rs if t is not None}),
+                    "threads": sorted({t for _, t, _ in rs if t is not None}),
                     "busy_cores_before": None if busy is None else round(busy, 2),
-                    "median_s": round(statistics.median(s for s, _ in rs), 1),
-                    "runs_s": [round(s, 1) for s, _ in rs],
+                    "median_s": round(statistics.median(s for s, _, _ in rs), 1),
+                    "runs_s": [round(s, 1) for s, _, _ in rs],
+                    "generation_vs_estimate": [n for _, _, n in rs],
                 }
                 results.append(row)
                 print(json.dumps(row), flush=True)
