@@ -250,7 +250,7 @@ def hub_offline() -> bool:
         try:
             socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
             reached.append(True)
-        except OSError:
+        except Exception:  # any failure to connect means: not reachable
             pass
 
     t = threading.Thread(target=probe, daemon=True)
