@@ -4,6 +4,9 @@
 
     nla eval --av runs/rl/final/av --ar runs/rl/final/ar --sft-av runs/av/final --sft-ar runs/ar/final \\
         --data runs/teach/eval.parquet --train-data runs/teach/ar_sft.parquet --out card.json
+
+To evaluate, --data and at least one AR (--ar or --sft-ar) are required. The options, the checkpoint
+folders, the data paths and --out are checked before any model loads; generation shows a progress bar.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from nla.common.config import config_from_args
-from nla.evaluate.card import EvalConfig, evaluation_card, format_card, shipped_card
+from nla.common.errors import NLAError
+from nla.evaluate.card import EvalConfig, evaluation_card, format_card, parse_stages, shipped_card
 
 NAME, CONFIG = "eval", EvalConfig
 HELP = "Evaluate AV/AR checkpoints on held-out activations: FVE ladder beside its controls."
@@ -23,11 +28,45 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Print the whole card as JSON.")
 
 
+def check(cfg: EvalConfig) -> int:
+    """Fail before the work: options, paths and checkpoints. Returns the number of answers to generate."""
+    from nla.common.meta import MODEL_SIDECAR
+    from nla.common.paths import check_writable_file
+
+    for name in ("rows", "max_new_tokens", "batch_size", "best_of"):
+        if getattr(cfg, name) < 1:
+            raise NLAError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.temperature > 0:
+        raise NLAError(f"--temperature must be > 0, got {cfg.temperature}")
+    if not cfg.data or not (cfg.ar or cfg.sft_ar):
+        raise NLAError("nla eval needs --data and at least one AR (--ar or --sft-ar)")
+    if cfg.out:
+        check_writable_file(cfg.out, "--out")
+    for flag, path in (("--data", cfg.data), ("--train-data", cfg.train_data), ("--compute", cfg.compute)):
+        if path and not Path(path).exists():
+            raise NLAError(f"{flag} {path}: no such file or folder")
+    stages = parse_stages(cfg.stage)
+    dirs = [("--av", cfg.av), ("--ar", cfg.ar), ("--sft-av", cfg.sft_av), ("--sft-ar", cfg.sft_ar)]
+    dirs += [(f"--stage {name}", d) for name, av, ar in stages for d in (av, ar)]
+    for flag, path in dirs:
+        if path and not (Path(path) / MODEL_SIDECAR).is_file():
+            raise NLAError(f"{flag} {path} is not an NLA checkpoint folder (no {MODEL_SIDECAR} in it)")
+    if cfg.best_of > 1 and not ((cfg.av and cfg.ar) or stages):
+        raise NLAError("--best-of needs an AV and AR pair to decode with (--av/--ar or a --stage)")
+    round_trips = bool(cfg.sft_av and cfg.sft_ar) + bool(cfg.av and cfg.ar) + len(stages)
+    return cfg.rows * (round_trips + (cfg.best_of if cfg.best_of > 1 else 0))
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(EvalConfig, args)
     if not cfg.data and not cfg.av and not cfg.ar and not cfg.sft_av and not cfg.sft_ar:
         card = shipped_card()
     else:
-        card = evaluation_card(cfg)
+        from nla.explain.progress import progress_bar
+
+        total = check(cfg)
+        with progress_bar(total, desc="eval: generate") as bar:
+            card = evaluation_card(cfg)
+            bar.total = bar.n  # fewer held-out rows than --rows: the bar still ends at 100%
     sys.stdout.write((json.dumps(card, indent=2, ensure_ascii=False) if args.json else format_card(card)) + "\n")
     return 0

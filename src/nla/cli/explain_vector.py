@@ -6,7 +6,8 @@ steering vector) with a trained NLA.
 
 The file holds a 1-D (d,) or 2-D (N, d) array: ``.npy`` (read with ``allow_pickle=False``) or
 ``.safetensors`` (``--key`` picks the tensor when there are several). Only directions matter: the AV
-rescales every vector to its injection scale.
+rescales every vector to its injection scale. The vectors are checked against the AV sidecar's
+``d_model`` before any model loads, and only the AV and AR load: the target model is not needed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from nla.cli.explain import NLAOptions, load_nla, write_outputs
+from nla.cli.explain import NLAOptions, check_checkpoints, check_outputs, generate, load_nla, write_outputs
 from nla.common.config import add_config_args, config_from_args
+from nla.common.errors import NLAError
 
 
 @dataclass
@@ -38,11 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nla.explain.inputs import load_vector_file
+    from nla.explain.inputs import as_vectors, load_vector_file
 
     cfg = config_from_args(ExplainVectorConfig, args)
+    check_outputs({"--jsonl": cfg.jsonl}, [args.file])
     array = load_vector_file(args.file, args.key)  # before loading models: file errors come fast
-    nla = load_nla(cfg)
-    records = nla.explain_vectors(array, **cfg.gen_kwargs())
-    write_outputs(cfg, nla, records, None, f"NLA explanations: {args.file.name}")
+    _, _, av_meta = check_checkpoints(cfg)
+    try:
+        d_model = int(av_meta["d_model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise NLAError("the AV sidecar has no valid d_model") from e
+    vectors = as_vectors(array, d_model)  # (N, d): shape, NaN and zero rows checked against the sidecar
+    nla = load_nla(cfg, with_target=False)
+    records, timing = generate(
+        nla, cfg, int(vectors.shape[0]), "vectors", lambda: nla.explain_vectors(vectors, **cfg.gen_kwargs())
+    )
+    write_outputs(cfg, nla, records, None, f"NLA explanations: {args.file.name}", extra_notes=[timing])
     return 0

@@ -1,4 +1,5 @@
-"""Where nla keeps its caches (converted models, the default corpus, teacher caches).
+"""Where nla keeps its caches (converted models, the default corpus, teacher caches), atomic writes, and
+the checks that an output path is writable, made before the work rather than after it.
 
 Set ``NLA_CACHE`` to move everything; otherwise ``$XDG_CACHE_HOME/nla`` or ``~/.cache/nla``.
 """
@@ -11,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from nla.common.errors import NLAError
 
 
 def cache_dir(*parts: str) -> Path:
@@ -65,6 +68,44 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _nearest_existing(path: Path) -> Path:
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def _probe(folder: Path, what: str, path: Path) -> None:
+    if not folder.is_dir():
+        raise NLAError(f"cannot write {what} {path}: {folder} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".nla-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise NLAError(f"cannot write {what} {path}: no new file can be made in {folder} ({e.strerror or e})") from e
+
+
+def check_writable_file(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Fail now, before any work, when ``path`` could not be written as a file at the end: it is a folder,
+    a parent is a file, or the nearest existing folder refuses a new file (tried with a temporary file,
+    removed at once; missing parent folders are not created here)."""
+    p = Path(path).expanduser()
+    if str(path).strip() == "" or p.is_dir():
+        raise NLAError(f"{what} {str(path)!r} is a folder: give a file name")
+    _probe(_nearest_existing(p), what, p)
+    return p
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Like :func:`check_writable_file` for an output folder: it may exist (as a folder) or be creatable."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise NLAError(f"{what} {p} is a file, not a folder")
+    _probe(p if p.is_dir() else _nearest_existing(p), what, p)
+    return p
 
 
 def dir_size_mib(path: Path) -> float:

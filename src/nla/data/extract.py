@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from nla.common.config import option
 from nla.common.errors import NLAError
+from nla.common.paths import check_writable_dir
 from nla.data.activations import (
     DEFAULT_FRACTIONS,
     SPLITS,
@@ -316,7 +317,7 @@ def extract(
     t0 = time.perf_counter()
     state = PartialState(cpu=_wants_cpu(cfg))
     fractions = check_fractions(cfg.split_fractions)
-    out = Path(cfg.out).expanduser()
+    out = check_writable_dir(cfg.out)  # before the model loads and the corpus is built, not after
     work = work_dir_for(out)
     if target is None:
         from nla.models.target import load_target

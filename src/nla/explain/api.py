@@ -7,11 +7,14 @@ and the true activation, and ``fve_nrm = 1 - mse_nrm / B`` when the predict-the-
 known (sidecar field ``eval.baseline_mse`` of the AR or AV, or ``baseline=``). An answer without a
 closed ``<explanation>`` tag has ``explanation=None`` (a format failure) but is still scored, on its raw
 text with any tags removed, so every record has a score. Each record also carries
-the AR's score for an EMPTY explanation (``control_cosine``): an explanation is only informative where
-it beats that control.
+the AR's score for an EMPTY explanation (``control_cosine``, and ``control_fve`` with a baseline): an
+explanation is only informative where it beats that control, by the margin of :mod:`nla.explain.trust`
+(``beats_control``).
 
 Text is tokenised like extraction does: plain text with ``tokenizer(text)``, chats with
-``apply_chat_template`` in one step; activations are the output of block ``layer`` (``hidden_at``).
+``apply_chat_template`` in one step; activations are the output of block ``layer`` (``hidden_at``). A
+position past the target's context window is an error (``max_tokens`` keeps the last tokens instead).
+Explaining vectors needs no target: ``NLA.from_pretrained(..., with_target=False)`` loads the AV/AR only.
 
 >>> nla = NLA.from_pretrained("runs/nla/av", "runs/nla/ar")            # doctest: +SKIP
 >>> for r in nla.explain("The Eiffel Tower is in Paris.", positions="last"):  # doctest: +SKIP
@@ -35,11 +38,11 @@ from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
 from nla.core.metrics import cosine, fve_nrm, mse_nrm
 from nla.core.text import cjk_fraction, extract_explanation, text_for_ar
 from nla.evaluate.rerank import DEFAULT_TEMPERATURE, candidates, resolve_best_of
-from nla.explain.inputs import Encoded, as_vectors, encode_input
-from nla.explain.positions import parse_positions
+from nla.explain.inputs import Encoded, as_vectors, encode_input, select_tokens
+from nla.explain.trust import beats_control, control_fve
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import CJK_FAILURE_THRESHOLD, ActivationVerbalizer
-from nla.models.target import Target, load_target
+from nla.models.target import Target, hub_offline, is_hub_id, load_target
 from nla.resources import default_nla_dir
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ class TokenExplanation:
     cjk: bool = False  # the answer is mostly CJK: the injection probably failed
     control_cosine: float | None = None  # cos(AR(""), activation): the empty-explanation control
     samples: list[Sample] = field(default_factory=list)  # every sample (one unless num_samples > 1)
+    control_fve: float | None = None  # the control as fve (with a baseline)
+    beats_control: bool | None = None  # beats the control by the margin of nla.explain.trust (None: unscored)
 
 
 @dataclass
@@ -87,6 +92,8 @@ class VectorExplanation:
     cjk: bool = False
     control_cosine: float | None = None
     samples: list[Sample] = field(default_factory=list)
+    control_fve: float | None = None
+    beats_control: bool | None = None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -112,13 +119,19 @@ def local_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]
     p = Path(path).expanduser()
     if not p.is_dir():
         name = str(path)
-        if name.startswith((".", "/", "~")) or p.exists() or name.count("/") != 1:
+        if name.startswith((".", "/", "~")) or p.exists() or name.count("/") != 1 or not is_hub_id(name):
             raise NLAError(f"NLA checkpoint {name!r} is not a directory (nor an HF Hub id like owner/name)")
+        offline = hub_offline()
         try:
             from huggingface_hub import snapshot_download
 
-            p = Path(snapshot_download(name))
+            p = Path(snapshot_download(name, local_files_only=offline))
         except Exception as e:  # any hub or network failure becomes one clear line
+            if offline:
+                raise NLAError(
+                    f"NLA checkpoint {name!r} is not in the local HF cache and the Hugging Face Hub is not "
+                    "reachable (offline): download it once while online, or pass a local directory"
+                ) from e
             raise NLAError(f"cannot fetch NLA checkpoint {name!r} from the HF Hub: {type(e).__name__}") from e
     if not (p / MODEL_SIDECAR).exists():
         raise NLAError(f"{p} has no {MODEL_SIDECAR}: it is not an NLA checkpoint (train one with `nla train pipeline`)")
@@ -145,7 +158,7 @@ class NLA:
         self,
         av: ActivationVerbalizer,
         ar: ActivationReconstructor | None,
-        target: Target,
+        target: Target | None,
         *,
         baseline: float | None = None,
     ) -> None:
@@ -159,9 +172,11 @@ class NLA:
             )
 
     def _check(self) -> None:
-        d_t, d_av = int(self.target.d_model), int(self.av.d_model)
-        if d_t != d_av:
-            raise NLAError(f"d_model mismatch: target {self.target.name} has {d_t}, the AV expects {d_av}")
+        d_av = int(self.av.d_model)
+        if self.target is not None and int(self.target.d_model) != d_av:
+            raise NLAError(
+                f"d_model mismatch: target {self.target.name} has {int(self.target.d_model)}, the AV expects {d_av}"
+            )
         if self.ar is not None:
             if int(self.ar.d_model) != d_av:
                 raise NLAError(f"d_model mismatch: the AV expects {d_av}, the AR predicts {int(self.ar.d_model)}")
@@ -170,7 +185,8 @@ class NLA:
                     f"layer mismatch: the AV explains layer {self.layer}, "
                     f"the AR reconstructs layer {int(self.ar.layer)}"
                 )
-        self.target.check_layer(self.layer)
+        if self.target is not None:
+            self.target.check_layer(self.layer)
         if self.baseline is not None and not (math.isfinite(self.baseline) and self.baseline > 0):
             raise NLAError(f"baseline must be a positive number, got {self.baseline}")
 
@@ -184,11 +200,13 @@ class NLA:
         device: str = "cpu",
         dtype: torch.dtype | str = torch.float32,
         baseline: float | None = None,
+        with_target: bool = True,
     ) -> NLA:
         """Load an AV (and AR) checkpoint, ours or official (HF dir + ``nla_meta.yaml``), or hub ids.
 
         ``target`` defaults to the AV sidecar's ``extraction.base_model``. ``baseline`` overrides the
         sidecar's ``eval.baseline_mse``. Without ``av``: the NLA shipped with the package (AV and AR).
+        ``with_target=False`` skips the target model (enough for :meth:`explain_vectors`).
         """
 
         if av is None:
@@ -200,8 +218,9 @@ class NLA:
         reconstructor = None
         if ar is not None:
             reconstructor = ActivationReconstructor.from_pretrained(ar_path, device=device, dtype=dtype)
-        if isinstance(target, Target):
-            tgt = target
+        tgt: Target | None
+        if isinstance(target, Target) or not with_target:
+            tgt = target if isinstance(target, Target) else None
         else:
             name = (
                 target
@@ -217,14 +236,30 @@ class NLA:
 
     # ------------------------------------------------------------------------- core
 
+    def _need_target(self) -> Target:
+        if self.target is None:
+            raise NLAError("this NLA was loaded without its target model (with_target=False): it explains vectors only")
+        return self.target
+
     def encode(self, text_or_messages: str | Sequence[dict[str, str]]) -> Encoded:
-        return encode_input(self.target.tokenizer, text_or_messages)
+        return encode_input(self._need_target().tokenizer, text_or_messages)
+
+    def select(
+        self, text_or_messages: str | Sequence[dict[str, str]], positions: str | Sequence[int] = "text", **kw: Any
+    ) -> tuple[Encoded, list[int]]:
+        """The tokenised input (cut to ``max_tokens=`` when given) and the positions :meth:`explain` explains."""
+        target = self._need_target()
+        limit, source = target.context_window()
+        return select_tokens(
+            self.encode(text_or_messages), positions, limit=limit, model=target.name, limit_source=source, **kw
+        )
 
     @torch.no_grad()
     def activations(self, input_ids: Sequence[int]) -> torch.Tensor:  # -> (T, d) float32
         """The output of block ``layer`` at every position of one tokenised input."""
-        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.target.device)  # (1, T)
-        hidden = self.target.hidden_at(ids, torch.ones_like(ids), self.layer)  # (1, T, d)
+        target = self._need_target()
+        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=target.device)  # (1, T)
+        hidden = target.hidden_at(ids, torch.ones_like(ids), self.layer)  # (1, T, d)
         return hidden[0].float().cpu()
 
     def _score(self, vectors: torch.Tensor, answers: list[list[str]], batch_size: int) -> list[list[Sample]]:
@@ -263,6 +298,12 @@ class NLA:
         empty = self.ar.predict([""], batch_size=1).float().cpu()  # (1, d)
         return [float(c) for c in cosine(empty.expand_as(vectors), vectors)]
 
+    def _trust(self, row: list[Sample], control: float | None) -> dict[str, Any]:
+        """The record fields of the first sample plus its control as fve and the verdict."""
+        main, ctrl = _main(row), control_fve(control, self.baseline)
+        verdict = beats_control(main["fve"], main["cosine"], ctrl, control)
+        return dict(**main, control_cosine=control, control_fve=ctrl, beats_control=verdict)
+
     def _generate(self, vectors: torch.Tensor, **gen: Any) -> list[list[str]]:  # (N, d)
         answers = self.av.generate(vectors, **gen)
         if len(answers) != vectors.shape[0]:
@@ -272,7 +313,7 @@ class NLA:
     def explain(
         self,
         text_or_messages: str | Sequence[dict[str, str]],
-        positions: str | Sequence[int] = "all",
+        positions: str | Sequence[int] = "text",
         *,
         max_new_tokens: int = 150,
         num_samples: int = 1,
@@ -282,23 +323,26 @@ class NLA:
         batch_size: int = 16,
         seed: int | None = None,
         best_of: int | None = None,
+        max_tokens: int | None = None,
     ) -> list[TokenExplanation]:
-        """Explain the activation at each selected token (see :mod:`nla.explain.positions` for ``positions``).
+        """Explain the activation at each selected token (see :mod:`nla.explain.positions` for ``positions``;
+        the default ``text`` skips tokens the tokenizer or chat template added, such as a BOS token).
 
         Greedy by default; ``num_samples > 1`` samples (``do_sample`` is implied; ``temperature`` 1.0
         unless given). The record's main fields come from the first sample; all samples, scored, are in
         ``samples``. ``best_of`` K > 1 (needs the AR): the greedy answer and K-1 samples (``temperature``
         0.7 unless given), best-scored first (:mod:`nla.evaluate.rerank`). Default: best of
         :data:`nla.evaluate.rerank.DEFAULT_BEST_OF` with an AR and no sampling options, else greedy (K = 1).
+        A selected position at or past the target's context window is an error; ``max_tokens`` N keeps
+        the last N tokens of the input (positions then count within them).
         """
-        enc = self.encode(text_or_messages)
-        picked = parse_positions(positions, len(enc.input_ids), assistant_mask=enc.assistant_mask)
-        vectors = self.activations(enc.input_ids)[picked]  # (P, d)
+        enc, picked = self.select(text_or_messages, positions, max_tokens=max_tokens)
+        vectors = self.activations(enc.input_ids[: picked[-1] + 1])[picked]  # (P, d): later tokens never matter
         samples, control = self._run(
             vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of
         )
         return [
-            TokenExplanation(token=enc.tokens[p], position=p, **_main(row), control_cosine=c, samples=row)
+            TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c))
             for p, row, c in zip(picked, samples, control, strict=True)
         ]
 
@@ -324,7 +368,7 @@ class NLA:
         )
         norms = vectors.norm(dim=-1).tolist()
         return [
-            VectorExplanation(index=i, norm=float(n), **_main(row), control_cosine=c, samples=row)
+            VectorExplanation(index=i, norm=float(n), samples=row, **self._trust(row, c))
             for i, (n, row, c) in enumerate(zip(norms, samples, control, strict=True))
         ]
 

@@ -1,7 +1,9 @@
 """What ``nla explain`` reads: texts and chats tokenised the way extraction does, and vector files.
 
 Plain text is tokenised with ``tokenizer(text)``, chats with ``apply_chat_template`` in one step (a second
-BOS would shift positions); :func:`encode_input` also marks which tokens are assistant content.
+BOS would shift positions); :func:`encode_input` also marks which tokens are assistant content and which
+are the user's own text (not a BOS token or chat-template decoration). :func:`select_tokens` applies
+``--max-tokens`` and ``--positions`` and refuses to explain a position past the model's context window.
 :func:`load_vector_file` reads ``.npy`` (never pickles) or ``.safetensors`` directions, and
 :func:`as_vectors` validates them against the NLA's ``d_model``.
 """
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from nla.common.errors import NLAError
-from nla.explain.positions import content_spans, overlap_mask
+from nla.explain.positions import content_spans, overlap_mask, parse_positions
 from nla.models.target import token_ids
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,23 @@ class Encoded:
     input_ids: list[int]
     tokens: list[str]
     assistant_mask: list[bool] | None = None  # None for plain text (or when offsets are unavailable)
+    text_mask: list[bool] | None = None  # True on the user's own text; None when unknown (no offsets)
+    dropped: int = 0  # tokens cut from the start of the input by --max-tokens
+
+    def keep_last(self, n: int) -> Encoded:
+        """The last ``n`` tokens (everything when there are fewer)."""
+        cut = max(0, len(self.input_ids) - n)
+
+        def tail(x: list[bool] | None) -> list[bool] | None:
+            return None if x is None else x[cut:]
+
+        return Encoded(
+            self.input_ids[cut:],
+            self.tokens[cut:],
+            tail(self.assistant_mask),
+            tail(self.text_mask),
+            self.dropped + cut,
+        )
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -76,7 +95,8 @@ def encode_input(tokenizer: Any, text_or_messages: str | Sequence[dict[str, str]
         enc = tokenizer(text, return_offsets_mapping=fast)
         ids = [int(i) for i in enc["input_ids"]]
         offsets = [tuple(o) for o in enc["offset_mapping"]] if fast else None
-        return Encoded(ids, token_texts(text, ids, offsets, tokenizer))
+        text_mask = [b > a for a, b in offsets] if offsets is not None else None  # added tokens span nothing
+        return Encoded(ids, token_texts(text, ids, offsets, tokenizer), text_mask=text_mask)
     messages = _check_messages(text_or_messages)
     if not getattr(tokenizer, "chat_template", None):
         raise NLAError("the target tokenizer has no chat template: pass plain text instead of messages")
@@ -87,9 +107,40 @@ def encode_input(tokenizer: Any, text_or_messages: str | Sequence[dict[str, str]
         if [int(i) for i in enc["input_ids"]] == ids:
             offsets = [tuple(o) for o in enc["offset_mapping"]]
             mask = overlap_mask(offsets, content_spans(rendered, messages))
-            return Encoded(ids, token_texts(rendered, ids, offsets, tokenizer), mask)
+            typed = overlap_mask(offsets, content_spans(rendered, messages, role=None))
+            return Encoded(ids, token_texts(rendered, ids, offsets, tokenizer), mask, typed)
     log.warning("cannot map chat tokens to characters; assistant positions are unavailable for this input")
     return Encoded(ids, token_texts(rendered, ids, None, tokenizer))
+
+
+def select_tokens(
+    enc: Encoded,
+    positions: str | Sequence[int],
+    *,
+    limit: int | None,
+    model: str = "the target model",
+    limit_source: str = "",
+    max_tokens: int | None = None,
+) -> tuple[Encoded, list[int]]:
+    """Keep the last ``max_tokens`` tokens (when given), resolve ``positions`` against what is kept, and
+    refuse any position at or past the model's context ``limit``: a model never sees more than ``limit``
+    tokens, and an activation at position p depends only on tokens 0..p, so a window before the limit of
+    a longer text is fine. Returns the (possibly cut) input and the positions."""
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise NLAError(f"--max-tokens must be >= 1, got {max_tokens}")
+        if limit is not None and max_tokens > limit:
+            raise NLAError(f"--max-tokens {max_tokens:,} is more than {model} reads: at most {limit:,} tokens")
+        enc = enc.keep_last(max_tokens)
+    picked = parse_positions(positions, len(enc.input_ids), assistant_mask=enc.assistant_mask, text_mask=enc.text_mask)
+    if limit is not None and picked[-1] >= limit:
+        where = f" ({limit_source})" if limit_source else ""
+        raise NLAError(
+            f"the input has {len(enc.input_ids):,} tokens but {model} reads at most {limit:,}{where}, so position "
+            f"{picked[-1]:,} is past its context window: pass --max-tokens {limit} to explain only the last "
+            f"{limit:,} tokens, or --positions to explain a window before token {limit:,} (e.g. --positions 0:{limit})"
+        )
+    return enc, picked
 
 
 def as_vectors(array: Any, d_model: int) -> torch.Tensor:  # (N, d) or (d,) -> (N, d) float32

@@ -3,6 +3,8 @@
 Spec grammar (comma-separated items, evaluated against a sequence of ``n`` tokens):
 
 - ``all``: every token; ``last``: the final token;
+- ``text``: the tokens of the user's own text: all but what the tokenizer or the chat template added
+  (a BOS token, role headers, a default system prompt); every token when that is unknown;
 - ``assistant``: the tokens inside assistant turns of a chat (see below);
 - an integer index ``3`` or ``-1`` (negative counts from the end, as in Python);
 - a range ``10:20`` (start inclusive, end exclusive, either side may be omitted or negative: ``-5:``).
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 
 from nla.common.errors import NLAError
 
-KEYWORDS = ("all", "last", "assistant")
+KEYWORDS = ("all", "last", "text", "assistant")
 
 
 def _index(text: str, n: int, spec: str) -> int:
@@ -35,7 +37,7 @@ def _index(text: str, n: int, spec: str) -> int:
     except ValueError as e:
         raise NLAError(
             f"bad --positions item {text!r} in {spec!r}: "
-            "expected all, last, assistant, an index like -1 or a range like 10:20"
+            "expected all, text, last, assistant, an index like -1 or a range like 10:20"
         ) from e
     if not -n <= i < n:
         raise NLAError(f"position {i} is out of range: the input has {n} tokens, valid indices are {-n}..{n - 1}")
@@ -66,12 +68,17 @@ def _range(text: str, n: int, spec: str) -> list[int]:
 
 
 def parse_positions(
-    spec: str | Sequence[int], n_tokens: int, *, assistant_mask: Sequence[bool] | None = None
+    spec: str | Sequence[int],
+    n_tokens: int,
+    *,
+    assistant_mask: Sequence[bool] | None = None,
+    text_mask: Sequence[bool] | None = None,
 ) -> list[int]:
     """Resolve ``spec`` against ``n_tokens`` tokens into sorted, unique, non-negative indices.
 
     ``spec`` is a string (grammar in the module docstring) or a sequence of integer indices.
-    ``assistant_mask`` (one bool per token) is required by the ``assistant`` keyword.
+    ``assistant_mask`` (one bool per token) is required by the ``assistant`` keyword; ``text_mask`` marks
+    the user's own tokens for ``text`` (all tokens when None).
     """
     if n_tokens <= 0:
         raise NLAError("the input has no tokens to explain")
@@ -79,7 +86,7 @@ def parse_positions(
         return sorted({_index(str(int(i)), n_tokens, str(list(spec))) for i in spec}) or _empty(str(spec))
     text = spec.strip().lower()
     if not text:
-        raise NLAError("empty --positions: use all, last, assistant, indices like 3,5,-1 or ranges like 10:20")
+        raise NLAError("empty --positions: use all, text, last, assistant, indices like 3,5,-1 or ranges like 10:20")
     out: set[int] = set()
     for item in (s.strip() for s in text.split(",")):
         if not item:
@@ -88,6 +95,10 @@ def parse_positions(
             out.update(range(n_tokens))
         elif item == "last":
             out.add(n_tokens - 1)
+        elif item == "text":
+            if text_mask is not None and len(text_mask) != n_tokens:
+                raise NLAError(f"text mask has {len(text_mask)} entries for {n_tokens} tokens")
+            out.update(i for i in range(n_tokens) if text_mask is None or text_mask[i])
         elif item == "assistant":
             out.update(assistant_positions(assistant_mask, n_tokens))
         elif ":" in item:
@@ -113,11 +124,15 @@ def assistant_positions(mask: Sequence[bool] | None, n_tokens: int) -> list[int]
     return picked
 
 
-def content_spans(rendered: str, messages: Sequence[dict[str, str]], role: str = "assistant") -> list[tuple[int, int]]:
-    """Character spans of the ``content`` of each ``role`` message inside the rendered chat string.
+def content_spans(
+    rendered: str, messages: Sequence[dict[str, str]], role: str | None = "assistant"
+) -> list[tuple[int, int]]:
+    """Character spans of the ``content`` of each ``role`` message (every message when ``role`` is None)
+    inside the rendered chat string.
 
     Messages are searched in order, each after the end of the previous one, so a repeated content
-    string maps to its own turn. A content the template changed (so it cannot be found) is an error.
+    string maps to its own turn. A ``role`` content the template changed (so it cannot be found) is an
+    error; with ``role=None`` such a message is left out.
     """
     spans: list[tuple[int, int]] = []
     cursor = 0
@@ -137,7 +152,7 @@ def content_spans(rendered: str, messages: Sequence[dict[str, str]], role: str =
                 continue
             content = stripped
         end = start + len(content)
-        if msg.get("role") == role:
+        if role is None or msg.get("role") == role:
             spans.append((start, end))
         cursor = end
     return spans

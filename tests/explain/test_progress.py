@@ -1,0 +1,37 @@
+"""The run plan, the estimate line, calibration and the progress callbacks of generation."""
+
+from __future__ import annotations
+
+import pytest
+
+from nla.explain.progress import TYPICAL_BATCH_STEPS, Plan, calibrate, estimate_line, human_seconds, progress_bar
+from nla.models.av import ActivationVerbalizer, generation_progress
+
+
+def test_plan_counts_batches_of_greedy_and_samples() -> None:
+    p = Plan(items=8, candidates=4, batch_size=16, max_new_tokens=150, best_of=True)
+    assert (p.generations, p.batches) == (32, 3)  # 8 greedy in one batch, then 24 samples in two
+    assert Plan(items=40, candidates=1, batch_size=16, max_new_tokens=150).batches == 3
+    assert p.seconds(prefill=1.0, step=0.1) == pytest.approx(3 * (1.0 + TYPICAL_BATCH_STEPS * 0.1))
+    assert Plan(1, 1, 16, 20).seconds(0.0, 1.0) == 20  # capped by max_new_tokens
+    line = estimate_line(p, 5400)
+    assert "8 positions x 4 candidate(s) = 32 explanations" in line and "1 h 30 min" in line
+    assert "--positions" in line and "--best-of 1 (4x fewer)" in line
+    assert [human_seconds(s) for s in (42, 300)] == ["42 s", "5 min"]
+
+
+def test_generation_reports_every_batch_and_calibration_is_positive(tiny_target) -> None:
+    import torch
+
+    av = ActivationVerbalizer.from_target(tiny_target, injection_scale=8.0, layer=1)
+    seen: list[int] = []
+    with generation_progress(seen.append):
+        av.sample(torch.randn(5, 64), max_new_tokens=2, batch_size=2, num_samples=2)
+    assert seen == [2, 2, 2, 2, 2]  # 10 answers in batches of 2
+    av.sample(torch.randn(2, 64), max_new_tokens=1)  # outside the block: nothing reported
+    assert len(seen) == 5
+    prefill, step = calibrate(av, 4)
+    assert prefill > 0 and step >= 0
+    with progress_bar(6, desc="t") as bar:
+        av.sample(torch.randn(3, 64), max_new_tokens=1, num_samples=2, batch_size=4)
+        assert bar.n == 6
