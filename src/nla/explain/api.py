@@ -436,7 +436,7 @@ class NLA:
     def explain_texts(
         self,
         inputs: Sequence[str | Sequence[dict[str, str]]],
-        positions: str | Sequence[str | Sequence[int]] = "all",
+        positions: str | Sequence[str | Sequence[int]] = "text",
         *,
         max_new_tokens: int = 150,
         num_samples: int = 1,
@@ -465,11 +465,10 @@ class NLA:
             raise NLAError(f"{len(inputs)} inputs but {len(specs)} position specs")
         encoded, picked, acts = [], [], []
         for item, spec in zip(inputs, specs, strict=True):
-            enc = self.encode(item)
-            pos = parse_positions(spec, len(enc.input_ids), assistant_mask=enc.assistant_mask)
+            enc, pos = self.select(item, spec)
             encoded.append(enc)
             picked.append(pos)
-            acts.append(self.activations(enc.input_ids)[pos])  # (P_i, d)
+            acts.append(self.activations(enc.input_ids[: pos[-1] + 1])[pos])  # (P_i, d)
         wants = return_activations or return_reconstructions
         if not acts:
             return ([], [] if return_activations else None, None) if wants else []
@@ -483,7 +482,7 @@ class NLA:
             rows, ctrl = samples[start : start + len(pos)], control[start : start + len(pos)]
             records.append(
                 [
-                    TokenExplanation(token=enc.tokens[p], position=p, **_main(row), control_cosine=c, samples=row)
+                    TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c))
                     for p, row, c in zip(pos, rows, ctrl, strict=True)
                 ]
             )
