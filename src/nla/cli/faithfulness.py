@@ -14,12 +14,11 @@ See docs/faithfulness.md for what each number means and the rules of thumb of th
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 from nla.common.config import config_from_args
 from nla.faithfulness.report import summary_text
-from nla.faithfulness.suite import FaithfulnessConfig, run_faithfulness
+from nla.faithfulness.suite import FaithfulnessConfig, command_line, run_faithfulness
 
 NAME, CONFIG = "faithfulness", FaithfulnessConfig
 HELP = "Measure how far an NLA's explanations can be trusted (planted directions, recall, perturbations)."
@@ -31,8 +30,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(FaithfulnessConfig, args)
-    command = "nla " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "nla faithfulness"
-    report = run_faithfulness(cfg, command=command)
+    report = run_faithfulness(cfg, command=command_line(cfg))
     if args.json:
         from nla.cli import print_json
         from nla.faithfulness.report import _clean

@@ -21,7 +21,8 @@ def as_written(text: str, rng: random.Random) -> str:
 
 def quotes_deleted(text: str, rng: random.Random) -> str:
     """Every double-quoted span removed, quote marks included (the prose around them is kept)."""
-    return re.sub(r"[ \t]{2,}", " ", _QUOTED.sub("", text)).strip()
+    lines = re.sub(r"[ \t]{2,}", " ", _QUOTED.sub("", text)).split("\n")
+    return "\n".join(line.strip() for line in lines).strip()
 
 
 def quotes_only(text: str, rng: random.Random) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -76,6 +77,22 @@ class FaithfulnessConfig:
     )
     plots: bool = option(True, "Draw plots in the HTML page (needs matplotlib: pip install 'nla[faithfulness]').")
     out: str = option("faithfulness", "Report folder (report.json, report.html, work/ with the resume cache).")
+
+
+def command_line(cfg: FaithfulnessConfig) -> str:
+    """The ``nla faithfulness`` command that gives ``cfg`` (options that differ from the defaults)."""
+    default, parts = FaithfulnessConfig(), ["nla", "faithfulness"]
+    for name, value in asdict(cfg).items():
+        if value == getattr(default, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"{flag} false")
+        elif isinstance(value, list):
+            parts += [flag, *(shlex.quote(f"{v:g}" if isinstance(v, float) else str(v)) for v in value)]
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def quick_config(cfg: FaithfulnessConfig) -> FaithfulnessConfig:
@@ -338,4 +355,12 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
     return report
 
 
-__all__ = ["FaithfulnessConfig", "Subject", "evaluate", "planned_explanations", "quick_config", "run_faithfulness"]
+__all__ = [
+    "FaithfulnessConfig",
+    "Subject",
+    "command_line",
+    "evaluate",
+    "planned_explanations",
+    "quick_config",
+    "run_faithfulness",
+]
