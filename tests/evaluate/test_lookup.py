@@ -91,3 +91,18 @@ def test_card_prints_the_lookup_beside_the_other_controls(tmp_path: Path, tiny_t
     assert "token lookup (no model" in text and f"{card['controls']['fve_token_lookup']:+.3f}" in text
     # no separate training split: no lookup (a table filled from the held-out rows would leak)
     assert lookup_controls(EvalConfig(sft_ar=str(tmp_path / "ar")), None, vecs, ctxs, 0.5) == {}
+
+
+def test_table_rows_of_an_extract_dir_take_every_training_split(tmp_path: Path) -> None:
+    from nla.evaluate.lookup import table_rows
+
+    (tmp_path / "nla_meta.yaml").write_text("kind: nla_dataset\n")
+    for i, split in enumerate(("av_sft", "ar_sft", "rl", "eval")):
+        (tmp_path / split).mkdir()
+        _parquet(
+            tmp_path / split / "part-00000.parquet", torch.full((2, 4), float(i + 1)), [f"{split} a", f"{split} b"]
+        )
+    rows = table_rows(tmp_path)
+    assert rows.vectors.shape == (6, 4) and rows.contexts[0] == "av_sft a" and "eval a" not in rows.contexts
+    single = table_rows(tmp_path / "rl" / "part-00000.parquet")
+    assert single.vectors.shape == (2, 4)

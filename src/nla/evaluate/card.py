@@ -28,7 +28,7 @@ from nla.common.meta import read_model_sidecar
 from nla.common.paths import atomic_write_text
 from nla.core.text import text_for_ar
 from nla.data.activations import VectorSet, load_vectors
-from nla.evaluate.lookup import token_lookup_control
+from nla.evaluate.lookup import table_rows, token_lookup_control
 from nla.evaluate.rerank import DEFAULT_TEMPERATURE
 from nla.evaluate.roundtrip import Baseline, evaluate_ar, grounding, round_trip
 from nla.models.ar import ActivationReconstructor
@@ -54,6 +54,11 @@ class EvalConfig:
     split: str = option("eval", "Split of --data when it is an `nla extract` directory.")
     train_data: str = option("", "Training activations whose normalised mean gives the baseline B (default: --data).")
     train_split: str = option("ar_sft", "Split of --train-data when it is an `nla extract` directory.")
+    lookup_data: str = option(
+        "",
+        "Training rows that fill the token-lookup control (default: --train-data); an `nla extract` "
+        "directory gives all its training splits.",
+    )
     rows: int = option(64, "Held-out rows to evaluate.")
     max_new_tokens: int = option(150, "Cap of the greedy explanations.")
     batch_size: int = option(16, "Generation / AR batch size.")
@@ -93,7 +98,8 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         "baseline_source": f"mean of the normalised vectors of {cfg.train_data or cfg.data}",
     }
     contexts = held.contexts[: cfg.rows] if held.contexts else None
-    lookup = lookup_controls(cfg, train_set, vecs, contexts, baseline.value)
+    table = table_rows(cfg.lookup_data) if cfg.lookup_data else train_set
+    lookup = lookup_controls(cfg, table, vecs, contexts, baseline.value)
     if lookup:
         card["token_lookup"] = lookup
     kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, contexts=contexts)
@@ -197,8 +203,8 @@ LOOKUP_CONTROLS = ("fve_token_lookup", "fve_token_lookup_2")
 def lookup_controls(
     cfg: EvalConfig, train: VectorSet | None, held: torch.Tensor, contexts: list[str] | None, baseline: float
 ) -> dict[str, float]:
-    """The token-lookup control (:mod:`nla.evaluate.lookup`) when a separate training split with context
-    texts is given (``--train-data``); empty otherwise (a table filled from the held-out rows would leak)."""
+    """The token-lookup control (:mod:`nla.evaluate.lookup`) when training rows with context texts are given
+    (``--lookup-data`` or ``--train-data``); empty otherwise (a table filled from the held-out rows would leak)."""
     if train is None or train.contexts is None or contexts is None:
         log.info("token-lookup control skipped: it needs --train-data and context texts in both files")
         return {}
@@ -208,7 +214,8 @@ def lookup_controls(
         log.info("token-lookup control skipped: %s names no extraction.base_model (its tokenizer)", checkpoint)
         return {}
     tokenizer = load_tokenizer(str(base_model))
-    return token_lookup_control(train.vectors, train.contexts, held, contexts, tokenizer, baseline)
+    out = token_lookup_control(train.vectors, train.contexts, held, contexts, tokenizer, baseline)
+    return {**out, "token_lookup_source": cfg.lookup_data or cfg.train_data}
 
 
 def shipped_card() -> dict[str, Any]:

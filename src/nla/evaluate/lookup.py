@@ -10,7 +10,9 @@ predicts: an explanation carries more than the token only where it beats this. T
 - ``fve_token_lookup_2``: the last two tokens, backing off to the final token, then to the mean.
 
 Token ids come from each row's context text (``detokenized_text_truncated``), tokenised like the teacher
-does (``add_special_tokens=False``; special-token strings in the text become their ids).
+does (``add_special_tokens=False``; special-token strings in the text become their ids). The table is
+filled from training rows only (:func:`table_rows`: a parquet file, or every training split of an
+``nla extract`` directory: the rows the NLA itself was trained on), never from the held-out rows.
 
 >>> control = token_lookup_control(train.vectors, train.contexts, held.vectors, held.contexts, tok, B)  # doctest: +SKIP
 >>> control["fve_token_lookup"]                                                        # doctest: +SKIP
@@ -20,12 +22,35 @@ does (``add_special_tokens=False``; special-token strings in the text become the
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from nla.common.errors import NLAError
+from nla.common.meta import MODEL_SIDECAR
 from nla.core.metrics import fve_nrm, mse_nrm, unit
+from nla.data.activations import SPLITS, VectorSet, load_vectors
+
+TRAIN_SPLITS = tuple(s for s in SPLITS if s != "eval")
+
+
+def table_rows(path: str | Path) -> VectorSet:
+    """Training rows for the table: a parquet file (or folder of parquet), or all of ``av_sft``, ``ar_sft``
+    and ``rl`` of an ``nla extract`` directory. Every row needs its context text."""
+    p = Path(path)
+    if (p / MODEL_SIDECAR).exists():
+        parts = [load_vectors(p, s) for s in TRAIN_SPLITS if (p / s).is_dir()]
+    else:
+        parts = [load_vectors(p)]
+    if not parts or any(v.contexts is None for v in parts):
+        raise NLAError(f"{p}: the token lookup needs training rows with a detokenized_text_truncated column")
+    return VectorSet(
+        torch.cat([v.vectors for v in parts]),
+        [d for v in parts for d in v.doc_ids],
+        [c for v in parts for c in v.contexts or []],
+        None,
+    )
 
 
 def last_token_ids(tokenizer: Any, contexts: Sequence[str], k: int = 2) -> list[tuple[int, ...]]:
@@ -116,4 +141,11 @@ def token_lookup_control(
     }
 
 
-__all__ = ["last_token_ids", "lookup_predict", "token_lookup_control", "token_lookup_rows"]
+__all__ = [
+    "TRAIN_SPLITS",
+    "last_token_ids",
+    "lookup_predict",
+    "table_rows",
+    "token_lookup_control",
+    "token_lookup_rows",
+]

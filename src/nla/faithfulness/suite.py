@@ -20,7 +20,6 @@ import json
 import logging
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from nla.common.errors import NLAError
 from nla.core.metrics import mean_baseline
 from nla.core.text import text_for_ar
 from nla.data.activations import VectorSet, load_vectors
+from nla.evaluate.lookup import table_rows
 from nla.faithfulness.breakdown import token_type
 from nla.faithfulness.concepts import ConceptSet, load_concepts
 from nla.faithfulness.directions import POOLS, Context, activations, build_directions, render
@@ -59,6 +59,9 @@ class FaithfulnessConfig:
     split: str = option("eval", "Split of --data when it is an `nla extract` directory.")
     train_data: str = option("", "Training activations with context texts: B and the token-lookup tables.")
     train_split: str = option("ar_sft", "Split of --train-data when it is an `nla extract` directory.")
+    lookup_data: str = option(
+        "", "Training rows for the token-lookup tables (default: --train-data); an extract dir: all training splits."
+    )
     rows: int = option(64, "Held-out rows of --data to explain.")
     teacher: bool = option(True, "Also perturb the teacher explanations of --data (a reference; AR only).")
     alphas: list[float] = option(ALPHAS, "Planting strengths alpha (v + alpha |v| unit(d)).")
@@ -189,9 +192,9 @@ def evaluate(
     *,
     rows: VectorSet | None = None,
     train: VectorSet | None = None,
-    progress: Callable[[int], Any] | None = None,
 ) -> dict[str, Any]:
-    """Every section on ``subject`` (directions, planting, topic recall, held-out rows when given)."""
+    """Every section on ``subject`` (directions, planting, topic recall, held-out rows when given);
+    ``train`` fills the token-lookup tables."""
     t = subject.target
     tok = t.tokenizer
     if cfg.bases < 1 or cfg.planted_bases < 1 or cfg.topic_texts < 1:
@@ -291,6 +294,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         )
     if cfg.train_data:
         train = load_vectors(cfg.train_data, cfg.train_split)
+    table = table_rows(cfg.lookup_data) if cfg.lookup_data else train
     nla = NLA.from_pretrained(cfg.av or None, cfg.ar or None)
     baseline = mean_baseline(train.vectors) if train is not None else nla.baseline
     baseline_source = (
@@ -328,7 +332,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         subject = Subject(
             nla.target, nla.layer, explainer, reconstruct if nla.ar is not None else None, baseline, decoding=decoding
         )
-        report = evaluate(subject, concepts, cfg, rows=rows, train=train)
+        report = evaluate(subject, concepts, cfg, rows=rows, train=table)
         bar.total = bar.n  # AUC-skipped directions made the plan an upper bound
         bar.refresh()
     report["meta"] = {
@@ -343,6 +347,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         "concepts": concepts.source,
         "data": cfg.data,
         "train_data": cfg.train_data,
+        "lookup_data": cfg.lookup_data or cfg.train_data,
         "quick": cfg.quick,
         "command": command,
         "runtime_s": round(time.time() - started, 1),
