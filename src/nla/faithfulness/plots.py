@@ -46,7 +46,7 @@ def hit_rate_plot(planting: dict[str, Any]) -> str:
         return ""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    alphas = [a for a in planting["alphas"]]
+    alphas = list(planting["alphas"])
     for name, by_alpha in hit.items():
         ys = [by_alpha.get(f"{a:g}") for a in alphas]
         ax.plot(range(len(alphas)), [float("nan") if y is None else y for y in ys], marker="o", label=name)
@@ -55,7 +55,7 @@ def hit_rate_plot(planting: dict[str, Any]) -> str:
     ax.set_ylabel("explanations naming the concept")
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _svg(fig)
 
 

@@ -121,7 +121,7 @@ def checks(head: dict[str, Any]) -> list[dict[str, Any]]:
 def num(x: Any, fmt: str = "{:.3f}") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return fmt.format(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+    return fmt.format(x) if isinstance(x, float) else str(x)
 
 
 def summary_text(report: dict[str, Any]) -> str:
