@@ -60,3 +60,16 @@ def test_means_skip_missing_values_and_are_none_over_nothing() -> None:
     assert mean([1.0, None, 3.0, float("nan")]) == 2.0 and mean([]) is None and mean([None]) is None
     g = by_group(["chat", "prose", "chat"], [1.0, 0.0, None])
     assert g == {"chat": {"n": 2, "value": 1.0}, "prose": {"n": 1, "value": 0.0}}
+
+
+def test_balanced_rows_represent_every_setting_and_spread_within_it() -> None:
+    from nla.faithfulness.breakdown import balanced_rows
+
+    groups = ["chat"] * 50 + ["prose"] * 45 + ["code"] * 5
+    rows = balanced_rows(groups, 20)
+    picked = [groups[i] for i in rows]
+    assert len(rows) == 20 == len(set(rows)) and rows == sorted(rows)
+    assert picked.count("code") == 4 and picked.count("chat") + picked.count("prose") == 16
+    assert rows[0] == 0 and max(i for i in rows if groups[i] == "chat") > 40  # spread, not the first rows
+    assert balanced_rows(groups, 500) == list(range(100)) and balanced_rows(groups, 0) == []
+    assert len(balanced_rows(["a"] * 3 + ["b"], 2)) == 2

@@ -6,6 +6,7 @@ look like source code, else ``prose``. Final-token type, from the last two token
 special token of the tokenizer), ``whitespace`` (spaces or line breaks), ``digit``, ``punctuation``,
 ``word start`` (a letter token that starts with a space, or follows whitespace, punctuation or a special
 token), ``continuation`` (a letter token glued to a previous letter or digit token).
+:func:`balanced_rows` picks held-out rows so that every setting of a file is represented.
 """
 
 from __future__ import annotations
@@ -63,4 +64,25 @@ def by_group(groups: Sequence[str], values: Sequence[float | None]) -> dict[str,
     return out
 
 
-__all__ = ["SETTINGS", "TOKEN_TYPES", "by_group", "mean", "setting_of", "token_type"]
+def balanced_rows(groups: Sequence[str], n: int, *, min_each: int = 4) -> list[int]:
+    """``n`` row indices (sorted) spread evenly within each group, each group in proportion to its size but
+    with at least ``min_each`` rows (or all it has): a file ordered chat-first still gives every setting."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    n = min(n, len(groups))
+    if n <= 0:
+        return []
+    each = min(min_each, max(1, n // len(members)))  # the floors must fit into n
+    floor = {g: min(each, len(m)) for g, m in members.items()}
+    take = {g: min(len(m), max(floor[g], round(n * len(m) / len(groups)))) for g, m in members.items()}
+    while sum(take.values()) > n:  # trim the largest groups, above their floor while any is
+        above = [g for g in take if take[g] > floor[g]] or [g for g in take if take[g] > 0]
+        take[max(above, key=lambda g: take[g])] -= 1
+    while sum(take.values()) < n:  # fill from the groups with rows to spare, largest first
+        g = max((g for g in take if take[g] < len(members[g])), key=lambda g: len(members[g]) - take[g])
+        take[g] += 1
+    return sorted(m[int(j * len(m) / take[g])] for g, m in members.items() for j in range(take[g]))
+
+
+__all__ = ["SETTINGS", "TOKEN_TYPES", "balanced_rows", "by_group", "mean", "setting_of", "token_type"]

@@ -14,6 +14,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd} h3{font-size:15px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px solid #ddd;padding:3px 7px}
+td{vertical-align:top;max-width:460px;overflow-wrap:anywhere}
 th{background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#060} .fail{color:#b00;font-weight:600} .na{color:#777}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:6px;border-radius:4px;font-size:12px;margin:2px 0}

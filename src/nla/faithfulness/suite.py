@@ -32,7 +32,7 @@ from nla.core.metrics import mean_baseline
 from nla.core.text import text_for_ar
 from nla.data.activations import VectorSet, load_vectors
 from nla.evaluate.lookup import table_rows
-from nla.faithfulness.breakdown import token_type
+from nla.faithfulness.breakdown import balanced_rows, setting_of, token_type
 from nla.faithfulness.concepts import ConceptSet, load_concepts
 from nla.faithfulness.directions import POOLS, Context, activations, build_directions, render
 from nla.faithfulness.heldout import heldout_rows
@@ -62,7 +62,7 @@ class FaithfulnessConfig:
     lookup_data: str = option(
         "", "Training rows for the token-lookup tables (default: --train-data); an extract dir: all training splits."
     )
-    rows: int = option(64, "Held-out rows of --data to explain.")
+    rows: int = option(64, "Held-out rows of --data to explain (spread over the file, every setting represented).")
     teacher: bool = option(True, "Also perturb the teacher explanations of --data (a reference; AR only).")
     alphas: list[float] = option(ALPHAS, "Planting strengths alpha (v + alpha |v| unit(d)).")
     bases: int = option(20, "Held-out neutral texts explained unplanted (the false-positive rate).")
@@ -285,12 +285,12 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         held = load_vectors(cfg.data, cfg.split)
         if held.contexts is None:
             raise NLAError(f"{cfg.data} has no detokenized_text_truncated column: held-out rows need their context")
-        n = min(cfg.rows, held.vectors.shape[0])
+        pick = balanced_rows([setting_of(c) for c in held.contexts], cfg.rows)
         rows = VectorSet(
-            held.vectors[:n],
-            held.doc_ids[:n],
-            held.contexts[:n],
-            held.explanations[:n] if held.explanations else None,
+            held.vectors[pick],
+            [held.doc_ids[i] for i in pick],
+            [held.contexts[i] for i in pick],
+            [held.explanations[i] for i in pick] if held.explanations else None,
         )
     if cfg.train_data:
         train = load_vectors(cfg.train_data, cfg.train_split)
