@@ -92,8 +92,9 @@ def test_report_files_summary_and_resume(tiny: dict, tmp_path: Path, capsys) -> 
     assert html.startswith("<!DOCTYPE html>") and "Planted directions" in html and "<script" not in html
     cache = (out / "work" / "explanations.jsonl").read_text().splitlines()
     assert len(cache) == meta["explanations_generated"]
-    # a second run (e.g. after a kill) writes no explanation again
-    assert main(args(tiny, out)) == 0
+    # a second run (e.g. after a kill) writes no explanation again; --json prints the whole report
+    assert main(args(tiny, out, "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["headline"]["decoding"] == "greedy"
     again = json.loads((out / "report.json").read_text())["meta"]
     assert again["explanations_generated"] == 0 and again["explanations_from_cache"] >= 5
     assert len((out / "work" / "explanations.jsonl").read_text().splitlines()) == len(cache)

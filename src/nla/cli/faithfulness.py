@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     report = run_faithfulness(cfg, command=command_line(cfg))
     if args.json:
         from nla.cli import print_json
-        from nla.faithfulness.report import _clean
+        from nla.faithfulness.report import jsonable
 
-        print_json(_clean(report))
+        print_json(jsonable(report))
     else:
         sys.stdout.write(summary_text(report) + f"\nreport: {cfg.out}/report.html and {cfg.out}/report.json\n")
     return 0

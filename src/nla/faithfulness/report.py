@@ -161,22 +161,22 @@ def write_report(report: dict[str, Any], out: Path, *, plots: bool = True) -> No
     """``report.json`` (the headline and checks included) and ``report.html`` under ``out``, atomically."""
     report["headline"] = headline(report)
     report["checks"] = checks(report["headline"])
-    text = json.dumps(_clean(report), indent=1, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(jsonable(report), indent=1, ensure_ascii=False, allow_nan=False)
     atomic_write_text(out / "report.json", text + "\n")
     from nla.faithfulness.page import render_html
 
     atomic_write_text(out / "report.html", render_html(report, plots_on=plots))
 
 
-def _clean(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     """NaN and inf become null (JSON has no NaN): a rate over nothing is n/a."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [jsonable(v) for v in x]
     return x
 
 
-__all__ = ["checks", "headline", "num", "summary_text", "write_report"]
+__all__ = ["checks", "headline", "jsonable", "num", "summary_text", "write_report"]
