@@ -7,7 +7,7 @@ import torch
 
 from nla.common.errors import NLAError
 from nla.evaluate.rerank import best_of, candidates, choose
-from nla.models.av import Responses
+from nla.models.sequences import Responses
 
 
 class FakeAV:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nla.explain.progress import TYPICAL_BATCH_STEPS, Plan, calibrate, estimate_line, human_seconds, progress_bar
-from nla.models.av import ActivationVerbalizer, generation_progress
+from nla.models.av import ActivationVerbalizer
+from nla.models.sequences import generation_progress
 
 
 def test_plan_counts_batches_of_greedy_and_samples() -> None:

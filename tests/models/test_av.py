@@ -8,8 +8,9 @@ import yaml
 
 from nla.common.errors import NLAError
 from nla.core.inject import chat_prompt_ids, choose_marker, fill_template, inject
-from nla.models.av import ActivationVerbalizer, default_injection_scale, end_of_turn_id, injection_failed
+from nla.models.av import ActivationVerbalizer, default_injection_scale, injection_failed
 from nla.models.lora import apply_lora, is_lora
+from nla.models.sequences import end_of_turn_id
 from nla.models.target import load_target
 
 from helpers import save_tiny_target, tiny_target

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nla.core import rl_math
-from nla.models.av import Responses
+from nla.models.sequences import Responses
 from nla.train.rl.config import RLConfig
 from nla.train.rl.rewards import (
     RewardInputs,

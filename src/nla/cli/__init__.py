@@ -69,7 +69,8 @@ def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         return [parser]
-    return [leaf for a in subs for p in dict.fromkeys(a.choices.values()) for leaf in leaf_parsers(p)]
+    # _name_parser_map, not choices: a command may widen what its choices accept (nla audit DATA)
+    return [leaf for a in subs for p in dict.fromkeys(a._name_parser_map.values()) for leaf in leaf_parsers(p)]
 
 
 def print_json(obj: Any, *, indent: int | None = 2, main_only: bool = False) -> None:

@@ -1,10 +1,12 @@
 """Round-trip evaluation of an AV + AR pair and the evaluation card (``nla eval``).
 
 Round trip: the AV writes a greedy explanation of each held-out vector, the AR reconstructs the vector
-from it, and :func:`nla.evaluate.roundtrip.evaluate_ar` scores the reconstruction (``fve_nrm`` beside the controls:
-shuffled vectors, the empty explanation, random Gaussian vectors, the mean predictor; retrieval top-1
-among 8). :func:`evaluation_card` puts the stage ladder on one page: AR-SFT on teacher text -> AV-SFT
-round trip -> after RL (current AR and frozen SFT AR), plus length / tag-failure stats and examples.
+from it, and :func:`nla.evaluate.roundtrip.evaluate_ar` scores the reconstruction (``fve_nrm`` beside the
+controls: shuffled vectors, the empty explanation, random Gaussian vectors, the mean predictor; retrieval
+top-1 among 8). Beside them sits the token-lookup control (:mod:`nla.evaluate.lookup`: each held-out vector
+predicted by the mean training vector of its final token; needs ``--train-data``). :func:`evaluation_card`
+puts the stage ladder on one page: AR-SFT on teacher text -> AV-SFT round trip -> after RL (current AR and
+frozen SFT AR), plus length / tag-failure stats and examples.
 
     nla eval --av runs/rl/final/av --ar runs/rl/final/ar --sft-av runs/av/final --sft-ar runs/ar/final \\
         --data runs/teach/eval.parquet --train-data runs/teach/ar_sft.parquet --out card.json
@@ -22,13 +24,16 @@ import torch
 
 from nla.common.config import option
 from nla.common.errors import NLAError
+from nla.common.meta import read_model_sidecar
 from nla.common.paths import atomic_write_text
 from nla.core.text import text_for_ar
-from nla.data.activations import load_vectors
+from nla.data.activations import VectorSet, load_vectors
+from nla.evaluate.lookup import table_rows, token_lookup_control
 from nla.evaluate.rerank import DEFAULT_TEMPERATURE
 from nla.evaluate.roundtrip import Baseline, evaluate_ar, grounding, round_trip
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
+from nla.models.target import load_tokenizer
 from nla.resources import default_nla_dir
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,11 @@ class EvalConfig:
     split: str = option("eval", "Split of --data when it is an `nla extract` directory.")
     train_data: str = option("", "Training activations whose normalised mean gives the baseline B (default: --data).")
     train_split: str = option("ar_sft", "Split of --train-data when it is an `nla extract` directory.")
+    lookup_data: str = option(
+        "",
+        "Training rows that fill the token-lookup control (default: --train-data); an `nla extract` "
+        "directory gives all its training splits.",
+    )
     rows: int = option(64, "Held-out rows to evaluate.")
     max_new_tokens: int = option(150, "Cap of the greedy explanations.")
     batch_size: int = option(16, "Generation / AR batch size.")
@@ -78,7 +88,8 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     compute = read_compute(cfg.compute) if cfg.compute else None  # fail before the long work, not after
     held = load_vectors(cfg.data, cfg.split)
     vecs = held.vectors[: cfg.rows]
-    train = load_vectors(cfg.train_data, cfg.train_split).vectors if cfg.train_data else held.vectors
+    train_set = load_vectors(cfg.train_data, cfg.train_split) if cfg.train_data else None
+    train = train_set.vectors if train_set is not None else held.vectors
     baseline = Baseline.from_train(train)
     card: dict[str, Any] = {
         "data": cfg.data,
@@ -87,6 +98,10 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         "baseline_source": f"mean of the normalised vectors of {cfg.train_data or cfg.data}",
     }
     contexts = held.contexts[: cfg.rows] if held.contexts else None
+    table = table_rows(cfg.lookup_data) if cfg.lookup_data else train_set
+    lookup = lookup_controls(cfg, table, vecs, contexts, baseline.value)
+    if lookup:
+        card["token_lookup"] = lookup
     kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, contexts=contexts)
     texts: dict[str, list[str]] = {}
     sft_ar = ActivationReconstructor.from_pretrained(cfg.sft_ar) if cfg.sft_ar else None
@@ -122,6 +137,7 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     card["controls"] = {
         k: ref[k] for k in ("fve_shuffled", "fve_empty", "fve_random", "fve_mean_predictor") if k in ref
     }
+    card["controls"].update({k: v for k, v in lookup.items() if k in LOOKUP_CONTROLS})
     card["ladder"] = {s: card[s]["fve_nrm"] for s in stages}
     fves = list(card["ladder"].values())
     card["ladder"]["each_beats_the_one_before"] = all(b > a for a, b in zip(fves, fves[1:], strict=False))
@@ -179,6 +195,27 @@ def _best_of_stage(
             },
         }
     return name
+
+
+LOOKUP_CONTROLS = ("fve_token_lookup", "fve_token_lookup_2")
+
+
+def lookup_controls(
+    cfg: EvalConfig, train: VectorSet | None, held: torch.Tensor, contexts: list[str] | None, baseline: float
+) -> dict[str, float]:
+    """The token-lookup control (:mod:`nla.evaluate.lookup`) when training rows with context texts are given
+    (``--lookup-data`` or ``--train-data``); empty otherwise (a table filled from the held-out rows would leak)."""
+    if train is None or train.contexts is None or contexts is None:
+        log.info("token-lookup control skipped: it needs --train-data and context texts in both files")
+        return {}
+    checkpoint = cfg.sft_ar or cfg.ar or cfg.av or cfg.sft_av
+    base_model = (read_model_sidecar(Path(checkpoint)).get("extraction") or {}).get("base_model")
+    if not base_model:
+        log.info("token-lookup control skipped: %s names no extraction.base_model (its tokenizer)", checkpoint)
+        return {}
+    tokenizer = load_tokenizer(str(base_model))
+    out = token_lookup_control(train.vectors, train.contexts, held, contexts, tokenizer, baseline)
+    return {**out, "token_lookup_source": cfg.lookup_data or cfg.train_data}
 
 
 def shipped_card() -> dict[str, Any]:
@@ -261,9 +298,16 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
             f"best-of read by a second AR ({tr['reader']}): "
             + ", ".join(f"{k} {v:+.3f}" for k, v in tr.items() if k != "reader"),
         ]
-    ctl = card.get("controls", {})
+    ctl = {k: v for k, v in card.get("controls", {}).items() if k not in LOOKUP_CONTROLS}
     if ctl:
         lines += ["", "controls (any AR): " + ", ".join(f"{k.removeprefix('fve_')} {v:+.3f}" for k, v in ctl.items())]
+    lookup = card.get("controls", {})
+    if "fve_token_lookup" in lookup:
+        lines.append(
+            f"token lookup (no model; mean training vector of the final token): {lookup['fve_token_lookup']:+.3f}, "
+            f"last two tokens {lookup.get('fve_token_lookup_2', float('nan')):+.3f}; "
+            "an explanation carries more than its final token only where it beats these"
+        )
     if examples and card.get("examples"):
         lines += ["", "examples (held-out):"]
         for ex in card["examples"]:

@@ -19,7 +19,8 @@ from nla.common.errors import NLAError
 from nla.core.metrics import mse_nrm
 from nla.core.text import text_for_ar
 from nla.models.ar import ActivationReconstructor
-from nla.models.av import ActivationVerbalizer, Responses
+from nla.models.av import ActivationVerbalizer
+from nla.models.sequences import Responses
 
 DEFAULT_TEMPERATURE = 0.7  # measured on the shipped NLA: docs/results.md §11
 DEFAULT_BEST_OF = 4  # what `nla explain` and NLA.explain use when an AR is loaded (the card's headline)

@@ -18,7 +18,8 @@ from nla.core.text import cjk_fraction, quote_grounding, text_for_ar
 from nla.evaluate.rerank import DEFAULT_TEMPERATURE
 from nla.evaluate.rerank import best_of as best_of_k
 from nla.models.ar import ActivationReconstructor
-from nla.models.av import ActivationVerbalizer, Responses
+from nla.models.av import ActivationVerbalizer
+from nla.models.sequences import Responses
 
 
 @dataclass

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from nla.models.av import ActivationVerbalizer, generation_progress
+from nla.models.av import ActivationVerbalizer
+from nla.models.sequences import generation_progress
 
 TYPICAL_BATCH_STEPS = 72  # steps of a batch (its longest answer) of the shipped NLA: 66-74, mean 70 (docs/explain.md)
 WARN_SECONDS = 60.0  # runs estimated longer than this get a line saying so, and how to go faster

@@ -14,13 +14,10 @@ answers ``<explanation>...</explanation>`` followed by its end-of-turn token.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +30,16 @@ from nla.common.meta import MODEL_SIDECAR, extraction_scale, read_model_sidecar,
 from nla.common.paths import atomic_dir
 from nla.core.inject import Injector, Marker, chat_prompt_ids, choose_marker, fill_template, verify_marker
 from nla.core.modules import text_config
-from nla.core.text import cjk_fraction, extract_explanation
+from nla.core.text import cjk_fraction
 from nla.models.lora import ADAPTER_CONFIG, is_lora, load_adapter, merged_copy, save_adapter
+from nla.models.sequences import (
+    AVBatch,
+    Responses,
+    _eval_mode,
+    end_of_turn_id,
+    left_pad,
+    on_batch,
+)
 from nla.models.target import load_target, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,19 +50,6 @@ DEFAULT_AV_TEMPLATE = (
     "inside <explanation></explanation> tags."
 )
 CJK_FAILURE_THRESHOLD = 0.3  # mean CJK share above which injection has most likely failed
-_ON_BATCH: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar("nla_on_batch", default=None)
-
-
-@contextlib.contextmanager
-def generation_progress(callback: Callable[[int], None]) -> Iterator[None]:
-    """While active, :meth:`ActivationVerbalizer.sample` calls ``callback(rows)`` after each generated batch
-    (``rows`` answers finished), wherever it is called from: progress bars for code that only calls
-    something that generates (``nla eval``, best-of decoding)."""
-    token = _ON_BATCH.set(callback)
-    try:
-        yield
-    finally:
-        _ON_BATCH.reset(token)
 
 
 def default_injection_scale(vectors: torch.Tensor) -> float:  # (N, d)
@@ -80,72 +72,6 @@ def injection_failed(responses: Sequence[str], threshold: float = CJK_FAILURE_TH
     if not responses:
         return False
     return sum(cjk_fraction(r) for r in responses) / len(responses) > threshold
-
-
-def end_of_turn_id(tokenizer: Any) -> int:
-    """The token that closes an assistant turn in the chat template (ChatML ``<|im_end|>``, Gemma
-    ``<end_of_turn>``, Llama-3 ``<|eot_id|>``); the tokenizer's EOS when it cannot be told."""
-    sentinel = "NLASENTINELXYZ"
-    if getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}]
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-        tail = text.split(sentinel, 1)[1] if sentinel in text else ""
-        ids = tokenizer.encode(tail, add_special_tokens=False) if tail.strip() else []
-        if ids and ids[0] in set(tokenizer.all_special_ids):
-            return int(ids[0])
-    if tokenizer.eos_token_id is None:
-        raise NLAError("the tokenizer has neither a recognisable end-of-turn token nor an EOS token")
-    return int(tokenizer.eos_token_id)
-
-
-@dataclass
-class AVBatch:
-    """Prompt + response token ids with the loss mask and the vectors to inject (right padded)."""
-
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
-    response_mask: torch.Tensor  # (B, T) bool: True on response tokens (the SFT targets)
-    vectors: torch.Tensor  # (B, d)
-    prompt_len: int  # P: the response starts at position P in every row
-
-    def to(self, device: torch.device | str) -> AVBatch:
-        return AVBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.response_mask.to(device),
-            self.vectors.to(device),
-            self.prompt_len,
-        )
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
-@dataclass
-class Responses:
-    """Generated responses: token ids (end-of-turn included when it was produced), text, truncation."""
-
-    ids: list[list[int]]
-    texts: list[str]
-    truncated: list[bool]  # no end-of-turn within the cap
-    explanations: list[str | None] = field(init=False)  # inside a complete tag pair, else None
-
-    def __post_init__(self) -> None:
-        self.explanations = [extract_explanation(t) for t in self.texts]
-
-    def take(self, rows: Sequence[int]) -> Responses:
-        """The responses at ``rows``, in that order."""
-        return Responses([self.ids[r] for r in rows], [self.texts[r] for r in rows], [self.truncated[r] for r in rows])
-
-    def __add__(self, other: Responses) -> Responses:
-        return Responses(self.ids + other.ids, self.texts + other.texts, self.truncated + other.truncated)
 
 
 class ActivationVerbalizer:
@@ -257,7 +183,7 @@ class ActivationVerbalizer:
         sampling reproducible without touching the global RNG. Inside :func:`generation_progress`, each
         finished batch is reported to its callback."""
         vectors = self._check_vectors(vectors)
-        on_batch = _ON_BATCH.get()
+        report = on_batch()
         rows = vectors.repeat_interleave(num_samples, dim=0)  # (N*S, d)
         prompt = self.prompt_ids()
         eos = self.tokenizer.eos_token_id
@@ -294,8 +220,8 @@ class ActivationVerbalizer:
                         self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True)
                     )
                     truncated.append(stop is None)
-                if on_batch is not None:
-                    on_batch(chunk.shape[0])
+                if report is not None:
+                    report(chunk.shape[0])
         if injection_failed(texts):
             log.warning("AV outputs are mostly CJK: the injection has probably failed (marker seen raw)")
         return Responses(out_ids, texts, truncated)
@@ -481,27 +407,4 @@ class ActivationVerbalizer:
         return av
 
 
-def left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into (ids (B, T), attention_mask (B, T)) for batched generation."""
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, t - len(s) :] = torch.tensor(list(s))
-            mask[i, t - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-__all__ = [
-    "DEFAULT_AV_TEMPLATE",
-    "AVBatch",
-    "ActivationVerbalizer",
-    "default_injection_scale",
-    "end_of_turn_id",
-    "generation_progress",
-    "injection_failed",
-    "left_pad",
-]
+__all__ = ["DEFAULT_AV_TEMPLATE", "ActivationVerbalizer", "default_injection_scale", "injection_failed"]

@@ -29,14 +29,9 @@ from nla.common.errors import NLAError
 from nla.core.metrics import mean_baseline, shuffled
 from nla.core.text import wrap_explanation
 from nla.data.activations import VECTOR_COL, activation_matrix, read_parquet
-from nla.models.av import (
-    DEFAULT_AV_TEMPLATE,
-    ActivationVerbalizer,
-    AVBatch,
-    default_injection_scale,
-    injection_failed,
-)
+from nla.models.av import DEFAULT_AV_TEMPLATE, ActivationVerbalizer, default_injection_scale, injection_failed
 from nla.models.lora import apply_lora, is_lora
+from nla.models.sequences import AVBatch
 from nla.models.target import DEFAULT_TARGET, load_target
 from nla.train.loop import TrainConfig, TrainResult, fit
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from nla.core import rl_math
-from nla.models.av import ActivationVerbalizer, Responses
+from nla.models.av import ActivationVerbalizer
+from nla.models.sequences import Responses
 from nla.train.rl.config import RLConfig
 
 
