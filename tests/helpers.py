@@ -159,3 +159,17 @@ class FakeJsonServer:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def accelerate_cpu_command(script: str, *args: str) -> list[str]:
+    """``accelerate launch`` of ``script`` as 2 CPU processes on a free local port (gloo); ``--multi_gpu``
+    because ``--cpu`` starts ONE process unless an mpirun hostfile is given."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    options = ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    return [sys.executable, *launch, *options, script, *args]

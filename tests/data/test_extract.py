@@ -4,7 +4,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from nla.data.documents import Document
 from nla.data.extract import ExtractConfig, extract, work_dir_for
 from nla.data.positions import choose_positions, encode_document, plan_batches
 
-from helpers import save_tiny_target
+from helpers import accelerate_cpu_command, save_tiny_target
 
 WORDS = "the quick brown fox jumps over lazy dog Paris capital France language model add return".split()
 
@@ -272,32 +271,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(cli_setup, tmp_path) -> 
 
 def test_two_process_data_parallel_equals_single_process(cli_setup, tmp_path) -> None:
     root, model, corpus, runner, reference = cli_setup
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "o"
-    # `accelerate launch --cpu` starts ONE process unless an mpirun hostfile is given; --multi_gpu uses
-    # torchrun, and --device cpu makes each rank join a gloo group (also on machines without a GPU).
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        str(runner),
-        *_cli_args(model, corpus, out),
-        "--device",
-        "cpu",
-    ]
+    # --device cpu makes each rank join a gloo group (also on machines without a GPU)
+    cmd = accelerate_cpu_command(str(runner), *_cli_args(model, corpus, out), "--device", "cpu")
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count('"rows"') == 1  # only rank 0 reports

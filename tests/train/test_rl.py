@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +18,7 @@ from nla.models.target import load_target
 from nla.train.rl.rollout import sampling_seed, step_rows
 from nla.train.rl.trainer import RLConfig, RLTrainer, iter_metrics, train_rl
 
-from helpers import save_tiny_target
+from helpers import accelerate_cpu_command, save_tiny_target
 
 D = 64
 RESPONSE = "<explanation>cooking pasta</explanation>"
@@ -264,32 +262,15 @@ open(f"{out}/hash-{tr.rank}-of-{tr.world}.txt", "w").write(h.hexdigest())
 def test_two_processes_end_with_identical_weights(run_dirs, tmp_path) -> None:
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
     out.mkdir()
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
+    cmd = accelerate_cpu_command(
         str(runner),
         run_dirs["av"],
         run_dirs["ar"],
         run_dirs["data"],
         str(out),
-    ]
+    )
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
