@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 
 import pytest
@@ -103,6 +104,28 @@ def test_offline_teacher_compact_style_puts_the_final_token_first() -> None:
     )  # separate cache keys
     with pytest.raises(NLAError, match="unknown offline teacher style 'short'"):
         OfflineTeacher(TeacherOptions(style="short"), target=t)
+
+
+def test_offline_teacher_rich_style_adds_topic_language_and_situation() -> None:
+    t = tiny_target("llama")
+    ctx = (
+        "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n<|im_start|>user\nGive me a recipe for "
+        "lentil soup with garlic.<|im_end|>\n<|im_start|>assistant\nFirst, boil the lentils and chop the onion"
+    )
+    teacher = OfflineTeacher(TeacherOptions(tail_tokens=4, top_k=2, style="rich"), target=t)
+    expl, reason = parse_answer(teacher.answer([ctx])[0])
+    assert reason is None
+    final, about, setting, before = expl.split("\n")
+    compact = parse_answer(OfflineTeacher(TeacherOptions(tail_tokens=4, top_k=2, style="compact"), target=t)
+                           .answer([ctx])[0])[0].split("\n")  # fmt: skip
+    assert final == compact[0] and before == compact[1]  # the compact lines, unchanged
+    assert about.startswith("Topic: food and cooking; words: ") and about.endswith("Language: English.")
+    assert "onion" in about and "helpful" not in about  # the system turn is not what the text is about
+    assert re.fullmatch(r"Setting: chat, the assistant answers a request for a recipe\. Next comes .+ \(\d+%\)\.",
+                        setting)  # fmt: skip
+    assert teacher.version.endswith("-rich")
+    prose = parse_answer(teacher.answer(["It was a quiet evening and nobody came"])[0])[0].split("\n")
+    assert prose[1].startswith("Topic: unclear") and prose[2].startswith("Setting: prose. Next comes ")
 
 
 def test_offline_teacher_names_a_turn_whose_role_is_still_being_written() -> None:

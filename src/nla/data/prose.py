@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import os
 import re
+import struct
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,60 @@ def _web_passages(n: int) -> tuple[Document, ...]:
             f"only {len(out)} prose passages are available offline here; lower --n-web or raise --generated-web"
         )
     return tuple(out)
+
+
+# ------------------------------------------------------------------ other languages: installed translations
+
+LOCALE_DIR = Path("/usr/share/locale")
+_PLACEHOLDER = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[a-zA-Z]|[{]\w*[}]|&(?=\w)|_(?=\w)")  # %s, {name}, &File
+
+
+def mo_messages(path: Path) -> list[str]:
+    """The translated strings of one GNU gettext ``.mo`` catalogue (plural forms split; the header dropped)."""
+    data = path.read_bytes()
+    if len(data) < 20:
+        return []
+    for order in ("<", ">"):
+        magic, _rev, n, _orig, trans = struct.unpack(order + "5I", data[:20])
+        if magic == 0x950412DE:
+            break
+    else:
+        return []
+    out = []
+    for i in range(n):
+        length, offset = struct.unpack(order + "2I", data[trans + 8 * i : trans + 8 * i + 8])
+        raw = data[offset : offset + length]
+        if raw and not raw.startswith(b"Project-Id-Version"):
+            out += [s.decode("utf-8", "replace") for s in raw.split(b"\0") if s]
+    return out
+
+
+def locale_passages(language: str, n: int, *, root: Path = LOCALE_DIR) -> list[Document]:
+    """Up to ``n`` passages of ``language`` (a locale folder name such as ``fr`` or ``de``) made of the
+    installed programs' translated messages (``<root>/<language>/LC_MESSAGES/*.mo``): messages of at least
+    8 words, format placeholders removed, six to a paragraph, grouped per catalogue into passages of ~100-400
+    words. Deterministic
+    per machine; empty when the machine carries no translations for that language."""
+    folder = root / language / "LC_MESSAGES"
+    files = sorted(folder.glob("*.mo"), key=lambda p: digest(p.name)) if folder.is_dir() else []
+    out: list[Document] = []
+    seen: set[str] = set()
+    for f in files:
+        try:
+            messages = mo_messages(f)
+        except (OSError, struct.error):
+            continue
+        paragraphs = []
+        for m in messages:
+            text = " ".join(_PLACEHOLDER.sub("", m).split())
+            if len(text.split()) >= 8 and text not in seen:
+                seen.add(text)
+                paragraphs.append(text)
+        grouped = [" ".join(paragraphs[i : i + 6]) for i in range(0, len(paragraphs), 6)]  # ~6 messages a paragraph
+        for text in chunk_passages(grouped):
+            meta = {"origin": f.name, "language": language}
+            out.append(Document(doc_id=f"web-locale-{language}-{digest(text)[:10]}", text=text,
+                                source=f"locale/{language}", meta=meta))  # fmt: skip
+            if len(out) == n:
+                return out
+    return out

@@ -11,13 +11,14 @@ import torch
 
 from nla.common.errors import NLAError
 from nla.core.text import readable, wrap_explanation
+from nla.teach import features
 from nla.teach.base import TeacherOptions
 from nla.teach.local import LocalTeacher, special_ids, special_strings
 
 log = logging.getLogger(__name__)
 
-OFFLINE_VERSION = "offline-v2"  # v2: "at the start of a new turn" when the context ends inside a role name
-STYLES = ("full", "compact")
+OFFLINE_VERSION = "offline-v3"  # v2: "at the start of a new turn" inside a role name; v3: the rich style
+STYLES = ("full", "compact", "rich")
 _STOP = frozenset(
     """about above after again against also among another because been before being below between both
     could does doing down during each even every from further have having here hers herself himself into
@@ -36,6 +37,9 @@ _PUNCT = {".": "a period", ",": "a comma", ":": "a colon", ";": "a semicolon", "
 # classes of a next token, with the phrase that completes "so the next token most likely ..."
 _NEXT = ("starts a new word", "continues the current word", "is a number or digit", "is punctuation",
          "is a line break", "is whitespace", "is a special token")  # fmt: skip
+# the same classes as what comes next, for the rich style's "next comes ..."
+_COMES = ("a new word", "the rest of the word", "a number", "punctuation", "a line break", "whitespace",
+          "a special token")  # fmt: skip
 
 
 def _token_class(s: str, special: bool) -> int:
@@ -99,6 +103,18 @@ class OfflineTeacher(LocalTeacher):
         Final token: " pot", the start of a word. Next: " of" 94%, " to" 5%, " with" <1%.
         Before it: "...[im_start]assistant\nBring a large"
         Setting: chat, inside the assistant's turn.
+
+    ``style="rich"`` (about 91 tokens) keeps the compact style's final-token line and quote and adds what the
+    context is about (:mod:`nla.teach.features`, deterministic, no model): the topic from a project-written
+    taxonomy (``nla/resources/topics.yaml``; "unclear" when no topic's cue words stand out), up to 3
+    salient words and the language (natural, or the programming language of code), all read from the
+    visible text (a chat's system turn and markup removed); the setting with, in a chat, who is writing
+    and what the user asked for; and the most likely kind of the next token::
+
+        Final token: " pot", the start of a word. Next: " of" 94%, " to" 5%, " with" <1%.
+        Topic: food and cooking; words: large, bring, pasta. Language: English.
+        Setting: chat, the assistant answers a request for a recipe. Next comes a new word (100%).
+        Before it: "...assistant\nBring a large"
 
     Contexts that share a prefix (rows of one document) share one forward pass: the longest context is
     run once and logits are read at each row's last token, after checking that the shorter context's
@@ -215,15 +231,22 @@ class OfflineTeacher(LocalTeacher):
             f"{show(decode([int(i)]))} {_pct(float(v))}" for v, i in zip(top.values, top.indices, strict=True)
         )
 
-        if self.style == "compact":
+        if self.style in ("compact", "rich"):
             before = ids[:-1][-self.tail :]
             quote = readable(decode(before), specials).replace('"', "'") if before else ""
             setting = f"chat, {where}" if turns else ("source code" if code else "prose")
-            lines = [
-                f"Final token: {show(pieces[-1])}, {kind}. Next: {preds}.",
-                f'Before it: "{"..." if len(ids) - 1 > self.tail else ""}{quote}"',
-                f"Setting: {setting}.",
-            ]
+            first = f"Final token: {show(pieces[-1])}, {kind}. Next: {preds}."
+            before_it = f'Before it: "{"..." if len(ids) - 1 > self.tail else ""}{quote}"'
+            if self.style == "compact":
+                return wrap_explanation("\n".join([first, before_it, f"Setting: {setting}."]))
+            mass = torch.zeros(len(_NEXT)).index_add_(0, self._vocab_classes(tok, p.shape[0]), p)  # (C,)
+            if is_special[-1] or not pieces[-1][-1:].isalnum():
+                mass[0], mass[1] = mass[0] + mass[1], 0.0  # here a token without a leading space starts a word
+            c = int(mass.argmax())
+            if turns and where.startswith("inside"):
+                setting = f"chat, {features.chat_situation(context) or where}"
+            setting += f". Next comes {_COMES[c]} ({_pct(float(mass[c]))})"
+            lines = [first, self._about(context, code), f"Setting: {setting}.", before_it]
             return wrap_explanation("\n".join(lines))
 
         if turns:
@@ -244,6 +267,20 @@ class OfflineTeacher(LocalTeacher):
             f"so the next token most likely {_NEXT[c]} ({_pct(float(mass[c]))})."
         )
         return wrap_explanation("\n".join([setting, quote, final]))
+
+    @staticmethod
+    def _about(context: str, code: bool) -> str:
+        """The rich style's topic line: topic (or "unclear"), up to 3 salient words, the language."""
+        text = features.visible_text(context)
+        topic = features.topic_of(text)
+        label = topic.label or "unclear"
+        words = _salient(text, k=3)
+        lang, in_block = features.code_language(context)
+        if lang and (code or in_block):
+            language = f"{lang} code"
+        else:
+            language = features.natural_language(text)
+        return f"Topic: {label}" + (f"; words: {', '.join(words)}" if words else "") + f". Language: {language}."
 
     @staticmethod
     def _kind(pieces: list[str], special: list[bool]) -> str:

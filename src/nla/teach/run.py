@@ -83,8 +83,9 @@ class TeachConfig:
     top_k: int = option(4, "offline: top next-token predictions of the target to list.")
     style: str = option(
         "full",
-        "offline: 'full' (setting + salient words, tail quote, final token) or 'compact' "
-        "(final token and next-token predictions first, a short quote, the setting; ~45 tokens).",
+        "offline: 'full' (setting + salient words, tail quote, final token), 'compact' (final token and "
+        "next-token predictions first, a short quote, the setting; ~63 tokens) or 'rich' (compact plus the topic, "
+        "salient words, language, the chat's speaker and request, the next token's kind; ~91 tokens).",
     )
     batch_size: int = option(8, "hf/offline: sequences per generate/forward batch.")
     device: str = option("cpu", "hf/offline: torch device.")
