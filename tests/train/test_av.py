@@ -20,7 +20,8 @@ PASTA = "The text is about cooking pasta."
 PARIS = "Paris is the capital of France."
 
 
-def _write(path, vectors: np.ndarray, explanations: list[str], *, doc_ids=None, d_model=None, column="explanation"):
+def _write(path, vectors: np.ndarray, explanations: list[str], *, doc_ids=None, d_model=None, column="explanation",
+           layer: int = 1):  # fmt: skip
     n = len(explanations)
     table = pa.table(
         {
@@ -36,7 +37,7 @@ def _write(path, vectors: np.ndarray, explanations: list[str], *, doc_ids=None, 
     meta = {
         "kind": "nla_dataset",
         "d_model": d_model or vectors.shape[1],
-        "extraction": {"base_model": "tiny", "layer_index": 1},
+        "extraction": {"base_model": "tiny", "layer_index": layer},
     }
     (path.parent / (path.name + ".nla_meta.yaml")).write_text(yaml.safe_dump(meta))
     return path
@@ -239,3 +240,16 @@ def test_train_from_an_adapter_init_trains_only_that_adapter(tiny_dir, tmp_path)
     assert changed and all("lora_B" in n or "lora_A" in n for n in changed)
     with pytest.raises(NLAError, match="--lora"):
         train_av(AVTrainConfig(init=str(tmp_path / "init"), data=str(data), out_dir=str(tmp_path / "x"), lora=True))
+
+
+def test_several_data_files_are_concatenated(tmp_path) -> None:
+    vecs = np.random.default_rng(0).normal(size=(3, 8))
+    a = _write(tmp_path / "a.parquet", vecs[:2], ["x", "y"], doc_ids=["a0", "a1"])
+    b = _write(tmp_path / "b.parquet", vecs[2:], ["z"], doc_ids=["b0"])
+    both = load_av_data(f"{a}, {b}")
+    assert both.responses == load_av_data(a).responses + load_av_data(b).responses and len(both.responses) == 3
+    assert both.doc_ids == ["a0", "a1", "b0"]
+    assert torch.equal(both.vectors, torch.cat([load_av_data(a).vectors, load_av_data(b).vectors]))
+    other = _write(tmp_path / "o.parquet", vecs[2:], ["w"], layer=2)
+    with pytest.raises(NLAError, match="one model and layer"):
+        load_av_data(f"{a},{other}")

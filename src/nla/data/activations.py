@@ -329,6 +329,23 @@ def read_parquet(
     return ParquetInput(table, files, sidecar)
 
 
+def check_same_source(parts: Sequence[tuple[str, dict[str, Any], int]]) -> None:
+    """Raise unless every ``(path, sidecar, d_model)`` of a comma-separated ``--data`` list comes from the same
+    base model and layer as the first (training on activations of two models or layers is a mistake)."""
+    key = ("base_model", "layer_index")
+    path0, side0, d0 = parts[0]
+    ext0 = side0.get("extraction") or {}
+    for path, side, d in parts[1:]:
+        ext = side.get("extraction") or {}
+        if any(ext.get(k) != ext0.get(k) for k in key):
+            raise NLAError(
+                f"{path} comes from {[ext.get(k) for k in key]}, {path0} from {[ext0.get(k) for k in key]}: "
+                "train on data of one model and layer"
+            )
+        if d != d0:
+            raise NLAError(f"{path}: d={d}, {path0} has d={d0}")
+
+
 @dataclass
 class VectorSet:
     vectors: torch.Tensor  # (N, d) raw
@@ -360,6 +377,7 @@ def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
 
 
 __all__ = [
+    "check_same_source",
     "ParquetInput",
     "VECTOR_COL",
     "activation_matrix",

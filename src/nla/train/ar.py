@@ -30,7 +30,7 @@ from nla.common.errors import NLAError
 from nla.common.paths import atomic_write_text
 from nla.core import metrics
 from nla.core.modules import find_decoder_layers
-from nla.data.activations import VECTOR_COL, activation_matrix, load_vectors, read_parquet
+from nla.data.activations import VECTOR_COL, activation_matrix, check_same_source, load_vectors, read_parquet
 from nla.evaluate.roundtrip import Baseline, evaluate_ar, format_eval
 from nla.models.ar import ActivationReconstructor
 from nla.models.target import load_target
@@ -140,17 +140,8 @@ def load_ar_parts(paths: str, *, d_model: int | None = None) -> ARData:
     first = parts[0]
     if len(parts) == 1:
         return first
-    key = ("base_model", "layer_index")
-    ext0 = first.sidecar.get("extraction") or {}
-    for path, part in zip(paths.split(",")[1:], parts[1:], strict=False):
-        ext = part.sidecar.get("extraction") or {}
-        if any(ext.get(k) != ext0.get(k) for k in key):
-            raise NLAError(
-                f"{path.strip()} comes from {[ext.get(k) for k in key]}, the first file from "
-                f"{[ext0.get(k) for k in key]}: train on data of one model and layer"
-            )
-        if part.vectors.shape[1] != first.vectors.shape[1]:
-            raise NLAError(f"{path.strip()}: d={part.vectors.shape[1]}, the first file has d={first.vectors.shape[1]}")
+    names = [p.strip() for p in paths.split(",") if p.strip()]
+    check_same_source([(n, p.sidecar, p.vectors.shape[1]) for n, p in zip(names, parts, strict=True)])
     docs = None if any(p.doc_ids is None for p in parts) else [d for p in parts for d in p.doc_ids or []]
     return ARData(
         explanations=[e for p in parts for e in p.explanations],

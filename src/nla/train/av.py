@@ -28,7 +28,7 @@ from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.core.metrics import mean_baseline, shuffled
 from nla.core.text import wrap_explanation
-from nla.data.activations import VECTOR_COL, activation_matrix, read_parquet
+from nla.data.activations import VECTOR_COL, activation_matrix, check_same_source, read_parquet
 from nla.models.av import DEFAULT_AV_TEMPLATE, ActivationVerbalizer, default_injection_scale, injection_failed
 from nla.models.lora import apply_lora, is_lora
 from nla.models.sequences import AVBatch
@@ -43,7 +43,7 @@ class AVTrainConfig(TrainConfig):
     """Options of ``nla train av`` (AV supervised fine-tuning on teacher explanations)."""
 
     out_dir: str = option("runs/av", "Run directory: metrics.jsonl, checkpoint/ (resume) and final/ (the AV).")
-    data: str = option("", "Teacher parquet (file or directory) with activation_vector + response/explanation.")
+    data: str = option("", "Teacher parquet (file or directory; several comma-separated) with activation_vector + response.")
     eval_data: str = option(
         "", "Held-out parquet (document-disjoint); empty = hold out eval_fraction of the documents."
     )
@@ -82,7 +82,19 @@ class AVData:
 
 
 def load_av_data(path: str | Path) -> AVData:
-    """Read teacher parquet; rows with NaN/inf/zero vectors or empty responses are counted and skipped."""
+    """Read teacher parquet; rows with NaN/inf/zero vectors or empty responses are counted and skipped.
+    ``path`` may list several files, comma-separated (same base model and layer): they are concatenated."""
+    names = [p.strip() for p in str(path).split(",") if p.strip()]
+    if len(names) > 1:
+        parts = [load_av_data(n) for n in names]
+        check_same_source([(n, p.meta, p.vectors.shape[1]) for n, p in zip(names, parts, strict=True)])
+        return AVData(
+            torch.cat([p.vectors for p in parts]),
+            [r for p in parts for r in p.responses],
+            [d for p in parts for d in p.doc_ids],
+            parts[0].meta,
+            {k: sum(p.skipped[k] for p in parts) for k in parts[0].skipped},
+        )
     data = read_parquet(path, require=[VECTOR_COL])
     table, meta = data.table, data.sidecar
     cols = set(table.column_names)
