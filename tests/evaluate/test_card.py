@@ -70,6 +70,10 @@ def test_quote_grounding_counts_quotes_found_in_the_context() -> None:
     assert quote_grounding(good, ctx) == (2, 2)  # " of" is too short to count
     assert quote_grounding('Before it: "...a small dog", then "pasta?[im_end]"', ctx) == (1, 2)
     assert quote_grounding("no quotes at all", ctx) == (0, 0)
+    # a quoted next-token prediction claims what comes next, not what the context holds
+    claims = 'Final token: " pot". Next: " with" 3%, " filled" <1%.'
+    assert quote_grounding(claims, ctx) == (1, 1)
+    assert quote_grounding(claims, ctx, predictions=True) == (1, 3)
     g = grounding(['<explanation>x "large pot"</explanation>', '<explanation>"a cat"</explanation>'], [ctx, ctx])
     assert g == {"quote_grounding": 0.5, "quotes_per_explanation": 1.0}
     assert grounding(["a"], None) == {}

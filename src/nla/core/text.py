@@ -43,6 +43,7 @@ def cjk_fraction(text: str) -> float:
 
 
 _QUOTED = re.compile(r'"([^"\n]*)"')
+_PERCENT = re.compile(r"\s*(?:<\s*1|\d{1,3}(?:\.\d+)?)\s*%")
 _SPECIAL = re.compile(r"<\|[^|<>]+\|>")
 
 
@@ -61,19 +62,24 @@ def readable(text: str, specials: list[str] | None = None, *, escape_newlines: b
     return text
 
 
-def quote_grounding(explanation: str, context: str, *, min_chars: int = 3) -> tuple[int, int]:
+def quote_grounding(
+    explanation: str, context: str, *, min_chars: int = 3, predictions: bool = False
+) -> tuple[int, int]:
     """How many double-quoted spans of ``explanation`` occur verbatim in ``context``: ``(found, quoted)``.
 
     Spans are compared in the teachers' :func:`readable` form (``<|im_end|>`` -> ``[im_end]``, newlines as
     ``\\n``, ``"`` as ``'``) after dropping a leading ellipsis; spans shorter than ``min_chars`` are
-    ignored. Quoted next-token predictions are counted too, so even a faithful teacher scores below 1:
-    compare an AV with the teacher's own rate. Confabulated quotes (NLA.md §5.6) show up as a low share.
+    ignored, and so are quoted next-token predictions (a span followed by a percentage, ``" of" 94%``):
+    they claim what comes next, not what the context holds (the faithfulness suite checks them against the
+    model's real distribution). Until round 4 they were counted (``predictions=True`` still does), which held
+    even a faithful teacher well below 1 (compact teacher 0.63; 0.99 without them). Confabulated quotes
+    (NLA.md §5.6) show up as a low share.
     """
     plain = readable(context).replace('"', "'")
     found = quoted = 0
     for m in _QUOTED.finditer(explanation):
         span = m.group(1).removeprefix("...").removeprefix("\u2026")
-        if len(span.strip()) < min_chars:
+        if len(span.strip()) < min_chars or (not predictions and _PERCENT.match(explanation, m.end())):
             continue
         quoted += 1
         found += span in plain

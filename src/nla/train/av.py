@@ -43,7 +43,7 @@ class AVTrainConfig(TrainConfig):
     """Options of ``nla train av`` (AV supervised fine-tuning on teacher explanations)."""
 
     out_dir: str = option("runs/av", "Run directory: metrics.jsonl, checkpoint/ (resume) and final/ (the AV).")
-    data: str = option("", "Teacher parquet (file or directory; several comma-separated) with activation_vector + response.")
+    data: str = option("", "Teacher parquet (file or directory; several comma-separated): vectors + responses.")
     eval_data: str = option(
         "", "Held-out parquet (document-disjoint); empty = hold out eval_fraction of the documents."
     )
