@@ -200,6 +200,30 @@ def test_tiny_default_corpus_is_deterministic_and_balanced(tmp_path) -> None:
     assert json.loads((tmp_path / "a.jsonl.info.json").read_text())["documents"] == 14
 
 
+def test_own_prompt_templates_make_a_chat_only_corpus(tmp_path) -> None:
+    prompts = tmp_path / "mine.yaml"
+    prompts.write_text(
+        "prompts:\n  birds: ['Why do geese fly in a V?']\n"
+        "templates:\n  - category: birds\n    pattern: 'Where does the {bird} spend the {season}?'\n"
+        "    slots: {bird: [swift, crane, stork], season: [winter, summer]}\n"
+        "  - category: tides\n    pattern: 'Why are tides high at {place}?'\n    slots: {place: [noon, night]}\n"
+    )
+    chats_only = {**TINY, "n_web": 0}
+    out = cd.build_default_corpus(target=_babbler(), out=tmp_path / "c.jsonl", **chats_only, prompts=str(prompts))
+    docs = load_corpus(str(out))
+    assert [d.doc_id for d in docs] == [f"chat-mine-{i:05d}" for i in range(7)] and all(d.kind == "chat" for d in docs)
+    assert docs[0].messages[0]["content"] == "Why do geese fly in a V?"  # hand-written prompts come first
+    assert {d.meta["category"] for d in docs} == {"birds", "tides"}
+    with pytest.raises(NLAError, match="only 9 distinct prompts"):
+        cd.build_default_corpus(target=_babbler(), out=tmp_path / "d.jsonl", **{**TINY, "n_chat": 10, "n_web": 0},
+                                prompts=str(prompts))  # fmt: skip
+    with pytest.raises(NLAError, match="prompt file not found"):
+        cd.build_default_corpus(target=_babbler(), out=tmp_path / "e.jsonl", **TINY, prompts=str(tmp_path / "no.yaml"))
+    (tmp_path / "bad.yaml").write_text("templates: [unclosed\n")
+    with pytest.raises(NLAError, match="bad.yaml"):
+        cd.build_default_corpus(target=_babbler(), out=tmp_path / "f.jsonl", **TINY, prompts=str(tmp_path / "bad.yaml"))
+
+
 def test_build_resumes_after_interrupt_without_duplicates(tmp_path, monkeypatch) -> None:
     ref = cd.build_default_corpus(target=_babbler(), out=tmp_path / "ref.jsonl", **TINY)
     real = cd.generate_answers

@@ -56,19 +56,31 @@ class DefaultCorpusConfig:
     out: str | None = option(None, "Output JSONL file (default: <cache>/corpus/default.jsonl).")
     model: str = option(DEFAULT_TARGET, "Model that answers the chat prompts and writes the articles.")
     n_chat: int = option(1000, "Number of chat transcripts.")
-    n_web: int = option(1000, "Number of web-like prose documents.")
+    n_web: int = option(1000, "Number of web-like prose documents (0 = chats only).")
     max_new_tokens: int = option(96, "Cap on generated tokens per answer (sets the build time).")
     batch_size: int = option(32, "Prompts generated together.")
     chunk_size: int = option(64, "Conversations per resumable chunk written to disk.")
     multi_turn: float = option(0.15, "Share of chats that get a follow-up question and a second answer.")
     generated_web: float = option(0.05, "Share of web documents written by the model (articles, stories).")
     repetition_penalty: float = option(1.1, "Greedy-decoding repetition penalty (1.0 = off).")
+    prompts: str = option(
+        "",
+        "Your own chat prompts: a YAML file laid out as nla/resources/prompt_templates.yaml (`templates:` of "
+        "category/pattern/slots, optional `prompts:` category -> list); replaces the shipped prompt lists, and "
+        "documents are named chat-<file stem>-NNNNN. Empty = the shipped lists.",
+    )
 
 
 # ----------------------------------------------------------------------------- prompts
-@functools.lru_cache(maxsize=1)
-def _templates() -> dict[str, Any]:
-    return yaml.safe_load(_data_text("prompt_templates.yaml"))
+@functools.lru_cache(maxsize=4)
+def _templates(path: str = "") -> dict[str, Any]:
+    try:
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8") if path else _data_text("prompt_templates.yaml"))
+    except yaml.YAMLError as e:
+        raise NLAError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if path and not (isinstance(spec, dict) and isinstance(spec.get("templates", []), list)):
+        raise NLAError(f"{path}: expected a mapping with a `templates:` list (see nla/resources/prompt_templates.yaml)")
+    return spec
 
 
 def _data_text(name: str) -> str:
@@ -89,20 +101,24 @@ def _round_robin(groups: list[list[Any]]) -> Iterator[Any]:
         yield from (x for x in row if x is not None)
 
 
-def chat_prompts(n: int) -> list[tuple[str, str]]:
-    """``n`` distinct (category, prompt) pairs, deterministic, balanced across categories."""
+def chat_prompts(n: int, prompts: str = "") -> list[tuple[str, str]]:
+    """``n`` distinct (category, prompt) pairs, deterministic, balanced across categories; from the shipped
+    lists, or from the YAML file ``prompts`` (see :class:`DefaultCorpusConfig`)."""
     by_cat: dict[str, list[str]] = {}
-    cat = "misc"
-    for line in _data_text("chat_prompts.txt").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            cat = line[1:-1]
-            continue
-        by_cat.setdefault(cat, []).append(line.replace("\\n", "\n"))
+    if prompts:
+        by_cat = {str(c): [str(p) for p in ps] for c, ps in (_templates(prompts).get("prompts") or {}).items()}
+    else:
+        cat = "misc"
+        for line in _data_text("chat_prompts.txt").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                cat = line[1:-1]
+                continue
+            by_cat.setdefault(cat, []).append(line.replace("\\n", "\n"))
     templated: dict[str, list[str]] = {}
-    for t in _templates()["templates"]:
+    for t in _templates(prompts).get("templates") or []:
         templated.setdefault(t["category"], []).extend(_expand(t))
     groups = []
     for c in sorted(set(by_cat) | set(templated)):
@@ -205,7 +221,8 @@ def _chat_chunk(
         answer, truncated = second.get(k, first[k])
         msgs = tuple(convs[k] if k in second else convs[k][:1]) + ({"role": "assistant", "content": answer},)
         meta = {"category": category, "turns": len(msgs) // 2, "truncated": truncated}
-        docs.append(Document(doc_id=f"chat-{i:05d}", messages=msgs, source="default/chat", meta=meta))
+        name = f"chat-{Path(cfg.prompts).stem}" if cfg.prompts else "chat"
+        docs.append(Document(doc_id=f"{name}-{i:05d}", messages=msgs, source="default/chat", meta=meta))
     return docs
 
 
@@ -232,6 +249,9 @@ def _article_chunk(target: Target, jobs: list[tuple[int, str]], cfg: DefaultCorp
 def _settings(cfg: DefaultCorpusConfig, model_name: str) -> dict[str, Any]:
     s = {k: v for k, v in asdict(cfg).items() if k not in ("out", "model")}
     data = _data_text("chat_prompts.txt") + _data_text("prompt_templates.yaml")
+    if cfg.prompts:
+        s["prompts"] = Path(cfg.prompts).name
+        data += Path(cfg.prompts).read_text(encoding="utf-8")
     return {"format": FORMAT_VERSION, "model": model_name, **s, "data_sha1": digest(data)[:12]}
 
 
@@ -265,6 +285,7 @@ def build_default_corpus(
     generated_web: float = 0.05,
     repetition_penalty: float = 1.1,
     model: str = DEFAULT_TARGET,
+    prompts: str = "",
     progress: bool = True,
 ) -> Path:
     """Build (or reuse) the default corpus and return its JSONL path.
@@ -284,6 +305,7 @@ def build_default_corpus(
         multi_turn=multi_turn,
         generated_web=generated_web,
         repetition_penalty=repetition_penalty,
+        prompts=prompts,
     )
     out, _ = _produce(cfg, target, None, progress)
     return out
@@ -330,8 +352,10 @@ def _produce(
     """Generate what the first ``limit`` documents (or all) need; write the corpus file when complete."""
     from tqdm.auto import tqdm
 
-    if min(cfg.n_chat, cfg.n_web, cfg.max_new_tokens, cfg.batch_size, cfg.chunk_size) < 1:
-        raise NLAError("n_chat, n_web, max_new_tokens, batch_size and chunk_size must all be >= 1")
+    if min(cfg.n_chat, cfg.max_new_tokens, cfg.batch_size, cfg.chunk_size) < 1 or cfg.n_web < 0:
+        raise NLAError("n_chat, max_new_tokens, batch_size and chunk_size must all be >= 1, n_web >= 0")
+    if cfg.prompts and not Path(cfg.prompts).is_file():
+        raise NLAError(f"prompt file not found: {cfg.prompts}")
     if not (0 <= cfg.multi_turn <= 1 and 0 <= cfg.generated_web <= 1):
         raise NLAError("multi_turn and generated_web are shares between 0 and 1")
     settings = _settings(cfg, target.name if target is not None else cfg.model)
@@ -348,7 +372,7 @@ def _produce(
         return out, _read_chunk(out, limit)
     t0 = time.perf_counter()
     n_gen = round(cfg.n_web * cfg.generated_web)
-    chats = [(i, c, p) for i, (c, p) in enumerate(chat_prompts(cfg.n_chat))]
+    chats = [(i, c, p) for i, (c, p) in enumerate(chat_prompts(cfg.n_chat, cfg.prompts))]
     articles = list(enumerate(article_prompts(n_gen)))
     web = web_passages(cfg.n_web - n_gen)  # cheap, and checks availability before the long generation
     order = spread([("chat", i) for i in range(cfg.n_chat)], spread(web, [("gen", j) for j in range(n_gen)]))
