@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Round 4 of the default NLA (issue 13; docs/results.md §12), IN PROGRESS: not what ships yet. It starts from
+# the run directory of scripts/reproduce_default.sh (its round-1 extraction and round-3 NLA) and is
+# resumable: rerun it after a kill and every finished step is skipped, every training run resumes.
+#
+#   bash scripts/round4.sh [RUN_DIR]        # default runs/nla, as reproduce_default.sh
+set -euo pipefail
+RUN=${1:-runs/nla}
+R=$RUN/round4
+A=$RUN/extract/acts
+V3=$RUN/round3/ship            # the round-3 NLA (also what src/nla/resources/default_nla held before round 4)
+C=$RUN/compact/teach           # the compact teacher's text of the same rows (round 2)
+T1="env OMP_NUM_THREADS=1"
+mkdir -p "$R/teach"
+teach() {  # DATA SPLIT OUT
+  [ -f "$3" ] || $T1 nla teach --data "$1" --split "$2" --teacher offline --style rich --tail-tokens 6 --top-k 3 --out "$3"
+}
+extract() {  # CORPUS OUT: training rows only (no eval split)
+  [ -d "$2" ] || $T1 nla extract --model smollm2-135m --corpus "$1" --out "$2" --layer 20 --positions-per-doc 10 \
+    --skip 50 --max-tokens 512 --split-fractions 0.5 0.5 0 0
+}
+
+# 1. Data: the rich teacher on the round-1 rows; passages in six other languages; topic-balanced chats
+for split in eval ar_sft av_sft rl; do teach "$A" $split "$R/teach/$split.parquet"; done
+[ -f "$R/locale.jsonl" ] || python scripts/locale_corpus.py --out "$R/locale.jsonl"
+extract "$R/locale.jsonl" "$R/locale_acts"
+[ -f "$R/topics.jsonl" ] || $T1 nla corpus build --prompts scripts/topic_prompts.yaml --n-chat 900 --n-web 0 \
+  --out "$R/topics.jsonl"
+extract "$R/topics.jsonl" "$R/topics_acts"
+for split in av_sft ar_sft; do
+  teach "$R/locale_acts" $split "$R/teach/locale_$split.parquet"
+  teach "$R/topics_acts" $split "$R/teach/topics_$split.parquet"
+done
+
+# 2. Does the AR read the rich text better than the compact one? The same start (the round-3 AR), steps and
+#    rows for both; then both read their style's text of the card's 128 held-out rows.
+ar_sft() {  # NAME TRAIN EVAL
+  [ -d "$R/$1/final" ] || $T1 nla train ar --init "$V3/ar" --data "$2" --eval-data "$3" --out-dir "$R/$1" \
+    --max-steps 300 --batch-size 16 --lr 2e-4 --warmup-steps 10 --save-adapter-only --eval-every 0 \
+    --save-every 25 --eval-max-rows 512
+}
+ar_sft ar_rich "$R/teach/ar_sft.parquet" "$R/teach/eval.parquet" &
+# 3. AV-SFT in LoRA from the round-3 AV: the round-1 av_sft and rl rows and the other languages (14,310 rows)
+[ -d "$R/av_sft/final" ] || $T1 nla train av --init "$V3/av" \
+  --data "$R/teach/av_sft.parquet,$R/teach/rl.parquet,$R/teach/locale_av_sft.parquet" \
+  --eval-data "$R/teach/eval.parquet" --out-dir "$R/av_sft" --max-steps 300 --batch-size 16 --lr 3e-4 \
+  --warmup-steps 15 --max-response-tokens 128 --eval-every 0 --eval-rows 96 --save-every 25
+wait
+ar_sft ar_compact "$C/ar_sft.parquet" "$C/eval.parquet"
+python bench/teacher_text.py --train-data "$R/teach/ar_sft.parquet" --rows 128 \
+  --pair "rich=$R/ar_rich/final,$R/teach/eval.parquet" --pair "compact=$R/ar_compact/final,$C/eval.parquet"
+echo "round 4 so far: $R (next: AV-SFT on the topic chats, joint RL; docs/results.md §12)"
