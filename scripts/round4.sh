@@ -47,6 +47,6 @@ ar_sft ar_rich "$R/teach/ar_sft.parquet" "$R/teach/eval.parquet" &
   --warmup-steps 15 --max-response-tokens 128 --eval-every 0 --eval-rows 96 --save-every 25
 wait
 ar_sft ar_compact "$C/ar_sft.parquet" "$C/eval.parquet"
-python bench/teacher_text.py --train-data "$R/teach/ar_sft.parquet" --rows 128 \
+python bench/teacher_text.py --train-data "$R/teach/ar_sft.parquet" --rows 128 --drop "Before it:" \
   --pair "rich=$R/ar_rich/final,$R/teach/eval.parquet" --pair "compact=$R/ar_compact/final,$C/eval.parquet"
 echo "round 4 so far: $R (next: AV-SFT on the topic chats, joint RL; docs/results.md §12)"
