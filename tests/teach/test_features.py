@@ -58,7 +58,7 @@ def test_code_language_from_an_open_fence_or_code_lines() -> None:
 
 
 def test_chat_situation_names_the_speaker_and_what_the_user_wants() -> None:
-    assert chat_situation(CHAT) == "the assistant answers a request for a recipe"
+    assert chat_situation(CHAT) == "the assistant answers a request for how-to instructions"
     assert chat_situation(CHAT.split("<|im_start|>assistant")[0] + "<|im_start|>user\nTranslate 'cat' into") == (
         "the user asks for a translation"
     )

@@ -121,8 +121,8 @@ def test_offline_teacher_rich_style_adds_topic_language_and_situation() -> None:
     assert final == compact[0] and before == compact[1]  # the compact lines, unchanged
     assert about.startswith("Topic: food and cooking; words: ") and about.endswith("Language: English.")
     assert "onion" in about and "helpful" not in about  # the system turn is not what the text is about
-    assert re.fullmatch(r"Setting: chat, the assistant answers a request for a recipe\. Next comes .+ \(\d+%\)\.",
-                        setting)  # fmt: skip
+    wanted = r"Setting: chat, the assistant answers a request for how-to instructions\. Next comes .+ \(\d+%\)\."
+    assert re.fullmatch(wanted, setting)
     assert teacher.version.endswith("-rich")
     prose = parse_answer(teacher.answer(["It was a quiet evening and nobody came"])[0])[0].split("\n")
     assert prose[1].startswith("Topic: unclear") and prose[2].startswith("Setting: prose. Next comes ")

@@ -122,7 +122,7 @@ def code_language(text: str, *, window: int = 800) -> tuple[str, bool]:
 _INTENTS: list[tuple[str, re.Pattern[str]]] = [
     ("a translation", re.compile(r"\btranslat")),
     ("code", re.compile(r"\b(?:write|implement|create|fix|debug)\b.*\b(?:function|program|script|code|class)\b")),
-    ("a recipe", re.compile(r"\brecipe|\bhow (?:do|can|should) i (?:cook|bake|boil|make)\b")),
+    ("how-to instructions", re.compile(r"\brecipe|\bhow (?:do|can|should) i (?:cook|bake|boil|make)\b")),
     ("a story or a poem", re.compile(r"\b(?:story|poem|haiku|limerick|song lyrics|tale)\b")),
     ("an email or a letter", re.compile(r"\b(?:email|e-mail|letter|message to)\b")),
     ("a summary", re.compile(r"\b(?:summari[sz]e|summary|tl;dr)\b")),
@@ -148,7 +148,8 @@ def chat_turns(context: str) -> list[tuple[str, str]]:
 
 
 def user_intent(message: str) -> str:
-    """What a user's message asks for, e.g. "a recipe" ("" when it fits no rule)."""
+    """What a user's message asks for, e.g. "code" ("" when it fits no rule). The names say what kind of
+    answer is wanted, never its topic (the topic line says that; a recipe is "how-to instructions")."""
     low = " ".join(message.lower().split())
     for name, pat in _INTENTS:
         if pat.search(low):
@@ -157,7 +158,7 @@ def user_intent(message: str) -> str:
 
 
 def chat_situation(context: str) -> str:
-    """Who is writing and what the user wants, e.g. "the assistant answers a request for a recipe"."""
+    """Who is writing and what the user wants, e.g. "the assistant answers a request for code"."""
     turns = [(r, t) for r, t in chat_turns(context) if r != "system"]
     if not turns:
         return ""

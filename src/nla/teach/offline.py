@@ -17,7 +17,7 @@ from nla.teach.local import LocalTeacher, special_ids, special_strings
 
 log = logging.getLogger(__name__)
 
-OFFLINE_VERSION = "offline-v3"  # v2: "at the start of a new turn" inside a role name; v3: the rich style
+OFFLINE_VERSION = "offline-v4"  # v2: turn start inside a role name; v3: the rich style; v4: intents name no topic
 STYLES = ("full", "compact", "rich")
 _STOP = frozenset(
     """about above after again against also among another because been before being below between both
@@ -113,7 +113,7 @@ class OfflineTeacher(LocalTeacher):
 
         Final token: " pot", the start of a word. Next: " of" 94%, " to" 5%, " with" <1%.
         Topic: food and cooking; words: large, bring, pasta. Language: English.
-        Setting: chat, the assistant answers a request for a recipe. Next comes a new word (100%).
+        Setting: chat, the assistant answers a request for how-to instructions. Next comes a new word (100%).
         Before it: "...assistant\nBring a large"
 
     Contexts that share a prefix (rows of one document) share one forward pass: the longest context is
