@@ -49,4 +49,19 @@ wait
 ar_sft ar_compact "$C/ar_sft.parquet" "$C/eval.parquet"
 python bench/teacher_text.py --train-data "$R/teach/ar_sft.parquet" --rows 128 --drop "Before it:" \
   --pair "rich=$R/ar_rich/final,$R/teach/eval.parquet" --pair "compact=$R/ar_compact/final,$C/eval.parquet"
-echo "round 4 so far: $R (next: AV-SFT on the topic chats, joint RL; docs/results.md §12)"
+# 4. Stage-2 AR (topic chats, other languages, ar_sft), then refit on 512 of the AV's own explanations and the
+#    round trip on the card's rows with the card's lookup bar
+[ -d "$R/ar_rich2/final" ] || $T1 nla train ar --init "$R/ar_rich/final" \
+  --data "$R/teach/topics_ar_sft.parquet,$R/teach/locale_ar_sft.parquet,$R/teach/ar_sft.parquet" \
+  --eval-data "$R/teach/eval.parquet" --baseline-data "$R/teach/ar_sft.parquet" --out-dir "$R/ar_rich2" \
+  --max-steps 150 --batch-size 16 --lr 1e-4 --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 \
+  --eval-max-rows 512 --seed 1
+[ -f "$R/av_text.parquet" ] || nla verbalize --av "$R/av_sft/final" --data "$A" --split ar_sft --limit 512 \
+  --max-new-tokens 144 --out "$R/av_text.parquet"
+[ -d "$R/refit_ar/final" ] || nla train ar --init "$R/ar_rich2/final" --data "$R/av_text.parquet" \
+  --eval-data "$R/teach/eval.parquet" --baseline-data "$R/teach/ar_sft.parquet" --out-dir "$R/refit_ar" \
+  --max-steps 100 --batch-size 16 --lr 1e-4 --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 \
+  --eval-max-rows 512
+nla eval --sft-av "$R/av_sft/final" --sft-ar "$R/refit_ar/final" --data "$R/teach/eval.parquet" \
+  --train-data "$R/teach/ar_sft.parquet" --lookup-data "$A" --rows 128 --max-new-tokens 144 --out "$R/card_refit.json"
+echo "round 4 so far: $R (next: AV-SFT stage 2 on the topic chats, joint RL; docs/results.md §12)"
