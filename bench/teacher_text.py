@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from nla.data.activations import load_vectors, read_parquet
+from nla.data.activations import activation_matrix, load_vectors, read_parquet
 from nla.evaluate.roundtrip import Baseline, evaluate_ar
 from nla.models.ar import ActivationReconstructor
 
@@ -35,7 +35,7 @@ def main() -> int:
         name, _, paths = spec.partition("=")
         ar_dir, eval_path = paths.split(",")
         data = read_parquet(eval_path, columns=["activation_vector", "explanation"]).table.slice(0, args.rows)
-        vectors = torch.tensor(data.column("activation_vector").to_pylist(), dtype=torch.float32)
+        vectors, _ = activation_matrix(data, eval_path)  # (N, d)
         if gold is None:
             gold = vectors
         elif not torch.equal(gold, vectors):

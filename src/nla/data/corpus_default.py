@@ -101,22 +101,28 @@ def _round_robin(groups: list[list[Any]]) -> Iterator[Any]:
         yield from (x for x in row if x is not None)
 
 
+def _shipped_prompts() -> dict[str, list[str]]:
+    """The hand-written prompts of ``chat_prompts.txt`` by category."""
+    by_cat: dict[str, list[str]] = {}
+    cat = "misc"
+    for line in _data_text("chat_prompts.txt").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            cat = line[1:-1]
+            continue
+        by_cat.setdefault(cat, []).append(line.replace("\\n", "\n"))
+    return by_cat
+
+
 def chat_prompts(n: int, prompts: str = "") -> list[tuple[str, str]]:
     """``n`` distinct (category, prompt) pairs, deterministic, balanced across categories; from the shipped
     lists, or from the YAML file ``prompts`` (see :class:`DefaultCorpusConfig`)."""
-    by_cat: dict[str, list[str]] = {}
     if prompts:
         by_cat = {str(c): [str(p) for p in ps] for c, ps in (_templates(prompts).get("prompts") or {}).items()}
     else:
-        cat = "misc"
-        for line in _data_text("chat_prompts.txt").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("[") and line.endswith("]"):
-                cat = line[1:-1]
-                continue
-            by_cat.setdefault(cat, []).append(line.replace("\\n", "\n"))
+        by_cat = _shipped_prompts()
     templated: dict[str, list[str]] = {}
     for t in _templates(prompts).get("templates") or []:
         templated.setdefault(t["category"], []).extend(_expand(t))
@@ -207,6 +213,7 @@ def _chat_chunk(
         "batch_size": cfg.batch_size,
         "repetition_penalty": cfg.repetition_penalty,
     }
+    name = f"chat-{Path(cfg.prompts).stem}" if cfg.prompts else "chat"  # document ids
     convs = [[{"role": "user", "content": p}] for _, _, p in jobs]
     first = generate_answers(target, convs, **gen)
     multi = [k for k, (i, _, _) in enumerate(jobs) if int(digest(f"multi-turn-{i}"), 16) % 1000 < cfg.multi_turn * 1000]
@@ -221,7 +228,6 @@ def _chat_chunk(
         answer, truncated = second.get(k, first[k])
         msgs = tuple(convs[k] if k in second else convs[k][:1]) + ({"role": "assistant", "content": answer},)
         meta = {"category": category, "turns": len(msgs) // 2, "truncated": truncated}
-        name = f"chat-{Path(cfg.prompts).stem}" if cfg.prompts else "chat"
         docs.append(Document(doc_id=f"{name}-{i:05d}", messages=msgs, source="default/chat", meta=meta))
     return docs
 

@@ -226,8 +226,7 @@ def locale_passages(language: str, n: int, *, root: Path = LOCALE_DIR) -> list[D
     """Up to ``n`` passages of ``language`` (a locale folder name such as ``fr`` or ``de``) made of the
     installed programs' translated messages (``<root>/<language>/LC_MESSAGES/*.mo``): messages of at least
     8 words, format placeholders removed, six to a paragraph, grouped per catalogue into passages of ~100-400
-    words. Deterministic
-    per machine; empty when the machine carries no translations for that language."""
+    words. Deterministic per machine; empty when the machine carries no translations for that language."""
     folder = root / language / "LC_MESSAGES"
     files = sorted(folder.glob("*.mo"), key=lambda p: digest(p.name)) if folder.is_dir() else []
     out: list[Document] = []
