@@ -11,7 +11,7 @@ import nla.evaluate.card
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.core.text import quote_grounding
-from nla.evaluate.card import format_card, parse_stages, shipped_card, spread_rows
+from nla.evaluate.card import earlier_stages, format_card, parse_stages, read_card, shipped_card, spread_rows
 from nla.evaluate.roundtrip import grounding
 
 
@@ -62,6 +62,34 @@ def test_format_card_shows_every_stage_example_and_compute() -> None:
     assert "shipped" in text and "+0.250" in text and "-0.400" in text
     assert "shipped: cats" in text and "45 steps" in text and "random -2.400" in text
     assert "quotes-in-ctx" in text and "0.38" in text
+
+
+def test_earlier_card_rows_are_kept_only_from_the_same_heldout_rows(tmp_path: Path) -> None:
+    old = _card()
+    new = {"rows": 8, "baseline": 0.6, "heldout_fingerprint": "abc", "token_lookup": {"fve_token_lookup": 0.3}}
+    with pytest.raises(NLAError, match="no fingerprint, and no token-lookup"):
+        earlier_stages(old, new, "old.json")
+    old["token_lookup"] = {"fve_token_lookup": 0.3}  # a card older than the fingerprint: the lookup decides
+    kept = earlier_stages(old, new, "old.json")
+    assert kept["source"] == "old.json"
+    assert kept["stages"] == {"ar_sft_teacher": old["ar_sft_teacher"], "shipped": old["shipped"]}
+    for change, why in (
+        ({"rows": 16}, "16 rows"),
+        ({"baseline": 0.61}, "baseline B"),
+        ({"token_lookup": {"fve_token_lookup": 0.31}}, "other held-out rows"),
+        ({"heldout_fingerprint": "abd"}, "fingerprint differs"),
+    ):
+        with pytest.raises(NLAError, match=why):
+            earlier_stages({**old, **change}, new, "old.json")
+    new["earlier"] = kept
+    text = format_card(new | {"ladder": {}}, examples=False)
+    assert "earlier NLAs, same held-out rows (kept from old.json)" in text
+    assert "  AR-SFT reading teacher text" in text and "+0.500" in text and "  shipped" in text
+    (tmp_path / "bad.json").write_text('{"rows": 8}')
+    with pytest.raises(NLAError, match="not an evaluation card"):
+        read_card(str(tmp_path / "bad.json"))
+    with pytest.raises(NLAError, match="cannot read --earlier"):
+        read_card(str(tmp_path / "missing.json"))
 
 
 def test_quote_grounding_counts_quotes_found_in_the_context() -> None:

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from nla.common.errors import NLAError
 from nla.core.metrics import unit
 from nla.evaluate.card import EvalConfig, evaluation_card, format_card, lookup_controls
 from nla.evaluate.lookup import last_token_ids, lookup_predict, token_lookup_control, token_lookup_rows
@@ -87,6 +88,12 @@ def test_card_prints_the_lookup_beside_the_other_controls(tmp_path: Path, tiny_t
     assert card["controls"]["fve_token_lookup"] > card["ar_sft_teacher"]["fve_nrm"]  # an untrained AR is not
     assert set(card["token_lookup"]) >= {"fve_token_lookup", "fve_token_lookup_2", "token_lookup_seen"}
     assert json.loads((tmp_path / "card.json").read_text())["controls"]["fve_token_lookup_2"] is not None
+    # a second card on the same rows keeps the first one's stages; a card on other rows is refused
+    again = evaluation_card(EvalConfig(**{**cfg.__dict__, "out": "", "earlier": cfg.out}))
+    assert again["heldout_fingerprint"] == card["heldout_fingerprint"]
+    assert again["earlier"]["stages"]["ar_sft_teacher"]["fve_nrm"] == card["ar_sft_teacher"]["fve_nrm"]
+    with pytest.raises(NLAError, match="not measured on these held-out rows"):
+        evaluation_card(EvalConfig(**{**cfg.__dict__, "out": "", "earlier": cfg.out, "rows": 4}))
     text = format_card(card, examples=False)
     assert "token lookup (no model" in text and f"{card['controls']['fve_token_lookup']:+.3f}" in text
     # no separate training split: no lookup (a table filled from the held-out rows would leak)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nla.common.config import config_from_args
 from nla.common.errors import NLAError
-from nla.evaluate.card import EvalConfig, evaluation_card, format_card, parse_stages, shipped_card
+from nla.evaluate.card import EvalConfig, evaluation_card, format_card, parse_stages, read_card, shipped_card
 
 NAME, CONFIG = "eval", EvalConfig
 HELP = "Evaluate AV/AR checkpoints on held-out activations: FVE ladder beside its controls."
@@ -45,6 +45,8 @@ def check(cfg: EvalConfig) -> int:
     for flag, path in (("--data", cfg.data), ("--train-data", cfg.train_data), ("--compute", cfg.compute)):
         if path and not Path(path).exists():
             raise NLAError(f"{flag} {path}: no such file or folder")
+    if cfg.earlier:
+        read_card(cfg.earlier)
     stages = parse_stages(cfg.stage)
     dirs = [("--av", cfg.av), ("--ar", cfg.ar), ("--sft-av", cfg.sft_av), ("--sft-ar", cfg.sft_ar)]
     dirs += [(f"--stage {name}", d) for name, av, ar in stages for d in (av, ar)]

@@ -14,6 +14,7 @@ frozen SFT AR), plus length / tag-failure stats and examples.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -75,6 +76,11 @@ class EvalConfig:
     )
     temperature: float = option(DEFAULT_TEMPERATURE, "Temperature of the --best-of samples.")
     compute: str = option("", "A YAML/JSON file describing the compute used (copied into the card).")
+    earlier: str = option(
+        "",
+        "An earlier card (JSON) measured on the same held-out rows: its stage rows are kept beside the new "
+        "ones for comparison (checked: same rows, baseline and held-out fingerprint or token-lookup control).",
+    )
     seed: int = option(0, "Seed of the controls (shuffles, Gaussian vectors, retrieval distractors).")
     out: str = option("", "Write the card as JSON here (optional).")
 
@@ -86,6 +92,7 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         raise NLAError("nla eval needs --data and at least one AR (--ar or --sft-ar)")
     extra = parse_stages(cfg.stage)
     compute = read_compute(cfg.compute) if cfg.compute else None  # fail before the long work, not after
+    earlier = read_card(cfg.earlier) if cfg.earlier else None
     held = load_vectors(cfg.data, cfg.split)
     vecs = held.vectors[: cfg.rows]
     train_set = load_vectors(cfg.train_data, cfg.train_split) if cfg.train_data else None
@@ -96,12 +103,15 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
         "rows": int(vecs.shape[0]),
         "baseline": baseline.value,
         "baseline_source": f"mean of the normalised vectors of {cfg.train_data or cfg.data}",
+        "heldout_fingerprint": fingerprint(vecs),
     }
     contexts = held.contexts[: cfg.rows] if held.contexts else None
     table = table_rows(cfg.lookup_data) if cfg.lookup_data else train_set
     lookup = lookup_controls(cfg, table, vecs, contexts, baseline.value)
     if lookup:
         card["token_lookup"] = lookup
+    if earlier is not None:  # before the long work: a card from other rows is refused now, not after
+        card["earlier"] = earlier_stages(earlier, card, cfg.earlier)
     kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, contexts=contexts)
     texts: dict[str, list[str]] = {}
     sft_ar = ActivationReconstructor.from_pretrained(cfg.sft_ar) if cfg.sft_ar else None
@@ -250,6 +260,50 @@ def spread_rows(doc_ids: list[str], k: int) -> list[int]:
     return sorted({pool[int(j * step)] for j in range(min(k, len(pool)))})
 
 
+def fingerprint(vecs: torch.Tensor) -> str:
+    """A short hash of the held-out vectors (float32 bytes): two cards with it equal scored the same rows."""
+    return hashlib.sha256(vecs.detach().to(torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def read_card(path: str) -> dict[str, Any]:
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise NLAError(f"cannot read --earlier {path}: {e}") from e
+    if not isinstance(card, dict) or not isinstance(card.get("ladder"), dict) or "rows" not in card:
+        raise NLAError(f"--earlier {path} is not an evaluation card (no rows/ladder)")
+    return card
+
+
+def earlier_stages(old: dict[str, Any], new: dict[str, Any], source: str) -> dict[str, Any]:
+    """The stage rows of an earlier card, once it is shown to have scored the same held-out rows as ``new``:
+    same row count and baseline B, and the same fingerprint of the vectors (or, for cards older than the
+    fingerprint, the same token-lookup control, which is a function of the held-out vectors)."""
+
+    def same(a: Any, b: Any) -> bool:
+        return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) < 1e-6
+
+    problem = ""
+    if old["rows"] != new["rows"]:
+        problem = f"{old['rows']} rows, this card {new['rows']}"
+    elif not same(old.get("baseline"), new["baseline"]):
+        problem = f"baseline B {old.get('baseline')}, this card {new['baseline']:.6f}"
+    elif "heldout_fingerprint" in old:
+        if old["heldout_fingerprint"] != new["heldout_fingerprint"]:
+            problem = "other held-out vectors (fingerprint differs)"
+    else:
+        a = (old.get("token_lookup") or {}).get("fve_token_lookup")
+        b = (new.get("token_lookup") or {}).get("fve_token_lookup")
+        if a is None or b is None:
+            problem = "no fingerprint, and no token-lookup control on both cards to compare the rows by"
+        elif not same(a, b):
+            problem = f"token-lookup control {a:.6f}, this card {b:.6f}: other held-out rows"
+    if problem:
+        raise NLAError(f"--earlier {source} was not measured on these held-out rows: {problem}")
+    names = [n for n in old["ladder"] if n != "each_beats_the_one_before" and isinstance(old.get(n), dict)]
+    return {"source": source, "stages": {n: old[n] for n in names}}
+
+
 def read_compute(path: str) -> Any:
     import yaml
 
@@ -267,6 +321,20 @@ _STAGE_TITLES = {
 }
 
 
+def _stage_line(title: str, m: dict[str, Any]) -> str:
+    ret = next((v for k, v in m.items() if k.startswith("retrieval_top1")), float("nan"))
+    fmt = (
+        f" {m['tag_failure_rate']:>8.2f} {m['truncation_rate']:>6.2f} {m['len_mean']:>5.0f}"
+        if "tag_failure_rate" in m
+        else f" {'-':>8} {'-':>6} {'-':>5}"
+    )
+    grounded = f" {m['quote_grounding']:>13.2f}" if "quote_grounding" in m else f" {'-':>13}"
+    return (
+        f"{title:<32} {m['fve_nrm']:>+8.3f} {m['fve_shuffled']:>+8.3f} "
+        f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}{grounded}"
+    )
+
+
 def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     """The card as readable text: the ladder with controls and format health, examples, compute."""
     lines = [
@@ -278,19 +346,11 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     names = [n for n in _STAGE_TITLES if n in card] + [
         n for n in card.get("ladder", {}) if n not in _STAGE_TITLES and n != "each_beats_the_one_before"
     ]
-    for name in names:
-        m = card[name]
-        ret = next((v for k, v in m.items() if k.startswith("retrieval_top1")), float("nan"))
-        fmt = (
-            f" {m['tag_failure_rate']:>8.2f} {m['truncation_rate']:>6.2f} {m['len_mean']:>5.0f}"
-            if "tag_failure_rate" in m
-            else f" {'-':>8} {'-':>6} {'-':>5}"
-        )
-        grounded = f" {m['quote_grounding']:>13.2f}" if "quote_grounding" in m else f" {'-':>13}"
-        lines.append(
-            f"{_STAGE_TITLES.get(name, name):<32} {m['fve_nrm']:>+8.3f} {m['fve_shuffled']:>+8.3f} "
-            f"{m['fve_empty']:>+7.3f} {ret:>7.3f}{fmt}{grounded}"
-        )
+    lines += [_stage_line(_STAGE_TITLES.get(n, n), card[n]) for n in names]
+    old = card.get("earlier")
+    if old:
+        lines += ["", f"earlier NLAs, same held-out rows (kept from {old['source']}):"]
+        lines += [_stage_line(f"  {_STAGE_TITLES.get(n, n)}", m) for n, m in old["stages"].items()]
     tr = card.get("best_of_transfer")
     if tr:
         lines += [
@@ -324,4 +384,14 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "evaluation_card", "format_card", "parse_stages", "shipped_card", "spread_rows"]
+__all__ = [
+    "EvalConfig",
+    "earlier_stages",
+    "evaluation_card",
+    "fingerprint",
+    "format_card",
+    "parse_stages",
+    "read_card",
+    "shipped_card",
+    "spread_rows",
+]
