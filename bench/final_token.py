@@ -1,12 +1,20 @@
-"""How often an AV's explanations name the true final token of their context.
+"""How often an AV's explanations state the checkable facts right: the final token, and the rich style's
+topic, language and setting lines against the teacher's.
 
 Reads a ``nla verbalize`` parquet (or a teacher parquet) and compares the quoted final token of each
-explanation -- ``Final token: "X"`` (compact offline style) or ``The final token is "X"`` (full style) --
-with the row's ``token`` column, both in the teachers' readable form. A claim that can be checked, unlike
-most of an explanation: the share of rows that get it right is a floor on how grounded the explanations
-are.
+explanation -- ``Final token: "X"`` (compact and rich offline styles) or ``The final token is "X"`` (full
+style) -- with the row's ``token`` column, both in the teachers' readable form. A claim that can be
+checked, unlike most of an explanation: the share of rows that get it right is a floor on how grounded the
+explanations are.
+
+With ``--teacher`` (the teacher parquet of the same split: ``nla verbalize --limit N`` explains the first
+N rows of the split, which the teacher file holds in the same order) it also prints, for the rich style,
+how often the AV's ``Topic:`` label, ``Language:`` and the first clause of ``Setting:`` equal the teacher's,
+the share of "unclear" topics on both sides, and how many AV explanations list a salient word twice (a
+greedy-decoding degeneracy: "words: chicken, chicken").
 
     python bench/final_token.py runs/cmp/av_text.parquet
+    python bench/final_token.py runs/r4/av_greedy.parquet --teacher runs/r4/teach/ar_sft.parquet
 """
 
 from __future__ import annotations
@@ -19,12 +27,44 @@ import pyarrow.parquet as pq
 from nla.core.text import readable
 
 _CLAIM = re.compile(r'(?:Final token:|The final token is) "((?:[^"\\]|\\.)*)"')
+_TOPIC = re.compile(r"Topic: ([^;.\n]+)(?:; words: ([^\n]*?))?\. Language: ([^.\n]+)\.")
+_SETTING = re.compile(r"Setting: ([^,.\n]+)")
+
+
+def lines(text: str) -> dict[str, object]:
+    """The rich style's checkable fields of one explanation (missing fields are absent)."""
+    out: dict[str, object] = {}
+    m = _TOPIC.search(text)
+    if m:
+        out["topic"], out["language"] = m.group(1).strip(), m.group(3).strip()
+        out["words"] = [w.strip() for w in (m.group(2) or "").split(",") if w.strip()]
+    m = _SETTING.search(text)
+    if m:
+        out["setting"] = m.group(1).strip()
+    return out
+
+
+def compare(av: list[str], teacher: list[str]) -> dict[str, float]:
+    """Agreement of the AV's rich-style fields with the teacher's, row by row."""
+    pairs = [(lines(a), lines(t)) for a, t in zip(av, teacher, strict=False)]
+    n = max(1, len(pairs))
+    res = {
+        f"{k} agrees": sum(a.get(k) is not None and a.get(k) == t.get(k) for a, t in pairs) / n
+        for k in ("topic", "language", "setting")
+    }
+    res["topic unclear (AV)"] = sum(a.get("topic") == "unclear" for a, _ in pairs) / n
+    res["topic unclear (teacher)"] = sum(t.get("topic") == "unclear" for _, t in pairs) / n
+    repeated = [len(w) != len(set(w)) for w in (a.get("words") or [] for a, _ in pairs)]
+    res["a salient word listed twice (AV)"] = sum(repeated) / n
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parquet", nargs="+", help="verbalize or teacher parquet(s) with token + explanation columns")
+    ap.add_argument("--teacher", default="", help="teacher parquet of the same split, rows in the same order")
     args = ap.parse_args()
+    teacher = pq.read_table(args.teacher, columns=["explanation"]).column(0).to_pylist() if args.teacher else []
     for path in args.parquet:
         rows = pq.read_table(path, columns=["token", "explanation"]).to_pylist()
         named = right = 0
@@ -37,6 +77,9 @@ def main() -> None:
             right += m.group(1) == truth
         n = max(1, len(rows))
         print(f"{path}: {len(rows)} rows, final token named in {named / n:.1%}, right in {right / n:.1%}")
+        if teacher:
+            for name, value in compare([r["explanation"] or "" for r in rows], teacher[: len(rows)]).items():
+                print(f"  {name}: {value:.1%}")
 
 
 if __name__ == "__main__":
