@@ -201,3 +201,17 @@ def test_eval_shows_a_progress_bar_that_ends_full(ckpt, tmp_path, capsys) -> Non
     err = capsys.readouterr().err
     assert "eval: generate" in err and "6/6" in err  # 6 rows held out, though --rows asked for 10
     assert json.loads((tmp_path / "card.json").read_text())["rows"] == 6
+
+
+def test_eval_of_stages_alone_needs_no_other_ar(ckpt, tmp_path) -> None:
+    """An earlier NLA scored on new rows: its --stage pair is the only AR the card needs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vecs = np.random.default_rng(1).normal(size=(4, 64)).astype(np.float32)
+    pq.write_table(pa.table({"activation_vector": [list(map(float, v)) for v in vecs]}), tmp_path / "h.parquet")
+    argv = ["eval", "--data", str(tmp_path / "h.parquet"), "--stage", f"old={ckpt['av']},{ckpt['ar']}"]
+    assert main([*argv, "--best-of", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "card.json")]) == 0
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert list(card["ladder"])[:2] == ["old", "old best-of-2"] and card["old"]["n"] == 4
+    assert main(["eval", "--data", str(tmp_path / "h.parquet")]) == 2  # still refused with no AR at all

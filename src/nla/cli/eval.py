@@ -5,7 +5,7 @@
     nla eval --av runs/rl/final/av --ar runs/rl/final/ar --sft-av runs/av/final --sft-ar runs/ar/final \\
         --data runs/teach/eval.parquet --train-data runs/teach/ar_sft.parquet --out card.json
 
-To evaluate, --data and at least one AR (--ar or --sft-ar) are required. The options, the checkpoint
+To evaluate, --data and at least one AR (--ar, --sft-ar or a --stage's pair) are required. The options, the checkpoint
 folders, the data paths and --out are checked before any model loads; generation shows a progress bar.
 """
 
@@ -18,7 +18,15 @@ from pathlib import Path
 
 from nla.common.config import config_from_args
 from nla.common.errors import NLAError
-from nla.evaluate.card import EvalConfig, evaluation_card, format_card, parse_stages, read_card, shipped_card
+from nla.evaluate.card import (
+    EvalConfig,
+    evaluation_card,
+    format_card,
+    parse_stages,
+    read_card,
+    require_inputs,
+    shipped_card,
+)
 
 NAME, CONFIG = "eval", EvalConfig
 HELP = "Evaluate AV/AR checkpoints on held-out activations: FVE ladder beside its controls."
@@ -38,8 +46,7 @@ def check(cfg: EvalConfig) -> int:
             raise NLAError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if not cfg.temperature > 0:
         raise NLAError(f"--temperature must be > 0, got {cfg.temperature}")
-    if not cfg.data or not (cfg.ar or cfg.sft_ar):
-        raise NLAError("nla eval needs --data and at least one AR (--ar or --sft-ar)")
+    require_inputs(cfg)
     if cfg.out:
         check_writable_file(cfg.out, "--out")
     for flag, path in (("--data", cfg.data), ("--train-data", cfg.train_data), ("--compute", cfg.compute)):

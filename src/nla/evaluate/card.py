@@ -85,11 +85,16 @@ class EvalConfig:
     out: str = option("", "Write the card as JSON here (optional).")
 
 
+def require_inputs(cfg: EvalConfig) -> None:
+    """A card needs held-out rows and something that reads explanations: an AR, or a stage's AV/AR pair."""
+    if not cfg.data or not (cfg.ar or cfg.sft_ar or cfg.stage):
+        raise NLAError("nla eval needs --data and at least one AR (--ar, --sft-ar or a --stage NAME=AV,AR)")
+
+
 def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate every stage that has a checkpoint on the same held-out rows; return the card."""
 
-    if not cfg.data or not (cfg.ar or cfg.sft_ar):
-        raise NLAError("nla eval needs --data and at least one AR (--ar or --sft-ar)")
+    require_inputs(cfg)
     extra = parse_stages(cfg.stage)
     compute = read_compute(cfg.compute) if cfg.compute else None  # fail before the long work, not after
     earlier = read_card(cfg.earlier) if cfg.earlier else None
@@ -218,7 +223,7 @@ def lookup_controls(
     if train is None or train.contexts is None or contexts is None:
         log.info("token-lookup control skipped: it needs --train-data and context texts in both files")
         return {}
-    checkpoint = cfg.sft_ar or cfg.ar or cfg.av or cfg.sft_av
+    checkpoint = cfg.sft_ar or cfg.ar or cfg.av or cfg.sft_av or parse_stages(cfg.stage)[0][2]
     base_model = (read_model_sidecar(Path(checkpoint)).get("extraction") or {}).get("base_model")
     if not base_model:
         log.info("token-lookup control skipped: %s names no extraction.base_model (its tokenizer)", checkpoint)
@@ -392,6 +397,7 @@ __all__ = [
     "format_card",
     "parse_stages",
     "read_card",
+    "require_inputs",
     "shipped_card",
     "spread_rows",
 ]
