@@ -5,8 +5,8 @@
     nla eval --av runs/rl/final/av --ar runs/rl/final/ar --sft-av runs/av/final --sft-ar runs/ar/final \\
         --data runs/teach/eval.parquet --train-data runs/teach/ar_sft.parquet --out card.json
 
-To evaluate, --data and at least one AR (--ar, --sft-ar or a --stage's pair) are required. The options, the checkpoint
-folders, the data paths and --out are checked before any model loads; generation shows a progress bar.
+To evaluate, --data and at least one AR (--ar, --sft-ar or a --stage's pair) are required. The options, the
+checkpoint folders, the data paths and --out are checked before any model loads; generation shows a progress bar.
 """
 
 from __future__ import annotations
