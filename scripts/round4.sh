@@ -62,16 +62,19 @@ AVT="$R/av_greedy.parquet,$R/av_s07.parquet"
   --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 --eval-max-rows 512
 [ -d "$R/ship/av" ] || nla export --av "$R/av_sft/final" --ar "$R/ar/final" --out "$R/ship"
 
-# 5. The card and the full faithfulness report. The round-3 NLA is scored again on these rows first (greedy
-#    and best-of-4; run beside step 2): a re-extraction on another machine has other vectors and another B
-#    when the default corpus differs (it reads installed packages' descriptions), so the round-3 card's own
-#    rows can be kept (--earlier) only on the machine that built them.
-[ -f "$R/card_round3.json" ] || $T1 nla eval --sft-ar "$V3/ar" --stage "round3=$V3/av,$V3/ar" --best-of 4 --data "$A" \
-  --split eval --train-data "$A" --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 0 --out "$R/card_round3.json"
+# 5. The card and the full faithfulness report, one thread each. The round-3 NLA is scored again on these rows
+#    first (greedy and best-of-4), and the new card keeps its rows (--earlier): a re-extraction on another
+#    machine has other vectors and another B when the default corpus differs (it reads installed packages'
+#    descriptions), so the round-3 card's own rows can be kept only on the machine that built them.
 COMPUTE=(); [ -f "$R/compute.yaml" ] && COMPUTE=(--compute "$R/compute.yaml")   # hand-written: the times above
-[ -f "$R/card.json" ] || $T1 nla eval --sft-ar "$R/ar/final" --stage "shipped=$R/ship/av,$R/ship/ar" --best-of 4 \
-  --earlier "$R/card_round3.json" "${COMPUTE[@]}" --data "$R/teach/eval.parquet" --train-data "$A" \
-  --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 6 --out "$R/card.json" &
+(
+  [ -f "$R/card_round3.json" ] || $T1 nla eval --sft-ar "$V3/ar" --stage "round3=$V3/av,$V3/ar" --best-of 4 \
+    --data "$A" --split eval --train-data "$A" --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 0 \
+    --out "$R/card_round3.json"
+  [ -f "$R/card.json" ] || $T1 nla eval --sft-ar "$R/ar/final" --stage "shipped=$R/ship/av,$R/ship/ar" --best-of 4 \
+    --earlier "$R/card_round3.json" "${COMPUTE[@]}" --data "$R/teach/eval.parquet" --train-data "$A" \
+    --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 6 --out "$R/card.json"
+) &
 [ -f "$R/faithfulness/report.json" ] || $T1 nla faithfulness --av "$R/ship/av" --ar "$R/ship/ar" \
   --data "$R/teach/eval.parquet" --train-data "$A" --lookup-data "$A" --out "$R/faithfulness"
 wait
