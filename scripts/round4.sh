@@ -27,18 +27,32 @@ extract() {  # CORPUS OUT: training rows only (no eval split)
     --skip 50 --max-tokens 512 --split-fractions 0.5 0.5 0 0
 }
 
-# 1. Data: passages in six other languages and topic-balanced chats beside the round-1 rows; the rich teacher
-[ -f "$R/locale.jsonl" ] || python scripts/locale_corpus.py --out "$R/locale.jsonl"
-[ -f "$R/topics.jsonl" ] || $T1 nla corpus build --prompts scripts/topic_prompts.yaml --n-chat 900 --n-web 0 \
-  --out "$R/topics.jsonl"
-extract "$R/locale.jsonl" "$R/locale_acts" &
-extract "$R/topics.jsonl" "$R/topics_acts"
-wait
-( teach "$A" eval "$R/teach/eval.parquet"; teach "$A" av_sft "$R/teach/av_sft.parquet" 2000 ) &
-( teach "$R/locale_acts" av_sft "$R/teach/locale_av_sft.parquet"
+# 0. The round-3 NLA scored again on this extraction's held-out rows (greedy and best-of-4), on one thread beside
+#    steps 1-3; the new card keeps its rows (--earlier, step 5). A re-extraction on another machine has other
+#    vectors and another B when the default corpus differs (it reads installed packages' descriptions), so the
+#    round-3 card's own rows can be kept only on the machine that built them.
+[ -f "$R/card_round3.json" ] || $T1 nla eval --sft-ar "$V3/ar" --stage "round3=$V3/av,$V3/ar" --best-of 4 \
+  --data "$A" --split eval --train-data "$A" --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 0 \
+  --out "$R/card_round3.json" &
+ROUND3=$!
+
+# 1. Data: the rich teacher on the round-1 eval and ar_sft rows; passages in six other languages and
+#    topic-balanced chats for the AV-SFT, built only while step 2 still has to run (the shipped AV is that
+#    step's adapter as it was saved: with it copied to $R/av_sft/final, steps 1-2 need only the eval and
+#    ar_sft teacher files)
+( teach "$A" eval "$R/teach/eval.parquet"; teach "$A" ar_sft "$R/teach/ar_sft.parquet" 2000 ) &
+TEACH=$!
+if [ ! -d "$R/av_sft/final" ]; then
+  [ -f "$R/locale.jsonl" ] || python scripts/locale_corpus.py --out "$R/locale.jsonl"
+  [ -f "$R/topics.jsonl" ] || $T1 nla corpus build --prompts scripts/topic_prompts.yaml --n-chat 900 --n-web 0 \
+    --out "$R/topics.jsonl"
+  extract "$R/locale.jsonl" "$R/locale_acts"
+  extract "$R/topics.jsonl" "$R/topics_acts"
+  teach "$R/locale_acts" av_sft "$R/teach/locale_av_sft.parquet"
   teach "$R/topics_acts" av_sft "$R/teach/topics_av_sft.parquet" 1200
-  teach "$A" ar_sft "$R/teach/ar_sft.parquet" 2000 )
-wait
+  teach "$A" av_sft "$R/teach/av_sft.parquet" 2000
+fi
+wait "$TEACH"
 
 # 2. AV-SFT in LoRA from the round-3 AV on ~4,400 rows (round-1 av_sft, other languages, topic chats): 150 steps
 [ -d "$R/av_sft/final" ] || $T2 nla train av --init "$V3/av" \
@@ -49,9 +63,12 @@ wait
 # 3. What this AV writes for 256 ar_sft rows, greedy and sampled at T 0.7 (the two decodings best-of-K mixes)
 [ -f "$R/av_greedy.parquet" ] || $T1 nla verbalize --av "$R/av_sft/final" --data "$A" --split ar_sft --limit 256 \
   --max-new-tokens 144 --out "$R/av_greedy.parquet" &
+GREEDY=$!
 [ -f "$R/av_s07.parquet" ] || $T1 nla verbalize --av "$R/av_sft/final" --data "$A" --split ar_sft --limit 256 \
   --max-new-tokens 144 --do-sample --temperature 0.7 --seed 11 --out "$R/av_s07.parquet"
-wait
+wait "$GREEDY"
+
+wait "$ROUND3"   # the 2-thread training below runs alone: a third thread on 2 cores halves it
 
 # 4. The AR in LoRA from the round-3 AR: the rich teacher text of 2,000 ar_sft rows and the AV's own text
 #    (listed three times: 43% of what the AR sees); B from the whole ar_sft split, as on every card
@@ -62,15 +79,10 @@ AVT="$R/av_greedy.parquet,$R/av_s07.parquet"
   --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 --eval-max-rows 512
 [ -d "$R/ship/av" ] || nla export --av "$R/av_sft/final" --ar "$R/ar/final" --out "$R/ship"
 
-# 5. The card and the full faithfulness report, one thread each. The round-3 NLA is scored again on these rows
-#    first (greedy and best-of-4), and the new card keeps its rows (--earlier): a re-extraction on another
-#    machine has other vectors and another B when the default corpus differs (it reads installed packages'
-#    descriptions), so the round-3 card's own rows can be kept only on the machine that built them.
+# 5. The card (beside the round-3 one of step 0, whose rows it keeps) and the full faithfulness report, one
+#    thread each
 COMPUTE=(); [ -f "$R/compute.yaml" ] && COMPUTE=(--compute "$R/compute.yaml")   # hand-written: the times above
 (
-  [ -f "$R/card_round3.json" ] || $T1 nla eval --sft-ar "$V3/ar" --stage "round3=$V3/av,$V3/ar" --best-of 4 \
-    --data "$A" --split eval --train-data "$A" --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 0 \
-    --out "$R/card_round3.json"
   [ -f "$R/card.json" ] || $T1 nla eval --sft-ar "$R/ar/final" --stage "shipped=$R/ship/av,$R/ship/ar" --best-of 4 \
     --earlier "$R/card_round3.json" "${COMPUTE[@]}" --data "$R/teach/eval.parquet" --train-data "$A" \
     --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 6 --out "$R/card.json"
