@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the NLA shipped in src/nla/data/default_nla from scratch, on the embedded SmolLM2-135M (L=20).
+# Reproduce the NLA shipped in src/nla/resources/default_nla from scratch, on the embedded SmolLM2-135M (L=20).
 #
 #   bash scripts/reproduce_default.sh [RUN_DIR]        # default runs/nla; every step resumes after a kill
 #
@@ -8,7 +8,8 @@
 # is what an activation at layer 20 states most reliably (the final token and the model's next-token
 # predictions), then refits the AR on what the new AV writes. Round 3 gives the AV one more epoch of that
 # style and refits the AR on greedy and sampled explanations of both AVs; `nla explain` then decodes
-# best-of-4 (nla.rerank). Timings: docs/results.md §8-11.
+# best-of-4 (nla.rerank). Round 4 (scripts/round4.sh) continues both LoRA adapters on the rich teacher style
+# (topic, language and setting lines). Timings: docs/results.md §8-12.
 set -euo pipefail
 RUN=${1:-runs/nla}
 C=$RUN/compact
@@ -65,4 +66,8 @@ nla eval --sft-av "$R/av_sft/final" --sft-ar "$C/ar_sft/final" \
           "v2-shipped=$C/ship/av,$C/ship/ar" "shipped=$R/ship/av,$R/ship/ar" --best-of 4 \
   --data "$C/teach/eval.parquet" --train-data "$C/teach/ar_sft.parquet" --rows 128 --max-new-tokens 176 \
   --examples 6 --out "$R/card.json"
-echo "done: $R/ship/{av,ar} and $R/card.json (copy into src/nla/data/default_nla to ship)"
+
+# Round 4 (what ships now): the rich teacher style, AV-SFT and an AR from the round-3 adapters, the card with
+# the round-3 NLA's rows beside it, and the faithfulness report (docs/results.md §12)
+bash "$(dirname "$0")/round4.sh" "$RUN"
+echo "done: $RUN/round4/ship/{av,ar} and $RUN/round4/card.json (copy into src/nla/resources/default_nla to ship)"
