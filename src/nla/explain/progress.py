@@ -5,9 +5,10 @@ prefill of the AV prompt, then one decoding step per token until its longest ans
 
     seconds ~= batches * (prefill + steps * step)
 
-where ``prefill`` and ``step`` are timed on this machine, now, by :func:`calibrate` (two tiny generations
-of a full batch, about a second on 2 cores), and ``steps`` is the typical length of a batch's longest
-answer, :data:`TYPICAL_BATCH_STEPS` (measured on the shipped NLA; capped by ``max_new_tokens``). Best of K
+where ``prefill`` and ``step`` are timed on this machine, now, by :func:`calibrate` (three tiny generations
+of a full batch, a warm-up and two timed ones: a few seconds on 2 cores), and ``steps`` is the typical
+length of a batch's longest answer, :data:`TYPICAL_BATCH_STEPS` (measured on the shipped NLA; capped by
+``max_new_tokens``). Best of K
 decodes the greedy answers and then K-1 samples per position, so it costs about K times the greedy run.
 
 >>> plan = Plan(items=8, candidates=4, batch_size=16, max_new_tokens=150, best_of=True)
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import generation_progress
 
-TYPICAL_BATCH_STEPS = 72  # steps of a batch (its longest answer) of the shipped NLA: 66-74, mean 70 (docs/explain.md)
+TYPICAL_BATCH_STEPS = 110  # a batch's longest answer, shipped NLA: 98-118 steps, mean 108 (docs/explain.md)
 WARN_SECONDS = 60.0  # runs estimated longer than this get a line saying so, and how to go faster
 
 
@@ -70,7 +71,10 @@ def calibrate(av: ActivationVerbalizer, rows: int) -> tuple[float, float]:
         av.sample(v, max_new_tokens=n, batch_size=v.shape[0])
         return time.perf_counter() - t0
 
-    timed(1, vectors[:1])  # warm-up: the first generate call pays one-time costs (seconds on a busy machine)
+    # warm-up at the full batch shape: the first call of a shape pays one-time costs larger than five decoding
+    # steps (seen: 3.6 s against 2.4 s for a batch of 16 on 2 AMD cores), which made the step time 0 and the
+    # estimate 4x too short when the warm-up used one row
+    timed(1, vectors)
     one, six = timed(1, vectors), timed(6, vectors)
     return one, max(0.0, six - one) / 5
 
