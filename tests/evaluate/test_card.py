@@ -11,7 +11,15 @@ import nla.evaluate.card
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.core.text import quote_grounding
-from nla.evaluate.card import earlier_stages, format_card, parse_stages, read_card, shipped_card, spread_rows
+from nla.evaluate.card import (
+    earlier_stages,
+    format_card,
+    parse_stages,
+    read_card,
+    shipped_card,
+    split_earlier,
+    spread_rows,
+)
 from nla.evaluate.roundtrip import grounding
 
 
@@ -90,6 +98,24 @@ def test_earlier_card_rows_are_kept_only_from_the_same_heldout_rows(tmp_path: Pa
         read_card(str(tmp_path / "bad.json"))
     with pytest.raises(NLAError, match="cannot read --earlier"):
         read_card(str(tmp_path / "missing.json"))
+
+
+def test_earlier_rows_chain_through_cards_and_take_a_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card made with --earlier passes its kept rows on: the third card shows all three NLAs."""
+    first = _card() | {"heldout_fingerprint": "abc"}
+    second = _card() | {"heldout_fingerprint": "abc", "earlier": earlier_stages(first, first, "one.json", label="r1")}
+    third = earlier_stages(second, first, "two.json", label="r2")
+    assert list(third["stages"]) == ["r1 ar_sft_teacher", "r1 shipped", "r2 ar_sft_teacher", "r2 shipped"]
+    assert third["sources"] == ["one.json", "two.json"]
+    text = format_card(first | {"ladder": {}, "earlier": third}, examples=False)
+    assert "kept from one.json, two.json" in text and "  r2 shipped" in text
+    assert split_earlier("round4=cards/c.json") == ("round4", "cards/c.json")
+    assert split_earlier("cards/a=b.json") == ("", "cards/a=b.json")
+    monkeypatch.chdir(tmp_path)
+    assert split_earlier("x=y.json") == ("x", "y.json")
+    Path("x=y.json").write_text("{}")  # a file of that name exists: the whole value is its path
+    assert split_earlier("x=y.json") == ("", "x=y.json")
+    assert split_earlier("c.json") == ("", "c.json")
 
 
 def test_quote_grounding_counts_quotes_found_in_the_context() -> None:

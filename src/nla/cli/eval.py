@@ -26,6 +26,7 @@ from nla.evaluate.card import (
     read_card,
     require_inputs,
     shipped_card,
+    split_earlier,
 )
 
 NAME, CONFIG = "eval", EvalConfig
@@ -53,7 +54,7 @@ def check(cfg: EvalConfig) -> int:
         if path and not Path(path).exists():
             raise NLAError(f"{flag} {path}: no such file or folder")
     if cfg.earlier:
-        read_card(cfg.earlier)
+        read_card(split_earlier(cfg.earlier)[1])
     stages = parse_stages(cfg.stage)
     dirs = [("--av", cfg.av), ("--ar", cfg.ar), ("--sft-av", cfg.sft_av), ("--sft-ar", cfg.sft_ar)]
     dirs += [(f"--stage {name}", d) for name, av, ar in stages for d in (av, ar)]

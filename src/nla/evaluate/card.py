@@ -78,8 +78,9 @@ class EvalConfig:
     compute: str = option("", "A YAML/JSON file describing the compute used (copied into the card).")
     earlier: str = option(
         "",
-        "An earlier card (JSON) measured on the same held-out rows: its stage rows are kept beside the new "
-        "ones for comparison (checked: same rows, baseline and held-out fingerprint or token-lookup control).",
+        "An earlier card (JSON) measured on the same held-out rows: its stage rows, and the earlier rows it kept, "
+        "are kept beside the new ones for comparison (checked: same rows, baseline and held-out fingerprint or "
+        "token-lookup control). LABEL=PATH names its stages 'LABEL <stage>' (e.g. round4=card.json).",
     )
     seed: int = option(0, "Seed of the controls (shuffles, Gaussian vectors, retrieval distractors).")
     out: str = option("", "Write the card as JSON here (optional).")
@@ -97,7 +98,8 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     require_inputs(cfg)
     extra = parse_stages(cfg.stage)
     compute = read_compute(cfg.compute) if cfg.compute else None  # fail before the long work, not after
-    earlier = read_card(cfg.earlier) if cfg.earlier else None
+    label, earlier_path = split_earlier(cfg.earlier)
+    earlier = read_card(earlier_path) if earlier_path else None
     held = load_vectors(cfg.data, cfg.split)
     vecs = held.vectors[: cfg.rows]
     train_set = load_vectors(cfg.train_data, cfg.train_split) if cfg.train_data else None
@@ -116,7 +118,7 @@ def evaluation_card(cfg: EvalConfig) -> dict[str, Any]:
     if lookup:
         card["token_lookup"] = lookup
     if earlier is not None:  # before the long work: a card from other rows is refused now, not after
-        card["earlier"] = earlier_stages(earlier, card, cfg.earlier)
+        card["earlier"] = earlier_stages(earlier, card, earlier_path, label=label)
     kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, contexts=contexts)
     texts: dict[str, list[str]] = {}
     sft_ar = ActivationReconstructor.from_pretrained(cfg.sft_ar) if cfg.sft_ar else None
@@ -280,10 +282,22 @@ def read_card(path: str) -> dict[str, Any]:
     return card
 
 
-def earlier_stages(old: dict[str, Any], new: dict[str, Any], source: str) -> dict[str, Any]:
+def split_earlier(value: str) -> tuple[str, str]:
+    """``--earlier [LABEL=]PATH`` -> (label, path); an existing path or one whose left part has a slash is
+    taken whole."""
+    label, sep, path = value.partition("=")
+    if sep and label and path and "/" not in label and not Path(value).exists():
+        return label, path
+    return "", value
+
+
+def earlier_stages(old: dict[str, Any], new: dict[str, Any], source: str, *, label: str = "") -> dict[str, Any]:
     """The stage rows of an earlier card, once it is shown to have scored the same held-out rows as ``new``:
     same row count and baseline B, and the same fingerprint of the vectors (or, for cards older than the
-    fingerprint, the same token-lookup control, which is a function of the held-out vectors)."""
+    fingerprint, the same token-lookup control, which is a function of the held-out vectors).
+
+    The rows that card kept from its own earlier card come first (oldest first), under their names; its
+    own stages follow, named ``"<label> <stage>"`` when a label is given."""
 
     def same(a: Any, b: Any) -> bool:
         return isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) < 1e-6
@@ -306,7 +320,11 @@ def earlier_stages(old: dict[str, Any], new: dict[str, Any], source: str) -> dic
     if problem:
         raise NLAError(f"--earlier {source} was not measured on these held-out rows: {problem}")
     names = [n for n in old["ladder"] if n != "each_beats_the_one_before" and isinstance(old.get(n), dict)]
-    return {"source": source, "stages": {n: old[n] for n in names}}
+    older = old.get("earlier") or {}
+    stages = dict(older.get("stages", {}))
+    stages.update({f"{label} {n}" if label else n: old[n] for n in names})
+    sources = [*older.get("sources", [older["source"]] if "source" in older else []), source]
+    return {"source": source, "sources": sources, "stages": stages}
 
 
 def read_compute(path: str) -> Any:
@@ -354,7 +372,7 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     lines += [_stage_line(_STAGE_TITLES.get(n, n), card[n]) for n in names]
     old = card.get("earlier")
     if old:
-        lines += ["", f"earlier NLAs, same held-out rows (kept from {old['source']}):"]
+        lines += ["", f"earlier NLAs, same held-out rows (kept from {', '.join(old.get('sources', [old['source']]))}):"]
         lines += [_stage_line(f"  {_STAGE_TITLES.get(n, n)}", m) for n, m in old["stages"].items()]
     tr = card.get("best_of_transfer")
     if tr:
@@ -399,5 +417,6 @@ __all__ = [
     "read_card",
     "require_inputs",
     "shipped_card",
+    "split_earlier",
     "spread_rows",
 ]
