@@ -12,9 +12,10 @@ AV, the AR's loss on the step's rollouts, and seconds per step. The final held-o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
+
+from nla.train.tracking import METRICS, read_metrics
 
 COLUMNS = {
     "fve": "fve",
@@ -30,16 +31,14 @@ COLUMNS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", help="An `nla train rl --out-dir` folder (or its metrics.jsonl).")
+    ap.add_argument("run", help="An `nla train rl --out-dir` folder.")
     ap.add_argument("--block", type=int, default=25, help="Steps per row.")
     args = ap.parse_args()
-    path = Path(args.run)
-    path = path / "metrics.jsonl" if path.is_dir() else path
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = list(read_metrics(args.run))
     steps = [r for r in records if not r.get("final")]
     finals = [r for r in records if r.get("final")]
     if not steps:
-        raise SystemExit(f"{path}: no step records")
+        raise SystemExit(f"{Path(args.run) / METRICS}: no step records")
     print(f"{'steps':>9} " + " ".join(f"{name:>9}" for name in COLUMNS))
     for i in range(0, len(steps), args.block):
         block = steps[i : i + args.block]

@@ -323,8 +323,12 @@ def earlier_stages(old: dict[str, Any], new: dict[str, Any], source: str, *, lab
     older = old.get("earlier") or {}
     stages = dict(older.get("stages", {}))
     stages.update({f"{label} {n}" if label else n: old[n] for n in names})
-    sources = [*older.get("sources", [older["source"]] if "source" in older else []), source]
-    return {"source": source, "sources": sources, "stages": stages}
+    return {"source": source, "sources": [*_sources(older), source], "stages": stages}
+
+
+def _sources(earlier: dict[str, Any]) -> list[str]:
+    """The cards an ``earlier`` block was kept from, oldest first (cards before chaining name one)."""
+    return earlier.get("sources", [earlier["source"]] if "source" in earlier else [])
 
 
 def read_compute(path: str) -> Any:
@@ -372,7 +376,7 @@ def format_card(card: dict[str, Any], *, examples: bool = True) -> str:
     lines += [_stage_line(_STAGE_TITLES.get(n, n), card[n]) for n in names]
     old = card.get("earlier")
     if old:
-        lines += ["", f"earlier NLAs, same held-out rows (kept from {', '.join(old.get('sources', [old['source']]))}):"]
+        lines += ["", f"earlier NLAs, same held-out rows (kept from {', '.join(_sources(old))}):"]
         lines += [_stage_line(f"  {_STAGE_TITLES.get(n, n)}", m) for n, m in old["stages"].items()]
     tr = card.get("best_of_transfer")
     if tr:
