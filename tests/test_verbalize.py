@@ -12,6 +12,8 @@ import yaml
 
 from nla.cli import main
 from nla.common.errors import NLAError
+from nla.core.metrics import mse_nrm
+from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.models.target import load_target
 from nla.train.ar import load_ar_data
@@ -74,6 +76,21 @@ def test_verbalize_writes_teacher_format_and_resumes(tmp_path: Path, monkeypatch
     assert pq.read_table(out).column("response").to_pylist() == table.column("response").to_pylist()
     assert not Path(str(out) + ".work").exists()
 
+    # a run stopped early is finished with a smaller --limit: whole chunks are kept, a cut one is redone
+    calls.clear()
+    monkeypatch.setattr(ActivationVerbalizer, "sample", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        verbalize(_cfg(av, acts, out))
+    calls.clear()
+    monkeypatch.setattr(
+        ActivationVerbalizer, "sample", lambda self, v, **kw: (calls.append(v.shape[0]), real(self, v, **kw))[1]
+    )
+    short = _cfg(av, acts, out)
+    short.limit = 6
+    verbalize(short)
+    assert calls == [2]  # chunk 0 (rows 0-3) kept; chunk 1 now holds rows 4-5
+    assert pq.read_table(out).column("response").to_pylist() == table.column("response").to_pylist()[:6]
+
 
 def test_verbalize_errors(tmp_path: Path, capsys) -> None:
     av, acts = _setup(tmp_path, n=4)
@@ -85,3 +102,29 @@ def test_verbalize_errors(tmp_path: Path, capsys) -> None:
     )
     assert "is not a directory" in capsys.readouterr().err
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_verbalize_best_of_keeps_the_answer_the_ar_reads_best(tmp_path: Path) -> None:
+    av, acts = _setup(tmp_path, n=6)
+    ActivationReconstructor.from_target(load_target(str(tmp_path / "base")), 1).save_pretrained(tmp_path / "ar")
+    cfg = _cfg(av, acts, tmp_path / "best.parquet")
+    cfg.ar, cfg.best_of, cfg.temperature, cfg.offset, cfg.limit = str(tmp_path / "ar"), 3, 1.5, 1, 4
+    table = pq.read_table(verbalize(cfg))
+    assert table.num_rows == 4 and table.column("doc_id").to_pylist() == ["doc0", "doc1", "doc1", "doc2"]
+    chosen, greedy = table.column("mse_nrm").to_pylist(), table.column("mse_greedy").to_pylist()
+    assert all(c <= g + 1e-6 for c, g in zip(chosen, greedy, strict=True))
+    assert set(table.column("chosen").to_pylist()) <= {0, 1, 2}
+
+    # the stored mse is the AR's reading of the stored explanation, for the row's own vector
+    ar = ActivationReconstructor.from_pretrained(tmp_path / "ar")
+    pred = ar.predict(table.column("explanation").to_pylist())
+    gold = torch.tensor(table.column("activation_vector").to_pylist())
+    assert torch.allclose(mse_nrm(pred, gold), torch.tensor(chosen), atol=1e-4)
+    meta = yaml.safe_load(Path(str(cfg.out) + ".nla_meta.yaml").read_text())["verbalize"]
+    assert meta["best_of"] == 3 and meta["offset"] == 1
+    assert meta["mean_mse_nrm_chosen"] <= meta["mean_mse_nrm_greedy"]
+
+    with pytest.raises(ValueError, match="needs --ar"):
+        VerbalizeConfig(best_of=2)
+    with pytest.raises(NLAError, match="--offset 6"):
+        verbalize(VerbalizeConfig(av=str(av), data=str(acts), out=str(tmp_path / "o.parquet"), offset=6))

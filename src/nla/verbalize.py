@@ -7,9 +7,17 @@ final AV, then ``nla train ar --init <AR> --data <this parquet>`` refits the AR 
 says. The output has the columns of ``nla teach`` (the input rows + ``explanation``, ``response``,
 ``teacher``), so every command that reads teacher data reads it. Rows whose answer has no closed tag
 keep their tag-stripped text (:func:`nla.core.text.text_for_ar`, what the AR reads at inference too) and are
-counted. Work goes to ``<out>.work`` in chunks: a killed run resumes where it stopped.
+counted. Work goes to ``<out>.work`` in chunks: a killed run resumes where it stopped, and a run stopped
+early can be finished with a smaller ``--limit`` (the chunks it shares are kept).
+
+With ``--best-of K --ar AR`` each row gets the AV's greedy answer and K-1 samples, and the AR keeps the one
+it reconstructs best (:mod:`nla.evaluate.rerank`, what ``nla explain`` prints); the rows also carry the
+chosen and the greedy answer's ``mse_nrm``. ``nla train av --init <AV>`` on that parquet is the offline form
+of RL's policy update (expert iteration: the AV learns to write at once what it wrote best of K), as the AR
+refit is the offline form of RL's AR updates.
 
     nla verbalize --av runs/rl/final/av --data runs/acts --split ar_sft --limit 2000 --out runs/av_text.parquet
+    nla verbalize --av AV --ar AR --best-of 4 --temperature 0.7 --data runs/acts --split rl --out runs/best4.parquet
 """
 
 from __future__ import annotations
@@ -30,10 +38,14 @@ from nla.common.errors import NLAError
 from nla.common.meta import dataset_sidecar_path, write_sidecar
 from nla.core.text import text_for_ar
 from nla.data.activations import vectors as table_vectors
+from nla.evaluate.rerank import candidates, choose
+from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.teach.run import open_work, read_input, write_table
 
 log = logging.getLogger(__name__)
+
+RANKED = ("mse_nrm", "mse_greedy", "chosen")  # the columns a --best-of run adds
 
 
 @dataclass
@@ -45,6 +57,9 @@ class VerbalizeConfig:
     split: str = option("ar_sft", "Split to verbalize (a training split: the eval split stays held out).")
     out: str = option("", "Output parquet (+ .nla_meta.yaml sidecar).")
     limit: int = option(0, "Verbalize only the first N rows (0 = all).")
+    offset: int = option(0, "Skip the first N rows of the split (with --limit: rows offset .. offset+limit).")
+    ar: str = option("", "AR checkpoint that chooses among --best-of answers.")
+    best_of: int = option(1, "Answers per row (the greedy one and K-1 samples at --temperature); the AR keeps one.")
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
     do_sample: bool = option(False, "Sample at --temperature instead of greedy decoding (what inference uses).")
     temperature: float = option(1.0, "Sampling temperature (with --do-sample).")
@@ -54,9 +69,15 @@ class VerbalizeConfig:
     device: str = option("cpu", "Torch device.")
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "batch_size", "chunk_size"):
+        for name in ("max_new_tokens", "batch_size", "chunk_size", "best_of"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
+        if self.best_of > 1 and not self.ar:
+            raise ValueError("--best-of K > 1 needs --ar, the AR that chooses")
+        if self.best_of > 1 and self.do_sample:
+            raise ValueError("--best-of already samples K-1 answers; drop --do-sample")
 
 
 def verbalize(cfg: VerbalizeConfig) -> Path:
@@ -69,30 +90,39 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
         raise NLAError(f"--data {data} is not a directory")
-    inp = read_input(data, cfg.split, cfg.limit)
-    table, meta_in = inp.table, inp.sidecar
+    inp = read_input(data, cfg.split)
+    if cfg.offset >= inp.table.num_rows:
+        raise NLAError(f"--offset {cfg.offset} but {data}/{cfg.split} has {inp.table.num_rows} rows")
+    table, meta_in = inp.table.slice(cfg.offset, cfg.limit or None), inp.sidecar
+    split_hash = hashlib.sha256(table_vectors(inp.table).numpy().tobytes()).hexdigest()
     vectors = table_vectors(table)  # (N, d)
     av = ActivationVerbalizer.from_pretrained(cfg.av, device=cfg.device)
     if vectors.shape[1] != av.d_model:
         raise NLAError(f"the AV has d_model {av.d_model} but {data}/{cfg.split} has {vectors.shape[1]}-d vectors")
+    ar = ActivationReconstructor.from_pretrained(cfg.ar, device=cfg.device) if cfg.best_of > 1 else None
+    if ar is not None and ar.d_model != av.d_model:
+        raise NLAError(f"the AR has d_model {ar.d_model} but the AV {av.d_model}")
     n = vectors.shape[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(str(out) + ".work")
     manifest = {
         "data": str(data.resolve()),
         "split": cfg.split,
-        "n_rows": n,
+        "offset": cfg.offset,
         "chunk_size": cfg.chunk_size,
-        "inputs": hashlib.sha256(vectors.numpy().tobytes()).hexdigest(),
+        "inputs": split_hash,  # the whole split: a rerun with another --limit keeps the chunks it shares
         "av": str(Path(cfg.av).resolve()),
         "max_new_tokens": cfg.max_new_tokens,
         "do_sample": cfg.do_sample,
         "temperature": cfg.temperature,
         "seed": cfg.seed,
+        "ar": str(Path(cfg.ar).resolve()) if ar is not None else "",
+        "best_of": cfg.best_of,
     }
-    done = open_work(work, manifest)
     n_chunks = math.ceil(n / cfg.chunk_size)
-    resumed = sum(t.num_rows for i, t in done.items() if i < n_chunks)
+    size = [min(n, (ci + 1) * cfg.chunk_size) - ci * cfg.chunk_size for ci in range(n_chunks)]
+    done = {ci: t for ci, t in open_work(work, manifest).items() if ci < n_chunks and t.num_rows == size[ci]}
+    resumed = sum(t.num_rows for t in done.values())
     if resumed:
         log.info("resuming: %d rows already done in %s", resumed, work)
     bar = tqdm(total=n, initial=resumed, unit="row", desc="verbalize", dynamic_ncols=True)
@@ -101,23 +131,26 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
             if ci in done:
                 continue
             lo, hi = ci * cfg.chunk_size, min(n, (ci + 1) * cfg.chunk_size)
-            resp = av.sample(
-                vectors[lo:hi].to(cfg.device),
-                max_new_tokens=cfg.max_new_tokens,
-                do_sample=cfg.do_sample,
-                temperature=cfg.temperature,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed + ci,
-            )
-            chunk = pa.table(
-                {
-                    "row": pa.array(range(lo, hi), pa.int64()),
-                    "explanation": pa.array([text_for_ar(t) for t in resp.texts], pa.string()),
-                    "response": pa.array(resp.texts, pa.string()),
-                    "tag_ok": pa.array([e is not None for e in resp.explanations], pa.bool_()),
-                    "truncated": pa.array([bool(t) for t in resp.truncated], pa.bool_()),
-                }
-            )
+            vecs = vectors[lo:hi].to(cfg.device)
+            gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "seed": cfg.seed + ci}
+            if ar is None:
+                resp = av.sample(vecs, do_sample=cfg.do_sample, temperature=cfg.temperature, **gen)
+            else:
+                resp, mse = choose(
+                    ar, vecs, candidates(av, vecs, cfg.best_of, temperature=cfg.temperature, **gen), cfg.best_of
+                )
+            columns = {
+                "row": pa.array(range(lo, hi), pa.int64()),
+                "explanation": pa.array([text_for_ar(t) for t in resp.texts], pa.string()),
+                "response": pa.array(resp.texts, pa.string()),
+                "tag_ok": pa.array([e is not None for e in resp.explanations], pa.bool_()),
+                "truncated": pa.array([bool(t) for t in resp.truncated], pa.bool_()),
+            }
+            if ar is not None:
+                columns["mse_nrm"] = pa.array(mse.min(dim=1).values.tolist(), pa.float32())
+                columns["mse_greedy"] = pa.array(mse[:, 0].tolist(), pa.float32())
+                columns["chosen"] = pa.array(mse.argmin(dim=1).tolist(), pa.int32())
+            chunk = pa.table(columns)
             write_table(chunk, work / f"chunk-{ci:05d}.parquet")
             done[ci] = chunk
             bar.update(hi - lo)
@@ -126,7 +159,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
 
     results = pa.concat_tables([done[i] for i in range(n_chunks)])
     output = table
-    for name in ("explanation", "response", "tag_ok", "truncated"):
+    for name in ("explanation", "response", "tag_ok", "truncated", *(RANKED if ar is not None else ())):
         if name in output.column_names:
             output = output.drop_columns([name])
         output = output.append_column(name, results.column(name))
@@ -144,7 +177,17 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
         "max_new_tokens": cfg.max_new_tokens,
         "do_sample": cfg.do_sample,
         "temperature": cfg.temperature,
+        "offset": cfg.offset,
     }
+    if ar is not None:
+        chosen, greedy = (results.column(c).to_numpy() for c in ("mse_nrm", "mse_greedy"))
+        meta["verbalize"].update(
+            ar=str(cfg.ar),
+            best_of=cfg.best_of,
+            mean_mse_nrm_chosen=float(chosen.mean()),
+            mean_mse_nrm_greedy=float(greedy.mean()),
+            greedy_chosen=float((results.column("chosen").to_numpy() == 0).mean()),
+        )
     write_sidecar(dataset_sidecar_path(out), meta)
     write_table(output, out)
     shutil.rmtree(work, ignore_errors=True)
