@@ -124,6 +124,10 @@ def test_verbalize_best_of_keeps_the_answer_the_ar_reads_best(tmp_path: Path) ->
     assert meta["best_of"] == 3 and meta["offset"] == 1
     assert meta["mean_mse_nrm_chosen"] <= meta["mean_mse_nrm_greedy"]
 
+    cfg = _cfg(av, acts, tmp_path / "every.parquet")
+    cfg.offset, cfg.every = 1, 2
+    assert pq.read_table(verbalize(cfg)).column("doc_id").to_pylist() == ["doc0", "doc1", "doc2"]  # rows 1, 3, 5
+
     with pytest.raises(ValueError, match="needs --ar"):
         VerbalizeConfig(best_of=2)
     with pytest.raises(NLAError, match="--offset 6"):

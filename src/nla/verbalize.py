@@ -58,6 +58,9 @@ class VerbalizeConfig:
     out: str = option("", "Output parquet (+ .nla_meta.yaml sidecar).")
     limit: int = option(0, "Verbalize only the first N rows (0 = all).")
     offset: int = option(0, "Skip the first N rows of the split (with --limit: rows offset .. offset+limit).")
+    every: int = option(
+        1, "Take every N-th row from --offset on (a split holds several positions per document, in a row)."
+    )
     ar: str = option("", "AR checkpoint that chooses among --best-of answers.")
     best_of: int = option(1, "Answers per row (the greedy one and K-1 samples at --temperature); the AR keeps one.")
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
@@ -69,7 +72,7 @@ class VerbalizeConfig:
     device: str = option("cpu", "Torch device.")
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "batch_size", "chunk_size", "best_of"):
+        for name in ("max_new_tokens", "batch_size", "chunk_size", "best_of", "every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.offset < 0:
@@ -93,7 +96,8 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     inp = read_input(data, cfg.split)
     if cfg.offset >= inp.table.num_rows:
         raise NLAError(f"--offset {cfg.offset} but {data}/{cfg.split} has {inp.table.num_rows} rows")
-    table, meta_in = inp.table.slice(cfg.offset, cfg.limit or None), inp.sidecar
+    table, meta_in = inp.table.take(list(range(cfg.offset, inp.table.num_rows, cfg.every))), inp.sidecar
+    table = table.slice(0, cfg.limit or None)
     split_hash = hashlib.sha256(table_vectors(inp.table).numpy().tobytes()).hexdigest()
     vectors = table_vectors(table)  # (N, d)
     av = ActivationVerbalizer.from_pretrained(cfg.av, device=cfg.device)
@@ -109,6 +113,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
         "data": str(data.resolve()),
         "split": cfg.split,
         "offset": cfg.offset,
+        **({"every": cfg.every} if cfg.every > 1 else {}),  # runs started before --every existed still resume
         "chunk_size": cfg.chunk_size,
         "inputs": split_hash,  # the whole split: a rerun with another --limit keeps the chunks it shares
         "av": str(Path(cfg.av).resolve()),
@@ -178,6 +183,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
         "do_sample": cfg.do_sample,
         "temperature": cfg.temperature,
         "offset": cfg.offset,
+        "every": cfg.every,
     }
     if ar is not None:
         chosen, greedy = (results.column(c).to_numpy() for c in ("mse_nrm", "mse_greedy"))
