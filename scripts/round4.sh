@@ -79,13 +79,6 @@ AVT="$R/av_greedy.parquet,$R/av_s07.parquet"
   --warmup-steps 10 --save-adapter-only --eval-every 0 --save-every 25 --eval-max-rows 512
 [ -d "$R/ship/av" ] || nla export --av "$R/av_sft/final" --ar "$R/ar/final" --out "$R/ship"
 
-# 5. The card (beside the round-3 one of step 0, whose rows it keeps) and the full faithfulness report, one
-#    thread each
-COMPUTE=(); [ -f "$R/compute.yaml" ] && COMPUTE=(--compute "$R/compute.yaml")   # hand-written: the times above
-[ -f "$R/card.json" ] || $T1 nla eval --sft-ar "$R/ar/final" --stage "shipped=$R/ship/av,$R/ship/ar" --best-of 4 \
-  --earlier "$R/card_round3.json" "${COMPUTE[@]}" --data "$R/teach/eval.parquet" --train-data "$A" \
-  --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 6 --out "$R/card.json" &
-[ -f "$R/faithfulness/report.json" ] || $T1 nla faithfulness --av "$R/ship/av" --ar "$R/ship/ar" \
-  --data "$R/teach/eval.parquet" --train-data "$A" --lookup-data "$A" --out "$R/faithfulness"
-wait
+# 5. The card (beside the round-3 one of step 0, whose rows it keeps) and the full faithfulness report
+bash "$(dirname "$0")/card_and_report.sh" "$R" "$R/ar/final" "$R/card_round3.json" "$R/teach/eval.parquet" "$A"
 echo "round 4: $R/ship/{av,ar}, $R/card.json, $R/faithfulness/ (docs/results.md §12)"

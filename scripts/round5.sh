@@ -36,12 +36,6 @@ wait
   --eval-rows 96 --save-every 10
 [ -d "$R/ship/av" ] || nla export --av "$R/av_ei/final" --ar "$R4/ar/final" --out "$R/ship"
 
-# 3. The card (beside the round-4 one, whose rows it keeps) and the faithfulness report, one thread each
-COMPUTE=(); [ -f "$R/compute.yaml" ] && COMPUTE=(--compute "$R/compute.yaml")   # hand-written: the times above
-[ -f "$R/card.json" ] || $T1 nla eval --sft-ar "$R4/ar/final" --stage "shipped=$R/ship/av,$R/ship/ar" --best-of 4 \
-  --earlier "round4=$R4/card.json" "${COMPUTE[@]}" --data "$R4/teach/eval.parquet" --train-data "$A" \
-  --lookup-data "$A" --rows 128 --max-new-tokens 176 --examples 6 --out "$R/card.json" &
-[ -f "$R/faithfulness/report.json" ] || $T1 nla faithfulness --av "$R/ship/av" --ar "$R/ship/ar" \
-  --data "$R4/teach/eval.parquet" --train-data "$A" --lookup-data "$A" --out "$R/faithfulness"
-wait
+# 3. The card (beside the round-4 one, whose rows it keeps) and the faithfulness report
+bash "$(dirname "$0")/card_and_report.sh" "$R" "$R4/ar/final" "round4=$R4/card.json" "$R4/teach/eval.parquet" "$A"
 echo "round 5: $R/ship/{av,ar}, $R/card.json, $R/faithfulness/ (docs/results.md §14)"
