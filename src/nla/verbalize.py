@@ -45,8 +45,6 @@ from nla.teach.run import open_work, read_input, write_table
 
 log = logging.getLogger(__name__)
 
-RANKED = ("mse_nrm", "mse_greedy", "chosen")  # the columns a --best-of run adds
-
 
 @dataclass
 class VerbalizeConfig:
@@ -96,10 +94,10 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     inp = read_input(data, cfg.split)
     if cfg.offset >= inp.table.num_rows:
         raise NLAError(f"--offset {cfg.offset} but {data}/{cfg.split} has {inp.table.num_rows} rows")
-    table, meta_in = inp.table.take(list(range(cfg.offset, inp.table.num_rows, cfg.every))), inp.sidecar
-    table = table.slice(0, cfg.limit or None)
-    split_hash = hashlib.sha256(table_vectors(inp.table).numpy().tobytes()).hexdigest()
-    vectors = table_vectors(table)  # (N, d)
+    rows = list(range(cfg.offset, inp.table.num_rows, cfg.every))[: cfg.limit or None]
+    table, meta_in = inp.table.take(rows), inp.sidecar
+    whole = table_vectors(inp.table)  # (rows of the split, d)
+    vectors = whole[rows]  # (N, d)
     av = ActivationVerbalizer.from_pretrained(cfg.av, device=cfg.device)
     if vectors.shape[1] != av.d_model:
         raise NLAError(f"the AV has d_model {av.d_model} but {data}/{cfg.split} has {vectors.shape[1]}-d vectors")
@@ -113,9 +111,9 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
         "data": str(data.resolve()),
         "split": cfg.split,
         "offset": cfg.offset,
-        **({"every": cfg.every} if cfg.every > 1 else {}),  # runs started before --every existed still resume
+        "every": cfg.every,
         "chunk_size": cfg.chunk_size,
-        "inputs": split_hash,  # the whole split: a rerun with another --limit keeps the chunks it shares
+        "inputs": hashlib.sha256(whole.numpy().tobytes()).hexdigest(),  # the whole split: another --limit keeps chunks
         "av": str(Path(cfg.av).resolve()),
         "max_new_tokens": cfg.max_new_tokens,
         "do_sample": cfg.do_sample,
@@ -152,9 +150,10 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
                 "truncated": pa.array([bool(t) for t in resp.truncated], pa.bool_()),
             }
             if ar is not None:
-                columns["mse_nrm"] = pa.array(mse.min(dim=1).values.tolist(), pa.float32())
+                best = mse.argmin(dim=1)  # what choose() kept
+                columns["mse_nrm"] = pa.array(mse.gather(1, best[:, None])[:, 0].tolist(), pa.float32())
                 columns["mse_greedy"] = pa.array(mse[:, 0].tolist(), pa.float32())
-                columns["chosen"] = pa.array(mse.argmin(dim=1).tolist(), pa.int32())
+                columns["chosen"] = pa.array(best.tolist(), pa.int32())
             chunk = pa.table(columns)
             write_table(chunk, work / f"chunk-{ci:05d}.parquet")
             done[ci] = chunk
@@ -164,7 +163,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
 
     results = pa.concat_tables([done[i] for i in range(n_chunks)])
     output = table
-    for name in ("explanation", "response", "tag_ok", "truncated", *(RANKED if ar is not None else ())):
+    for name in results.column_names[1:]:  # all but "row"
         if name in output.column_names:
             output = output.drop_columns([name])
         output = output.append_column(name, results.column(name))
