@@ -128,6 +128,20 @@ def test_offline_teacher_rich_style_adds_topic_language_and_situation() -> None:
     assert prose[1].startswith("Topic: unclear") and prose[2].startswith("Setting: prose. Next comes ")
 
 
+@pytest.mark.parametrize("style", ["compact", "rich"])
+def test_offline_teacher_tail_zero_drops_only_the_quote(style: str) -> None:
+    t = tiny_target("llama")
+    ctx = "<|im_start|>user\nHow long should I boil an egg?<|im_end|>\n<|im_start|>assistant\nBoil it for"
+    quoting = OfflineTeacher(TeacherOptions(tail_tokens=4, top_k=2, style=style), target=t)
+    bare = OfflineTeacher(TeacherOptions(tail_tokens=0, top_k=2, style=style), target=t)
+    with_quote = parse_answer(quoting.answer([ctx])[0])[0].split("\n")
+    without = parse_answer(bare.answer([ctx])[0])[0].split("\n")
+    assert [x for x in with_quote if not x.startswith("Before it:")] == without
+    assert len(without) == {"compact": 2, "rich": 3}[style]
+    assert bare.version != quoting.version and "-t0-" in bare.version  # its own cache key
+    assert OfflineTeacher(TeacherOptions(tail_tokens=0), target=t).tail == 1  # the full style always quotes
+
+
 def test_offline_teacher_names_a_turn_whose_role_is_still_being_written() -> None:
     t = tiny_target("llama")
     ctx = "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>ass"

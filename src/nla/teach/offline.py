@@ -116,6 +116,11 @@ class OfflineTeacher(LocalTeacher):
         Setting: chat, the assistant answers a request for how-to instructions. Next comes a new word (100%).
         Before it: "...assistant\nBring a large"
 
+    With ``tail_tokens=0`` the compact and rich styles quote nothing (no ``Before it:`` line). An AV cannot
+    read the exact words before the final token off a layer-20 vector: the round-4 AV's 6-token quote matched
+    even the last 2 characters of the real text in 2% of its answers (docs/results.md §15), so every such
+    line it wrote was an invented quotation.
+
     Contexts that share a prefix (rows of one document) share one forward pass: the longest context is
     run once and logits are read at each row's last token, after checking that the shorter context's
     tokens are a prefix of the longer one's (otherwise that row gets its own forward).
@@ -125,10 +130,12 @@ class OfflineTeacher(LocalTeacher):
 
     def __init__(self, opts: TeacherOptions | None = None, target: Any = None) -> None:
         super().__init__(opts, target)
-        self.tail, self.top_k = max(1, self.opts.tail_tokens), max(1, self.opts.top_k)
         if self.opts.style not in STYLES:
             raise NLAError(f"unknown offline teacher style {self.opts.style!r}; choose one of {', '.join(STYLES)}")
         self.style = self.opts.style
+        # compact and rich may quote nothing (tail 0: no "Before it:" line); the full style always quotes
+        self.tail = max(0 if self.style in ("compact", "rich") else 1, self.opts.tail_tokens)
+        self.top_k = max(1, self.opts.top_k)
         self.version = f"{OFFLINE_VERSION}-t{self.tail}-k{self.top_k}" + (
             "" if self.style == "full" else f"-{self.style}"
         )
@@ -238,7 +245,8 @@ class OfflineTeacher(LocalTeacher):
             first = f"Final token: {show(pieces[-1])}, {kind}. Next: {preds}."
             before_it = f'Before it: "{"..." if len(ids) - 1 > self.tail else ""}{quote}"'
             if self.style == "compact":
-                return wrap_explanation("\n".join([first, before_it, f"Setting: {setting}."]))
+                lines = [first, before_it, f"Setting: {setting}."]
+                return wrap_explanation("\n".join(lines[::2] if self.tail == 0 else lines))
             mass = torch.zeros(len(_NEXT)).index_add_(0, self._vocab_classes(tok, p.shape[0]), p)  # (C,)
             if is_special[-1] or not pieces[-1][-1:].isalnum():
                 mass[0], mass[1] = mass[0] + mass[1], 0.0  # here a token without a leading space starts a word
@@ -247,7 +255,7 @@ class OfflineTeacher(LocalTeacher):
                 setting = f"chat, {features.chat_situation(context) or where}"
             setting += f". Next comes {_COMES[c]} ({_pct(float(mass[c]))})"
             lines = [first, self._about(context, code), f"Setting: {setting}.", before_it]
-            return wrap_explanation("\n".join(lines))
+            return wrap_explanation("\n".join(lines[:3] if self.tail == 0 else lines))
 
         if turns:
             head = f"Setting: a chat transcript ({len(turns)} turn{'s' if len(turns) > 1 else ''} so far), {where}"
