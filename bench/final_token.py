@@ -11,7 +11,12 @@ With ``--teacher`` (the teacher parquet of the same split: ``nla verbalize --lim
 N rows of the split, which the teacher file holds in the same order) it also prints, for the rich style,
 how often the AV's ``Topic:`` label, ``Language:`` and the first clause of ``Setting:`` equal the teacher's,
 the share of "unclear" topics on both sides, and how many AV explanations list a salient word twice (a
-greedy-decoding degeneracy: "words: chicken, chicken").
+greedy-decoding degeneracy: "words: chicken, chicken"). Teacher rows are matched to the AV's by
+``(doc_id, position)``, so ``nla verbalize --every N`` output compares as well as ``--limit N``.
+
+For explanations with a ``Before it: "..."`` quote (the text before the final token, compact and rich styles
+with ``--tail-tokens`` > 0) it prints how often the quote's last 2 / 8 characters, and the whole quote, are
+the real text just before the final token: what an AV knows of the exact preceding words.
 
     python bench/final_token.py runs/cmp/av_text.parquet
     python bench/final_token.py runs/r4/av_greedy.parquet --teacher runs/r4/teach/ar_sft.parquet
@@ -26,9 +31,26 @@ import pyarrow.parquet as pq
 
 from nla.core.text import readable
 
+CONTEXT = "detokenized_text_truncated"
+
 _CLAIM = re.compile(r'(?:Final token:|The final token is) "((?:[^"\\]|\\.)*)"')
 _TOPIC = re.compile(r"Topic: ([^;.\n]+)(?:; words: ([^\n]*?))?\. Language: ([^.\n]+)\.")
 _SETTING = re.compile(r"Setting: ([^,.\n]+)")
+_BEFORE = re.compile(r'Before it: "((?:[^"\\]|\\.)*)"')
+
+
+def quote_tail_match(explanation: str, context: str, token: str) -> int | None:
+    """How many trailing characters of the ``Before it:`` quote equal the real text before the final token."""
+    m = _BEFORE.search(explanation)
+    if m is None:
+        return None
+    quote = m.group(1).removeprefix("...")
+    text, final = readable(context).replace('"', "'"), readable(token).replace('"', "'")
+    before = text[: len(text) - len(final)] if text.endswith(final) else text
+    k = 0
+    while k < len(quote) and before.endswith(quote[len(quote) - k - 1 :]):
+        k += 1
+    return k
 
 
 def lines(text: str) -> dict[str, object]:
@@ -64,9 +86,11 @@ def main() -> None:
     ap.add_argument("parquet", nargs="+", help="verbalize or teacher parquet(s) with token + explanation columns")
     ap.add_argument("--teacher", default="", help="teacher parquet of the same split, rows in the same order")
     args = ap.parse_args()
-    teacher = pq.read_table(args.teacher, columns=["explanation"]).column(0).to_pylist() if args.teacher else []
+    keyed = ["doc_id", "position", "explanation"]
+    teacher = {(r["doc_id"], r["position"]): r["explanation"] for r in pq.read_table(args.teacher, columns=keyed)
+               .to_pylist()} if args.teacher else {}  # fmt: skip
     for path in args.parquet:
-        rows = pq.read_table(path, columns=["token", "explanation"]).to_pylist()
+        rows = pq.read_table(path, columns=["doc_id", "position", "token", "explanation", CONTEXT]).to_pylist()
         named = right = 0
         for r in rows:
             m = _CLAIM.search(r["explanation"] or "")
@@ -77,8 +101,21 @@ def main() -> None:
             right += m.group(1) == truth
         n = max(1, len(rows))
         print(f"{path}: {len(rows)} rows, final token named in {named / n:.1%}, right in {right / n:.1%}")
+        tails = [quote_tail_match(r["explanation"] or "", r[CONTEXT], r["token"]) for r in rows]
+        quoted = [k for k in tails if k is not None]
+        if quoted:
+            whole = sum(k == len(_BEFORE.search(r["explanation"]).group(1).removeprefix("..."))
+                        for r, k in zip(rows, tails, strict=True) if k is not None)  # fmt: skip
+            q = len(quoted)
+            two, eight = sum(k >= 2 for k in quoted) / q, sum(k >= 8 for k in quoted) / q
+            print(f"  'Before it:' quote in {q / n:.1%}; its last 2 / 8 characters real in {two:.1%} / {eight:.1%}, "
+                  f"all of it in {whole / q:.1%}")  # fmt: skip
         if teacher:
-            for name, value in compare([r["explanation"] or "" for r in rows], teacher[: len(rows)]).items():
+            both = [
+                (r["explanation"] or "", teacher[k]) for r in rows if (k := (r["doc_id"], r["position"])) in teacher
+            ]
+            print(f"  {len(both)} rows matched in the teacher file")
+            for name, value in compare([a for a, _ in both], [t for _, t in both]).items():
                 print(f"  {name}: {value:.1%}")
 
 
