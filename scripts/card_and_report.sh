@@ -13,6 +13,7 @@ COMPUTE=(); [ -f "$R/compute.yaml" ] && COMPUTE=(--compute "$R/compute.yaml")
 [ -f "$R/card.json" ] || env OMP_NUM_THREADS=1 nla eval --sft-ar "$READER" --stage "shipped=$R/ship/av,$R/ship/ar" \
   --best-of 4 --earlier "$EARLIER" "${COMPUTE[@]}" --data "$EVAL" --train-data "$A" --lookup-data "$A" --rows 128 \
   --max-new-tokens 176 --examples 6 --out "$R/card.json" &
+CARD=$!
 [ -f "$R/faithfulness/report.json" ] || env OMP_NUM_THREADS=1 nla faithfulness --av "$R/ship/av" --ar "$R/ship/ar" \
   --data "$EVAL" --train-data "$A" --lookup-data "$A" --out "$R/faithfulness"
-wait
+wait "$CARD"  # a card that failed (e.g. --earlier from other rows) fails the script
