@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import generation_progress
 
-TYPICAL_BATCH_STEPS = 110  # a batch's longest answer, shipped NLA: 98-118 steps, mean 108 (docs/explain.md)
+TYPICAL_BATCH_STEPS = 96  # a batch's longest answer, shipped NLA: 87-106 steps, mean 94 (docs/explain.md)
 WARN_SECONDS = 60.0  # runs estimated longer than this get a line saying so, and how to go faster
 
 
