@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,6 +15,7 @@ from nla.cli import main
 from nla.common.errors import NLAError
 from nla.data.corpus import corpus_stats, load_corpus
 from nla.data.documents import Document, write_jsonl
+from nla.faithfulness.concepts import load_concepts
 
 from helpers import tiny_target
 
@@ -300,3 +302,18 @@ def test_real_smollm2_answers_a_tiny_default_corpus(smollm2, tmp_path) -> None:
     answers = [d.messages[-1]["content"] for d in chats]
     assert len(answers) == 4 and all(answers) and sum(len(a.split()) for a in answers) >= 24
     assert sum(c.isascii() for a in answers for c in a) / sum(len(a) for a in answers) > 0.95
+
+
+@pytest.mark.parametrize(("name", "n_chat"), [("topic_prompts.yaml", 900), ("scene_prompts.yaml", 380)])
+def test_supplementary_prompt_files_hold_enough_prompts_and_no_suite_sentence(name: str, n_chat: int) -> None:
+    """The round scripts' prompt files (scripts/round4.sh, round7.sh) give as many distinct chats as the scripts
+    ask for, and none of them is a sentence of the faithfulness concept set, which stays held out."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / name
+    prompts = [p for _, p in cd.chat_prompts(n_chat, str(path))]
+    assert len(set(prompts)) == n_chat
+    suite = load_concepts()
+    sentences = [*suite.neutral, *suite.neutral_heldout]
+    for concept in suite.concepts:
+        sentences += [*concept.prompts, *concept.heldout]
+    text = path.read_text(encoding="utf-8").lower()
+    assert not [s for s in sentences if s.lower().rstrip(".?!") in text]
