@@ -9,8 +9,9 @@
 # predictions), then refits the AR on what the new AV writes. Round 3 gives the AV one more epoch of that
 # style and refits the AR on greedy and sampled explanations of both AVs; `nla explain` then decodes
 # best-of-4 (nla.rerank). Round 4 (scripts/round4.sh) continues both LoRA adapters on the rich teacher style
-# (topic, language and setting lines); round 6 (scripts/round6.sh, what ships) continues them on that style
-# without its `Before it:` quote. Timings: docs/results.md §8-12, §15.
+# (topic, language and setting lines); round 6 (scripts/round6.sh) continues them on that style
+# without its `Before it:` quote; round 7 (scripts/round7.sh, what ships) continues those on four supplementary
+# corpora. Timings: docs/results.md §8-12, §15, §16.
 set -euo pipefail
 RUN=${1:-runs/nla}
 C=$RUN/compact
@@ -71,7 +72,10 @@ nla eval --sft-av "$R/av_sft/final" --sft-ar "$C/ar_sft/final" \
 # Round 4: the rich teacher style, AV-SFT and an AR from the round-3 adapters, the card with the round-3 NLA's
 # rows beside it, and the faithfulness report (docs/results.md §12)
 bash "$(dirname "$0")/round4.sh" "$RUN"
-# Round 6 (what ships now): the rich style without the invented quote, AV-SFT on all of av_sft and rl, an AR
-# refit, the card with the round-4 NLA's rows beside it, both faithfulness reports (docs/results.md §15)
+# Round 6: the rich style without the invented quote, AV-SFT on all of av_sft and rl, an AR refit, the card
+# with the round-4 NLA's rows beside it, both faithfulness reports (docs/results.md §15)
 bash "$(dirname "$0")/round6.sh" "$RUN"
-echo "done: $RUN/round6/ship/{av,ar} and $RUN/round6/card.json (copy into src/nla/resources/default_nla to ship)"
+# Round 7 (what ships now): round 6 continued on other languages, topic chats, their answers as prose and plain
+# narrative chats, an AR refit, the card with the rows of rounds 6 and 4, the faithfulness report (§16)
+bash "$(dirname "$0")/round7.sh" "$RUN"
+echo "done: $RUN/round7/ship/{av,ar} and $RUN/round7/card.json (copy into src/nla/resources/default_nla to ship)"
