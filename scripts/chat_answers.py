@@ -24,8 +24,7 @@ def main() -> None:
     docs = []
     for doc in load_corpus(args.corpus):
         answers = [m["content"].strip() for m in doc.messages or [] if m["role"] == "assistant"]
-        if any(answers):
-            text = "\n\n".join(a for a in answers if a)
+        if text := "\n\n".join(a for a in answers if a):
             docs.append(Document(doc_id=f"prose-{doc.doc_id}", text=text, source=f"answers:{doc.source}"))
     if not docs:
         raise SystemExit(f"{args.corpus}: no chat with an assistant answer")

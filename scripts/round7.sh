@@ -61,7 +61,7 @@ GREEDY=$!
 wait "$GREEDY"
 
 # 4. The AR: the round-6 adapter and head, on the new AV's text (twice), the teacher's text of the default
-#    ar_sft rows and of the other-language and narrative ar_sft rows
+#    ar_sft rows and of the other-language, narrative and topic-prose ar_sft rows
 AVT="$R/av_greedy.parquet,$R/av_s07.parquet"
 [ -d "$R/ar/final" ] || $T2 nla train ar --init "$R6/ar/final" \
   --data "$AVT,$AVT,$R6/teach/ar_sft.parquet,$R/teach/locale_ar_sft.parquet,$R/teach/scenes_ar_sft.parquet,$R/teach/topic_prose_ar_sft.parquet" \
