@@ -84,6 +84,10 @@ def test_another_nla_or_other_options_need_a_new_run(
         audit(str(chats_file), audit_config(other, db), progress=False)
     with pytest.raises(NLAError, match="max_new_tokens=6.*--new-run"):
         audit(str(chats_file), audit_config(tiny_nla_dirs, db, max_new_tokens=7), progress=False)
+    with pytest.raises(NLAError, match="best_of=1, min_support=1.*--new-run"):  # best-of: claims filtered by support
+        audit(str(chats_file), audit_config(tiny_nla_dirs, db, best_of=2), progress=False)
+    greedy_again = audit(str(chats_file), audit_config(tiny_nla_dirs, db, min_support=3), nla=tiny, progress=False)
+    assert greedy_again["positions"]["explained_now"] == 0  # greedy decoding: min_support changes nothing
     n = len(rows(db))
     s = audit(
         str(chats_file), audit_config(tiny_nla_dirs, db, max_new_tokens=7, new_run=True), nla=tiny, progress=False

@@ -104,3 +104,30 @@ def tiny_nla(tmp_path_factory: pytest.TempPathFactory):
     target = load_target(str(root / "target"))
     av = ActivationVerbalizer.from_target(target, injection_scale=8.0, layer=1)
     return NLA(av, ActivationReconstructor.from_target(target, 1), target)
+
+
+class TopicAV:
+    """Greedy and sampled answers with a rich-style topic line; token ids are the characters' codes."""
+
+    tokenizer = type("Tok", (), {"encode": staticmethod(lambda s, add_special_tokens=False: [ord(c) for c in s])})()
+
+    def __init__(self, greedy: str, samples: list[str]) -> None:
+        self.greedy, self.samples = greedy, samples
+
+    def sample(self, vectors: torch.Tensor, *, num_samples: int = 1, do_sample: bool = False, **kw) -> Responses:
+        texts = self.samples[:num_samples] if do_sample else [self.greedy]
+        return Responses([[ord(c) for c in t] + [0] for t in texts], texts, [False] * len(texts))
+
+
+def _line(topic: str) -> str:
+    return f"<explanation>Final token: x.\nTopic: {topic}. Language: English.</explanation>"
+
+
+def test_candidates_keep_only_the_claims_two_answers_make() -> None:
+    av = TopicAV(_line("unclear; words: shells"), [_line("food and cooking; words: fruit, shells"), _line("unclear")])
+    c = candidates(av, torch.zeros(1, 3), 3)  # the default min_support: 2
+    assert c.texts == [_line("unclear; words: shells"), _line("unclear; words: shells"), _line("unclear")]
+    assert c.ids[1] == [ord(ch) for ch in c.texts[1]] + [0]  # edited: tokenised again, end-of-turn kept
+    assert c.ids[2] == [ord(ch) for ch in _line("unclear")] + [0]
+    raw = candidates(av, torch.zeros(1, 3), 3, min_support=1)
+    assert raw.texts[1] == _line("food and cooking; words: fruit, shells")

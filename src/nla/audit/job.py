@@ -39,6 +39,7 @@ from nla.audit.worker import explain_batch, load_nla
 from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
+from nla.core.text import DEFAULT_MIN_SUPPORT
 from nla.data.documents import Document
 from nla.explain.api import NLA, resolve_nla_paths, sidecar_baseline
 from nla.explain.inputs import encode_input
@@ -47,7 +48,17 @@ from nla.models.target import load_tokenizer
 log = logging.getLogger(__name__)
 
 # the options a run is defined by: continuing a run with other values would mix incomparable rows
-RUN_KEYS = ("positions", "every", "sample", "seed", "max_new_tokens", "best_of", "temperature", "batch_size")
+RUN_KEYS = (
+    "positions",
+    "every",
+    "sample",
+    "seed",
+    "max_new_tokens",
+    "best_of",
+    "temperature",
+    "min_support",
+    "batch_size",
+)
 
 
 @dataclass
@@ -68,6 +79,9 @@ class AuditConfig:
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
     best_of: int = option(1, "1 = greedy; K > 1 = the greedy answer and K-1 samples, the best-reconstructed kept.")
     temperature: float | None = option(None, "Sampling temperature for --best-of (default 0.7).")
+    min_support: int = option(
+        DEFAULT_MIN_SUPPORT, "--best-of answers keep a topic or salient word that this many of them name (1: all)."
+    )
     batch_size: int = option(32, "Positions per work batch (decoded together across documents, one transaction).")
     seed: int = option(0, "Seed of --sample and of best-of sampling (per batch: seed + batch number).")
     new_run: bool = option(False, "Start a new run in the DB (needed to use another NLA or other options).")
@@ -131,6 +145,7 @@ def open_run(store: Store, cfg: AuditConfig, nla_id: str, desc: dict[str, Any]) 
     """The run to write into: the latest one when it matches this NLA and these options, a new one on
     an empty DB or with ``new_run``; otherwise one clear error."""
     config = {k: getattr(cfg, k) for k in RUN_KEYS}
+    config["min_support"] = cfg.min_support if cfg.best_of > 1 else 1  # greedy runs: no effect
     runs = store.runs()
     if runs and not cfg.new_run:
         last = runs[-1]
@@ -139,9 +154,10 @@ def open_run(store: Store, cfg: AuditConfig, nla_id: str, desc: dict[str, Any]) 
                 f"{store.path} run {last['run_id']} was made with another NLA ({last['nla']['av']}, "
                 f"id {last['nla_id']}; this one is {nla_id}): pass --new-run to add a run with this NLA"
             )
-        changed = [k for k in RUN_KEYS if last["config"].get(k) != config[k]]
+        was_run = {"min_support": 1, **last["config"]}  # runs made before min_support kept every claim
+        changed = [k for k in RUN_KEYS if was_run.get(k) != config[k]]
         if changed:
-            was = ", ".join(f"{k}={last['config'].get(k)!r}" for k in changed)
+            was = ", ".join(f"{k}={was_run.get(k)!r}" for k in changed)
             raise NLAError(f"{store.path} run {last['run_id']} used {was}: use the same options, or pass --new-run")
         return int(last["run_id"])
     return store.add_run(datetime.now(timezone.utc).isoformat(timespec="seconds"), nla_id, desc, config)
@@ -260,7 +276,7 @@ def audit(data: str, cfg: AuditConfig, *, nla: NLA | None = None, progress: bool
         counts = plan_documents(store, run_id, docs, tokenizer, cfg)
         batches = pending_batches(store, run_id)
         total = sum(len(d["positions"]) for b in batches for d in b["docs"])
-        opts = {k: getattr(cfg, k) for k in ("max_new_tokens", "best_of", "temperature", "seed")}
+        opts = {k: getattr(cfg, k) for k in ("max_new_tokens", "best_of", "temperature", "seed", "min_support")}
         if cfg.engine == "ray":
             engine = ray_engine(desc, cfg)
         else:

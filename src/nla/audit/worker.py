@@ -9,7 +9,7 @@ from typing import Any
 
 from nla.audit.store import pack_vector
 from nla.common.errors import NLAError
-from nla.core.text import text_for_ar
+from nla.core.text import DEFAULT_MIN_SUPPORT, text_for_ar
 from nla.explain.api import NLA
 
 
@@ -27,7 +27,7 @@ def batch_seed(seed: int, batch: int) -> int:
 def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Explanation rows (``nla.audit.store.EXPLANATION_COLUMNS`` + ``search_text``) of one work batch.
 
-    ``opts``: max_new_tokens, best_of, temperature, seed. Every engine calls this, so rows are the same
+    ``opts``: max_new_tokens, best_of, temperature, seed, min_support. Every engine calls this, so rows are the same
     wherever a batch runs."""
     docs = work["docs"]
     n = sum(len(d["positions"]) for d in docs)
@@ -37,6 +37,7 @@ def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[
         max_new_tokens=int(opts["max_new_tokens"]),
         best_of=int(opts["best_of"]),
         temperature=opts.get("temperature"),
+        min_support=int(opts.get("min_support", DEFAULT_MIN_SUPPORT)),
         batch_size=max(1, n),
         seed=batch_seed(opts["seed"], work["batch"]),
         return_activations=True,

@@ -35,6 +35,7 @@ from typing import Any
 
 from nla.common.config import add_config_args, config_from_args, option
 from nla.common.errors import NLAError
+from nla.core.text import DEFAULT_MIN_SUPPORT
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ class NLAOptions:
         "one it reconstructs best (K generations per token). Default: 4 with an AR "
         "(unless --num-samples/--do-sample), else 1 (greedy).",
     )
+    min_support: int = option(
+        DEFAULT_MIN_SUPPORT,
+        "With --best-of: keep a topic or salient word only when this many of the K answers name it (1 keeps all).",
+    )
     top_p: float = option(1.0, "Nucleus sampling threshold.")
     batch_size: int = option(16, "Activations explained per batched generate call.")
     seed: int | None = option(None, "Seed for sampling.")
@@ -71,7 +76,7 @@ class NLAOptions:
     jsonl: str | None = option(None, "Write one JSON record per explained token/vector to this file.")
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "num_samples", "batch_size", "best_of"):
+        for name in ("max_new_tokens", "num_samples", "batch_size", "best_of", "min_support"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -92,6 +97,7 @@ class NLAOptions:
             batch_size=self.batch_size,
             seed=self.seed,
             best_of=self.best_of,
+            min_support=self.min_support,
         )
 
 
@@ -287,7 +293,7 @@ def generate(nla: Any, cfg: NLAOptions, items: int, what: str, call: Callable[[]
     return records, note
 
 
-def notes_for(nla: Any, records: list[Any], best_of: int = 1) -> list[str]:
+def notes_for(nla: Any, records: list[Any], best_of: int = 1, min_support: int = 1) -> list[str]:
     """Lines that say what the scores mean (and what is missing)."""
     from nla.explain.report import legend_lines, summary
 
@@ -297,6 +303,7 @@ def notes_for(nla: Any, records: list[Any], best_of: int = 1) -> list[str]:
         notes.append(
             f"best of {best_of}: each explanation is the one of {best_of} (greedy + samples) the AR "
             "reconstructs best, so its score is the best of them"
+            + (f"; topics and salient words only where {min_support} of them agree" if min_support > 1 else "")
         )
     if nla.ar is None:
         notes.append("no AR given: explanations are not scored")
@@ -331,7 +338,7 @@ def write_outputs(
 
     sys.stdout.write(render_table(records, width=shutil.get_terminal_size((120, 24)).columns))
     best_of = resolve_best_of(cfg.best_of, has_ar=nla.ar is not None, sampling=cfg.num_samples > 1 or cfg.do_sample)
-    notes = notes_for(nla, records, best_of) + list(extra_notes)
+    notes = notes_for(nla, records, best_of, cfg.min_support) + list(extra_notes)
     sys.stdout.write("".join(f"# {n}\n" for n in notes))
     if cfg.jsonl:
         write_jsonl(cfg.jsonl, records)

@@ -84,3 +84,47 @@ def quote_grounding(
         quoted += 1
         found += span in plain
     return found, quoted
+
+
+# The rich style's content line: "Topic: <label>[; words: a, b, c]. Language: <language>."
+_TOPIC_LINE = re.compile(r"Topic: (?P<topic>[^;.\n]+)(?:; words: (?P<words>[^\n]*?))?(?P<tail>\. Language: )")
+UNCLEAR = "unclear"
+DEFAULT_MIN_SUPPORT = 2  # best-of-K keeps a topic or salient word that 2 of the K answers make; 1 keeps all
+
+
+def topic_claims(text: str) -> tuple[str, list[str]] | None:
+    """The topic label and the distinct salient words (lower case, in order) of a rich-style explanation,
+    or None when it has no topic line."""
+    m = _TOPIC_LINE.search(text)
+    if m is None:
+        return None
+    words = [w.strip().lower() for w in (m.group("words") or "").split(",")]
+    return m.group("topic").strip(), list(dict.fromkeys(w for w in words if w))
+
+
+def keep_supported(texts: list[str], min_support: int = DEFAULT_MIN_SUPPORT) -> list[str]:
+    """Each answer of one vector's group with only the content claims that ``min_support`` answers of the
+    group make (its own included): a topic fewer answers name becomes "unclear", a salient word fewer
+    answers list is dropped, and a repeated word is said once. Everything else is left as written.
+
+    Several answers for one vector (best-of-K decoding) agree on what the vector carries and disagree on
+    what sampling invents; a claim made once in K answers is the second kind (docs/faithfulness.md).
+    Answers without a topic line are returned unchanged and support nothing.
+    """
+    claims = [topic_claims(t) for t in texts]
+    topics = [c[0] for c in claims if c is not None]
+    word_sets = [set(c[1]) for c in claims if c is not None]
+    out = []
+    for text, claim in zip(texts, claims, strict=True):
+        if claim is None:
+            out.append(text)
+            continue
+        topic, words = claim
+        if topic != UNCLEAR and topics.count(topic) < min_support:
+            topic = UNCLEAR
+        kept = [w for w in words if sum(w in s for s in word_sets) >= min_support]
+        line = f"Topic: {topic}" + (f"; words: {', '.join(kept)}" if kept else "")
+        m = _TOPIC_LINE.search(text)
+        assert m is not None  # claim was parsed from it
+        out.append(text[: m.start()] + line + text[m.start("tail") :])
+    return out

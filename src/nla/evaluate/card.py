@@ -30,7 +30,7 @@ from nla.common.paths import atomic_write_text
 from nla.core.text import text_for_ar
 from nla.data.activations import VectorSet, load_vectors
 from nla.evaluate.lookup import table_rows, token_lookup_control
-from nla.evaluate.rerank import DEFAULT_TEMPERATURE
+from nla.evaluate.rerank import DEFAULT_MIN_SUPPORT, DEFAULT_TEMPERATURE
 from nla.evaluate.roundtrip import Baseline, evaluate_ar, grounding, round_trip
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
@@ -75,6 +75,9 @@ class EvalConfig:
         "keeps the best; nla.evaluate.rerank), and its texts read by the SFT AR too.",
     )
     temperature: float = option(DEFAULT_TEMPERATURE, "Temperature of the --best-of samples.")
+    min_support: int = option(
+        DEFAULT_MIN_SUPPORT, "--best-of answers keep a topic or salient word that this many of them name (1: all)."
+    )
     compute: str = option("", "A YAML/JSON file describing the compute used (copied into the card).")
     earlier: str = option(
         "",
@@ -199,6 +202,7 @@ def _best_of_stage(
         baseline,
         best_of=cfg.best_of,
         temperature=cfg.temperature,
+        min_support=cfg.min_support,
         **kw,
     )
     card[name], texts[name] = m, resp.texts

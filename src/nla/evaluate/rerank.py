@@ -1,5 +1,11 @@
 """Best-of-K decoding: the AV's greedy answer plus K-1 samples; the AR keeps the one it reconstructs best.
 
+Before the AR chooses, every answer keeps only the content claims (``Topic:`` label, salient ``words:``)
+that at least ``min_support`` of the K answers make (:func:`nla.core.text.keep_supported`): samples at
+T 0.7 invent topics and words that the greedy answer and the other samples do not repeat, and the AR, which
+reads those lines little, would not choose against them. On 128 held-out rows of the shipped NLA it halved
+the wrong topic claims at almost no cost in fve or in right ones (docs/faithfulness.md, "Best-of-K").
+
 The choice uses the true vector, exactly as the RL reward does, so it is available wherever an
 explanation is written for a known activation (``nla explain``, ``nla eval``), never from text alone.
 It costs K generations per vector. Because the AR that chooses may also be the AR that scores,
@@ -17,7 +23,7 @@ import torch
 
 from nla.common.errors import NLAError
 from nla.core.metrics import mse_nrm
-from nla.core.text import text_for_ar
+from nla.core.text import DEFAULT_MIN_SUPPORT, keep_supported, text_for_ar
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import Responses
@@ -35,8 +41,11 @@ def candidates(
     max_new_tokens: int = 150,
     batch_size: int = 16,
     seed: int | None = 0,
+    min_support: int = DEFAULT_MIN_SUPPORT,
 ) -> Responses:
-    """``k`` answers per vector, flat (row ``i * k + j``): j = 0 is the greedy answer, the rest samples."""
+    """``k`` answers per vector, flat (row ``i * k + j``): j = 0 is the greedy answer, the rest samples;
+    with ``min_support`` > 1 each keeps only the content claims that many of its group make (its token ids
+    are those of the edited text)."""
     if k < 1:
         raise NLAError(f"best-of needs k >= 1, got {k}")
     greedy = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -53,7 +62,21 @@ def candidates(
     )
     n = vectors.shape[0]  # in greedy + drawn, vector i's greedy answer is row i, its samples n + i*(k-1) ...
     both = greedy + drawn
-    return both.take([r for i in range(n) for r in (i, *range(n + i * (k - 1), n + (i + 1) * (k - 1)))])
+    flat = both.take([r for i in range(n) for r in (i, *range(n + i * (k - 1), n + (i + 1) * (k - 1)))])
+    return supported(av, flat, k, min_support)
+
+
+def supported(av: ActivationVerbalizer, cands: Responses, k: int, min_support: int) -> Responses:
+    """``cands`` (groups of ``k``) with only the claims ``min_support`` answers of a group make; an edited
+    answer is tokenised again and keeps its end-of-turn token."""
+    if min_support <= 1:
+        return cands
+    texts = [t for g in range(0, len(cands.texts), k) for t in keep_supported(cands.texts[g : g + k], min_support)]
+    ids = [
+        old if new == was else av.tokenizer.encode(new, add_special_tokens=False) + ([] if cut else old[-1:])
+        for old, was, new, cut in zip(cands.ids, cands.texts, texts, cands.truncated, strict=True)
+    ]
+    return Responses(ids, texts, list(cands.truncated))
 
 
 def choose(
@@ -85,4 +108,13 @@ def best_of(
     return choose(ar, vectors, candidates(av, vectors, k, **kwargs), k)
 
 
-__all__ = ["DEFAULT_BEST_OF", "DEFAULT_TEMPERATURE", "best_of", "candidates", "choose", "resolve_best_of"]
+__all__ = [
+    "DEFAULT_BEST_OF",
+    "DEFAULT_MIN_SUPPORT",
+    "DEFAULT_TEMPERATURE",
+    "best_of",
+    "candidates",
+    "choose",
+    "resolve_best_of",
+    "supported",
+]

@@ -15,7 +15,7 @@ import torch
 from nla.common.errors import NLAError
 from nla.core import metrics
 from nla.core.text import cjk_fraction, quote_grounding, text_for_ar
-from nla.evaluate.rerank import DEFAULT_TEMPERATURE
+from nla.evaluate.rerank import DEFAULT_MIN_SUPPORT, DEFAULT_TEMPERATURE
 from nla.evaluate.rerank import best_of as best_of_k
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
@@ -131,9 +131,11 @@ def round_trip(
     contexts: list[str] | None = None,
     best_of: int = 1,
     temperature: float = DEFAULT_TEMPERATURE,
+    min_support: int = DEFAULT_MIN_SUPPORT,
 ) -> tuple[dict[str, float], Responses]:
     """Greedy AV explanations (or the given ``responses``; or with ``best_of`` K > 1 the best of the
-    greedy answer and K-1 samples at ``temperature``, chosen by ``ar``: :mod:`nla.evaluate.rerank`) scored by
+    greedy answer and K-1 samples at ``temperature``, with the claims ``min_support`` of them make, chosen
+    by ``ar``: :mod:`nla.evaluate.rerank`) scored by
     ``ar`` with all controls; with the held-out ``contexts``, also how many of their quotes occur in them."""
     if responses is None and best_of > 1:
         responses = best_of_k(
@@ -145,6 +147,7 @@ def round_trip(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             seed=seed,
+            min_support=min_support,
         )[0]
     elif responses is None:
         responses = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -152,5 +155,5 @@ def round_trip(
     metrics.update(response_stats(responses))
     metrics.update(grounding(responses.texts, contexts))
     if best_of > 1:
-        metrics.update(best_of=float(best_of), temperature=temperature)
+        metrics.update(best_of=float(best_of), temperature=temperature, min_support=float(min_support))
     return metrics, responses

@@ -37,7 +37,7 @@ from nla.common.errors import NLAError
 from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
 from nla.core.metrics import cosine, fve_nrm, mse_nrm
 from nla.core.text import cjk_fraction, extract_explanation, text_for_ar
-from nla.evaluate.rerank import DEFAULT_TEMPERATURE, candidates, resolve_best_of
+from nla.evaluate.rerank import DEFAULT_MIN_SUPPORT, DEFAULT_TEMPERATURE, candidates, resolve_best_of
 from nla.explain.inputs import Encoded, as_vectors, encode_input, select_tokens
 from nla.explain.trust import beats_control, control_fve
 from nla.models.ar import ActivationReconstructor
@@ -323,6 +323,7 @@ class NLA:
         batch_size: int = 16,
         seed: int | None = None,
         best_of: int | None = None,
+        min_support: int = DEFAULT_MIN_SUPPORT,
         max_tokens: int | None = None,
     ) -> list[TokenExplanation]:
         """Explain the activation at each selected token (see :mod:`nla.explain.positions` for ``positions``;
@@ -331,7 +332,8 @@ class NLA:
         Greedy by default; ``num_samples > 1`` samples (``do_sample`` is implied; ``temperature`` 1.0
         unless given). The record's main fields come from the first sample; all samples, scored, are in
         ``samples``. ``best_of`` K > 1 (needs the AR): the greedy answer and K-1 samples (``temperature``
-        0.7 unless given), best-scored first (:mod:`nla.evaluate.rerank`). Default: best of
+        0.7 unless given), each keeping only the topic and salient words ``min_support`` of the K answers
+        name (1 keeps all), best-scored first (:mod:`nla.evaluate.rerank`). Default: best of
         :data:`nla.evaluate.rerank.DEFAULT_BEST_OF` with an AR and no sampling options, else greedy (K = 1).
         A selected position at or past the target's context window is an error; ``max_tokens`` N keeps
         the last N tokens of the input (positions then count within them).
@@ -339,7 +341,7 @@ class NLA:
         enc, picked = self.select(text_or_messages, positions, max_tokens=max_tokens)
         vectors = self.activations(enc.input_ids[: picked[-1] + 1])[picked]  # (P, d): later tokens never matter
         samples, control = self._run(
-            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of
+            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
         )
         return [
             TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c))
@@ -358,13 +360,14 @@ class NLA:
         batch_size: int = 16,
         seed: int | None = None,
         best_of: int | None = None,
+        min_support: int = DEFAULT_MIN_SUPPORT,
     ) -> list[VectorExplanation]:
         """Explain arbitrary directions (N, d) or (d,): a neuron's output weights, an SAE feature, a
         steering vector. Only the direction matters. With an AR, the round-trip cosine is reported;
         ``best_of`` as in :meth:`explain`."""
         vectors = as_vectors(array, int(self.av.d_model))  # (N, d)
         samples, control = self._run(
-            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of
+            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
         )
         norms = vectors.norm(dim=-1).tolist()
         return [
@@ -383,13 +386,14 @@ class NLA:
         batch_size: int,
         seed: int | None,
         best_of: int | None = None,
+        min_support: int = DEFAULT_MIN_SUPPORT,
     ) -> tuple[list[list[Sample]], list[float | None]]:
         best_of = resolve_best_of(best_of, has_ar=self.ar is not None, sampling=num_samples > 1 or do_sample)
         if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or best_of < 1:
             raise NLAError("num_samples, max_new_tokens, batch_size and best_of must be >= 1")
         if best_of > 1:
             return self._best_of(
-                vectors, best_of, max_new_tokens, temperature, batch_size, seed, num_samples, do_sample
+                vectors, best_of, max_new_tokens, temperature, batch_size, seed, num_samples, do_sample, min_support
             )
         gen = dict(
             max_new_tokens=max_new_tokens,
@@ -413,8 +417,10 @@ class NLA:
         seed: int | None,
         num_samples: int,
         do_sample: bool,
+        min_support: int,
     ) -> tuple[list[list[Sample]], list[float | None]]:
-        """Greedy + k-1 samples per vector, every one scored, the lowest ``mse_nrm`` first (ties keep greedy)."""
+        """Greedy + k-1 samples per vector, each with only the content claims ``min_support`` of them make,
+        every one scored, the lowest ``mse_nrm`` first (ties keep greedy)."""
         if self.ar is None:
             raise NLAError("best-of decoding needs an AR to choose with (give --ar)")
         if num_samples > 1 or do_sample:
@@ -427,6 +433,7 @@ class NLA:
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             seed=0 if seed is None else seed,
+            min_support=min_support,
         )
         answers = [cands.texts[i * k : (i + 1) * k] for i in range(vectors.shape[0])]
         scored = self._score(vectors, answers, batch_size)
@@ -446,6 +453,7 @@ class NLA:
         batch_size: int = 16,
         seed: int | None = None,
         best_of: int | None = None,
+        min_support: int = DEFAULT_MIN_SUPPORT,
         return_activations: bool = False,
         return_reconstructions: bool = False,
     ) -> Any:
@@ -474,7 +482,7 @@ class NLA:
             return ([], [] if return_activations else None, None) if wants else []
         vectors = torch.cat(acts)  # (sum P_i, d)
         samples, control = self._run(
-            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of
+            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
         )
         records: list[list[TokenExplanation]] = []
         start = 0
