@@ -10,8 +10,9 @@
 # style and refits the AR on greedy and sampled explanations of both AVs; `nla explain` then decodes
 # best-of-4 (nla.rerank). Round 4 (scripts/round4.sh) continues both LoRA adapters on the rich teacher style
 # (topic, language and setting lines); round 6 (scripts/round6.sh) continues them on that style
-# without its `Before it:` quote; round 7 (scripts/round7.sh, what ships) continues those on four supplementary
-# corpora. Timings: docs/results.md §8-12, §15, §16.
+# without its `Before it:` quote; round 7 (scripts/round7.sh) continues those on four supplementary corpora;
+# round 8 (scripts/round8.sh, what ships) trains round 7's AR on far more of its AV's own text. Timings:
+# docs/results.md §8-12, §15-17.
 set -euo pipefail
 RUN=${1:-runs/nla}
 C=$RUN/compact
@@ -75,7 +76,10 @@ bash "$(dirname "$0")/round4.sh" "$RUN"
 # Round 6: the rich style without the invented quote, AV-SFT on all of av_sft and rl, an AR refit, the card
 # with the round-4 NLA's rows beside it, both faithfulness reports (docs/results.md §15)
 bash "$(dirname "$0")/round6.sh" "$RUN"
-# Round 7 (what ships now): round 6 continued on other languages, topic chats, their answers as prose and plain
-# narrative chats, an AR refit, the card with the rows of rounds 6 and 4, the faithfulness report (§16)
+# Round 7: round 6 continued on other languages, topic chats, their answers as prose and plain narrative chats,
+# an AR refit, the card with the rows of rounds 6 and 4, the faithfulness report (§16)
 bash "$(dirname "$0")/round7.sh" "$RUN"
-echo "done: $RUN/round7/ship/{av,ar} and $RUN/round7/card.json (copy into src/nla/resources/default_nla to ship)"
+# Round 8 (what ships now): the round-7 AV, its AR trained on the AV's text of 3,446 ar_sft rows; the card with
+# the rows of rounds 7, 6 and 4, the faithfulness report greedy and best-of-4 (§17)
+bash "$(dirname "$0")/round8.sh" "$RUN"
+echo "done: $RUN/round8/ship/{av,ar} and $RUN/round8/card.json (copy into src/nla/resources/default_nla to ship)"
