@@ -79,7 +79,7 @@ bash "$(dirname "$0")/round6.sh" "$RUN"
 # Round 7: round 6 continued on other languages, topic chats, their answers as prose and plain narrative chats,
 # an AR refit, the card with the rows of rounds 6 and 4, the faithfulness report (§16)
 bash "$(dirname "$0")/round7.sh" "$RUN"
-# Round 8 (what ships now): the round-7 AV, its AR trained on the AV's text of 3,446 ar_sft rows; the card with
+# Round 8 (what ships now): the round-7 AV, its AR trained on the AV's text of 3,830 ar_sft rows; the card with
 # the rows of rounds 7, 6 and 4, the faithfulness report greedy and best-of-4 (§17)
 bash "$(dirname "$0")/round8.sh" "$RUN"
 echo "done: $RUN/round8/ship/{av,ar} and $RUN/round8/card.json (copy into src/nla/resources/default_nla to ship)"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Round 8 of the default NLA (issue 13; docs/results.md §17): the round-7 AV unchanged, its AR trained on far
 # more of what that AV writes. Round 7's AR refit saw the AV's text of 512 ar_sft rows (greedy and sampled);
-# here the AV explains 2,934 more ar_sft rows (rows the AV never trained on: it trained on av_sft and rl), and
-# the AR continues in three stages of 300 steps, each on the AV's greedy and sampled text (twice) beside the
-# teacher's text of the ar_sft rows. Then the card (keeping the rows of rounds 7, 6 and 4), the faithfulness
+# here the AV explains 2,422 more ar_sft rows greedily and 896 at T 0.7 (rows it never trained on: it trained
+# on av_sft and rl), and the AR continues in three stages of 300 steps, each on the AV's greedy and sampled text
+# (twice) beside the teacher's text of the ar_sft rows. Then the card (keeping the rows of rounds 7, 6 and 4), the faithfulness
 # report, and the same report with best-of-4 decoding (what `nla explain` prints). Resumable like round7.sh,
 # whose run it continues (RUN_DIR/round7: av_sft/final, ar/final, av_greedy/av_s07, teach/, card.json).
 #
