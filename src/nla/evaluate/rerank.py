@@ -3,7 +3,7 @@
 Before the AR chooses, every answer keeps only the content claims (``Topic:`` label, salient ``words:``)
 that at least ``min_support`` of the K answers make (:func:`nla.core.text.keep_supported`): samples at
 T 0.7 invent topics and words that the greedy answer and the other samples do not repeat, and the AR, which
-reads those lines little, would not choose against them. On 128 held-out rows of the shipped NLA it halved
+reads those lines little, would not choose against them. On 128 held-out rows of the round-7 NLA it halved
 the wrong topic claims at almost no cost in fve or in right ones (docs/faithfulness.md, "Best-of-K").
 
 The choice uses the true vector, exactly as the RL reward does, so it is available wherever an
