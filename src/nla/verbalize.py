@@ -124,7 +124,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
         "seed": cfg.seed,
         "ar": str(Path(cfg.ar).resolve()) if ar is not None else "",
         "best_of": cfg.best_of,
-        **({"min_support": cfg.min_support} if cfg.best_of > 1 and cfg.min_support != 1 else {}),
+        **({"min_support": cfg.min_support} if cfg.best_of > 1 and cfg.min_support > 1 else {}),
     }
     n_chunks = math.ceil(n / cfg.chunk_size)
     size = [min(n, (ci + 1) * cfg.chunk_size) - ci * cfg.chunk_size for ci in range(n_chunks)]

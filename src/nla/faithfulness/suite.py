@@ -311,7 +311,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
     out = Path(cfg.out)
     (out / "work").mkdir(parents=True, exist_ok=True)
     options = f"{cfg.av or 'shipped'}|{cfg.best_of}|{cfg.temperature}|{cfg.max_new_tokens}|{cfg.seed}"
-    if cfg.best_of > 1 and cfg.min_support != 1:  # the cache key of best-of runs made before min_support stays
+    if cfg.best_of > 1 and cfg.min_support > 1:  # the cache key of best-of runs made before min_support stays
         options += f"|support {cfg.min_support}"
 
     def generate(vectors: torch.Tensor) -> list[str]:  # (N, d) -> N raw answers
