@@ -96,6 +96,21 @@ class VectorExplanation:
     beats_control: bool | None = None
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding options of one ``explain*`` call (their meaning: :meth:`NLA.explain`)."""
+
+    max_new_tokens: int
+    num_samples: int
+    do_sample: bool
+    temperature: float | None
+    top_p: float
+    batch_size: int
+    seed: int | None
+    best_of: int | None
+    min_support: int
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -341,7 +356,10 @@ class NLA:
         enc, picked = self.select(text_or_messages, positions, max_tokens=max_tokens)
         vectors = self.activations(enc.input_ids[: picked[-1] + 1])[picked]  # (P, d): later tokens never matter
         samples, control = self._run(
-            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
+            vectors,
+            Decoding(
+                max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
+            ),
         )
         return [
             TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c))
@@ -367,7 +385,10 @@ class NLA:
         ``best_of`` as in :meth:`explain`."""
         vectors = as_vectors(array, int(self.av.d_model))  # (N, d)
         samples, control = self._run(
-            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
+            vectors,
+            Decoding(
+                max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
+            ),
         )
         norms = vectors.norm(dim=-1).tolist()
         return [
@@ -375,68 +396,44 @@ class NLA:
             for i, (n, row, c) in enumerate(zip(norms, samples, control, strict=True))
         ]
 
-    def _run(
-        self,
-        vectors: torch.Tensor,  # (N, d)
-        max_new_tokens: int,
-        num_samples: int,
-        do_sample: bool,
-        temperature: float | None,
-        top_p: float,
-        batch_size: int,
-        seed: int | None,
-        best_of: int | None = None,
-        min_support: int = DEFAULT_MIN_SUPPORT,
-    ) -> tuple[list[list[Sample]], list[float | None]]:
-        best_of = resolve_best_of(best_of, has_ar=self.ar is not None, sampling=num_samples > 1 or do_sample)
-        if num_samples < 1 or max_new_tokens < 1 or batch_size < 1 or best_of < 1:
+    def _run(self, vectors: torch.Tensor, dec: Decoding) -> tuple[list[list[Sample]], list[float | None]]:  # (N, d)
+        sampling = dec.num_samples > 1 or dec.do_sample
+        best_of = resolve_best_of(dec.best_of, has_ar=self.ar is not None, sampling=sampling)
+        if dec.num_samples < 1 or dec.max_new_tokens < 1 or dec.batch_size < 1 or best_of < 1:
             raise NLAError("num_samples, max_new_tokens, batch_size and best_of must be >= 1")
         if best_of > 1:
-            return self._best_of(
-                vectors, best_of, max_new_tokens, temperature, batch_size, seed, num_samples, do_sample, min_support
-            )
-        gen = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample or num_samples > 1,
-            temperature=1.0 if temperature is None else temperature,
-            top_p=top_p,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            seed=seed,
+            return self._best_of(vectors, best_of, dec)
+        answers = self._generate(
+            vectors,
+            max_new_tokens=dec.max_new_tokens,
+            do_sample=sampling,
+            temperature=1.0 if dec.temperature is None else dec.temperature,
+            top_p=dec.top_p,
+            num_samples=dec.num_samples,
+            batch_size=dec.batch_size,
+            seed=dec.seed,
         )
-        answers = self._generate(vectors, **gen)
-        return self._score(vectors, answers, batch_size), self._control(vectors)
+        return self._score(vectors, answers, dec.batch_size), self._control(vectors)
 
-    def _best_of(
-        self,
-        vectors: torch.Tensor,
-        k: int,
-        max_new_tokens: int,
-        temperature: float | None,
-        batch_size: int,
-        seed: int | None,
-        num_samples: int,
-        do_sample: bool,
-        min_support: int,
-    ) -> tuple[list[list[Sample]], list[float | None]]:
-        """Greedy + k-1 samples per vector, each with only the content claims ``min_support`` of them make,
-        every one scored, the lowest ``mse_nrm`` first (ties keep greedy)."""
+    def _best_of(self, vectors: torch.Tensor, k: int, dec: Decoding) -> tuple[list[list[Sample]], list[float | None]]:
+        """Greedy + k-1 samples per vector, each with only the content claims ``dec.min_support`` of them
+        make, every one scored, the lowest ``mse_nrm`` first (ties keep greedy)."""
         if self.ar is None:
             raise NLAError("best-of decoding needs an AR to choose with (give --ar)")
-        if num_samples > 1 or do_sample:
+        if dec.num_samples > 1 or dec.do_sample:
             raise NLAError("best-of decoding makes its own samples: drop --num-samples / --do-sample")
         cands = candidates(
             self.av,
             vectors,
             k,
-            temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            seed=0 if seed is None else seed,
-            min_support=min_support,
+            temperature=DEFAULT_TEMPERATURE if dec.temperature is None else dec.temperature,
+            max_new_tokens=dec.max_new_tokens,
+            batch_size=dec.batch_size,
+            seed=0 if dec.seed is None else dec.seed,
+            min_support=dec.min_support,
         )
         answers = [cands.texts[i * k : (i + 1) * k] for i in range(vectors.shape[0])]
-        scored = self._score(vectors, answers, batch_size)
+        scored = self._score(vectors, answers, dec.batch_size)
         ranked = [sorted(row, key=lambda s: s.mse_nrm if s.mse_nrm is not None else math.inf) for row in scored]
         return ranked, self._control(vectors)
 
@@ -482,7 +479,10 @@ class NLA:
             return ([], [] if return_activations else None, None) if wants else []
         vectors = torch.cat(acts)  # (sum P_i, d)
         samples, control = self._run(
-            vectors, max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
+            vectors,
+            Decoding(
+                max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
+            ),
         )
         records: list[list[TokenExplanation]] = []
         start = 0
