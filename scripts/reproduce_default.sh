@@ -11,8 +11,9 @@
 # best-of-4 (nla.rerank). Round 4 (scripts/round4.sh) continues both LoRA adapters on the rich teacher style
 # (topic, language and setting lines); round 6 (scripts/round6.sh) continues them on that style
 # without its `Before it:` quote; round 7 (scripts/round7.sh) continues those on four supplementary corpora;
-# round 8 (scripts/round8.sh, what ships) trains round 7's AR on far more of its AV's own text. Timings:
-# docs/results.md §8-12, §15-17.
+# round 8 (scripts/round8.sh) trains round 7's AR on far more of its AV's own text, and round 9
+# (scripts/round9.sh, what ships) on that text of every ar_sft row, 1,200 steps longer. Timings:
+# docs/results.md §8-12, §15-18.
 set -euo pipefail
 RUN=${1:-runs/nla}
 C=$RUN/compact
@@ -79,7 +80,10 @@ bash "$(dirname "$0")/round6.sh" "$RUN"
 # Round 7: round 6 continued on other languages, topic chats, their answers as prose and plain narrative chats,
 # an AR refit, the card with the rows of rounds 6 and 4, the faithfulness report (§16)
 bash "$(dirname "$0")/round7.sh" "$RUN"
-# Round 8 (what ships now): the round-7 AV, its AR trained on the AV's text of 3,830 ar_sft rows; the card with
-# the rows of rounds 7, 6 and 4, the faithfulness report greedy and best-of-4 (§17)
+# Round 8: the round-7 AV, its AR trained on the AV's text of 3,830 ar_sft rows; the card with the rows of
+# rounds 7, 6 and 4, the faithfulness report greedy and best-of-4 (§17)
 bash "$(dirname "$0")/round8.sh" "$RUN"
-echo "done: $RUN/round8/ship/{av,ar} and $RUN/round8/card.json (copy into src/nla/resources/default_nla to ship)"
+# Round 9 (what ships now): round 8's AR, 3 x 400 more steps on the AV's greedy text of all 5,100 ar_sft rows;
+# the card with the rows of rounds 8, 7, 6 and 4, both faithfulness reports (§18)
+bash "$(dirname "$0")/round9.sh" "$RUN"
+echo "done: $RUN/round9/ship/{av,ar} and $RUN/round9/card.json (copy into src/nla/resources/default_nla to ship)"
