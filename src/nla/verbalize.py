@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.meta import dataset_sidecar_path, write_sidecar
-from nla.core.text import DEFAULT_MIN_SUPPORT, text_for_ar
+from nla.core.text import DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP, filtering_support, text_for_ar
 from nla.data.activations import vectors as table_vectors
 from nla.evaluate.rerank import candidates, choose
 from nla.models.ar import ActivationReconstructor
@@ -61,9 +61,7 @@ class VerbalizeConfig:
     )
     ar: str = option("", "AR checkpoint that chooses among --best-of answers.")
     best_of: int = option(1, "Answers per row (the greedy one and K-1 samples at --temperature); the AR keeps one.")
-    min_support: int = option(
-        DEFAULT_MIN_SUPPORT, "--best-of answers keep a topic or salient word that this many of them name (1: all)."
-    )
+    min_support: int = option(DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP)
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
     do_sample: bool = option(False, "Sample at --temperature instead of greedy decoding (what inference uses).")
     temperature: float = option(1.0, "Sampling temperature (with --do-sample).")
@@ -124,7 +122,7 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
         "seed": cfg.seed,
         "ar": str(Path(cfg.ar).resolve()) if ar is not None else "",
         "best_of": cfg.best_of,
-        **({"min_support": cfg.min_support} if cfg.best_of > 1 and cfg.min_support > 1 else {}),
+        **({"min_support": support} if (support := filtering_support(cfg.best_of, cfg.min_support)) > 1 else {}),
     }
     n_chunks = math.ceil(n / cfg.chunk_size)
     size = [min(n, (ci + 1) * cfg.chunk_size) - ci * cfg.chunk_size for ci in range(n_chunks)]

@@ -39,7 +39,7 @@ from nla.audit.worker import explain_batch, load_nla
 from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.meta import MODEL_SIDECAR, read_model_sidecar
-from nla.core.text import DEFAULT_MIN_SUPPORT
+from nla.core.text import DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP, filtering_support
 from nla.data.documents import Document
 from nla.explain.api import NLA, resolve_nla_paths, sidecar_baseline
 from nla.explain.inputs import encode_input
@@ -79,9 +79,7 @@ class AuditConfig:
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
     best_of: int = option(1, "1 = greedy; K > 1 = the greedy answer and K-1 samples, the best-reconstructed kept.")
     temperature: float | None = option(None, "Sampling temperature for --best-of (default 0.7).")
-    min_support: int = option(
-        DEFAULT_MIN_SUPPORT, "--best-of answers keep a topic or salient word that this many of them name (1: all)."
-    )
+    min_support: int = option(DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP)
     batch_size: int = option(32, "Positions per work batch (decoded together across documents, one transaction).")
     seed: int = option(0, "Seed of --sample and of best-of sampling (per batch: seed + batch number).")
     new_run: bool = option(False, "Start a new run in the DB (needed to use another NLA or other options).")
@@ -145,7 +143,7 @@ def open_run(store: Store, cfg: AuditConfig, nla_id: str, desc: dict[str, Any]) 
     """The run to write into: the latest one when it matches this NLA and these options, a new one on
     an empty DB or with ``new_run``; otherwise one clear error."""
     config = {k: getattr(cfg, k) for k in RUN_KEYS}
-    config["min_support"] = cfg.min_support if cfg.best_of > 1 else 1  # greedy runs: no effect
+    config["min_support"] = filtering_support(cfg.best_of, cfg.min_support)  # greedy runs: no effect
     runs = store.runs()
     if runs and not cfg.new_run:
         last = runs[-1]

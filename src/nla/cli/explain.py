@@ -35,7 +35,7 @@ from typing import Any
 
 from nla.common.config import add_config_args, config_from_args, option
 from nla.common.errors import NLAError
-from nla.core.text import DEFAULT_MIN_SUPPORT
+from nla.core.text import DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,7 @@ class NLAOptions:
         "one it reconstructs best (K generations per token). Default: 4 with an AR "
         "(unless --num-samples/--do-sample), else 1 (greedy).",
     )
-    min_support: int = option(
-        DEFAULT_MIN_SUPPORT,
-        "With --best-of: keep a topic or salient word only when this many of the K answers name it (1 keeps all).",
-    )
+    min_support: int = option(DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP)
     top_p: float = option(1.0, "Nucleus sampling threshold.")
     batch_size: int = option(16, "Activations explained per batched generate call.")
     seed: int | None = option(None, "Seed for sampling.")

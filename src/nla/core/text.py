@@ -90,6 +90,12 @@ def quote_grounding(
 _TOPIC_LINE = re.compile(r"Topic: (?P<topic>[^;.\n]+)(?:; words: (?P<words>[^\n]*?))?(?P<tail>\. Language: )")
 UNCLEAR = "unclear"
 DEFAULT_MIN_SUPPORT = 2  # best-of-K keeps a topic or salient word that 2 of the K answers make; 1 keeps all
+MIN_SUPPORT_HELP = "With --best-of: keep a topic or salient word only when this many of the K answers name it (1: all)."
+
+
+def filtering_support(best_of: int, min_support: int) -> int:
+    """The support a decoding really filters with: ``min_support`` under best-of-K (K > 1), else 1 (all kept)."""
+    return min_support if best_of > 1 and min_support > 1 else 1
 
 
 def topic_claims(text: str) -> tuple[str, list[str]] | None:

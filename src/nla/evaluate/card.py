@@ -27,7 +27,7 @@ from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.meta import read_model_sidecar
 from nla.common.paths import atomic_write_text
-from nla.core.text import text_for_ar
+from nla.core.text import MIN_SUPPORT_HELP, text_for_ar
 from nla.data.activations import VectorSet, load_vectors
 from nla.evaluate.lookup import table_rows, token_lookup_control
 from nla.evaluate.rerank import DEFAULT_MIN_SUPPORT, DEFAULT_TEMPERATURE
@@ -75,9 +75,7 @@ class EvalConfig:
         "keeps the best; nla.evaluate.rerank), and its texts read by the SFT AR too.",
     )
     temperature: float = option(DEFAULT_TEMPERATURE, "Temperature of the --best-of samples.")
-    min_support: int = option(
-        DEFAULT_MIN_SUPPORT, "--best-of answers keep a topic or salient word that this many of them name (1: all)."
-    )
+    min_support: int = option(DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP)
     compute: str = option("", "A YAML/JSON file describing the compute used (copied into the card).")
     earlier: str = option(
         "",

@@ -29,7 +29,7 @@ import torch
 from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.core.metrics import mean_baseline
-from nla.core.text import DEFAULT_MIN_SUPPORT, text_for_ar
+from nla.core.text import DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP, filtering_support, text_for_ar
 from nla.data.activations import VectorSet, load_vectors
 from nla.evaluate.lookup import table_rows
 from nla.faithfulness.breakdown import balanced_rows, setting_of, token_type
@@ -72,9 +72,7 @@ class FaithfulnessConfig:
     min_auc: float = option(0.9, "Directions whose held-out probe AUC is below this are reported and skipped.")
     best_of: int = option(1, "Decoding: 1 = greedy; K > 1 = best of the greedy answer and K-1 samples, by the AR.")
     temperature: float = option(0.7, "Temperature of the --best-of samples.")
-    min_support: int = option(
-        DEFAULT_MIN_SUPPORT, "--best-of answers keep a topic or salient word that this many of them name (1: all)."
-    )
+    min_support: int = option(DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP)
     max_new_tokens: int = option(120, "Cap of each explanation (tokens).")
     batch_size: int = option(32, "Generation / AR batch size.")
     seed: int = option(0, "Seed of perturbations, permutation floors and samples.")
@@ -306,13 +304,14 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         else ("the AR sidecar (eval.baseline_mse)" if baseline is not None else "unknown")
     )
     decoding = "greedy" if cfg.best_of == 1 else f"best-of-{cfg.best_of} (T={cfg.temperature:g}, chosen by the AR)"
-    if cfg.best_of > 1 and cfg.min_support > 1:
-        decoding += f"; only topics and salient words that {cfg.min_support} of the {cfg.best_of} answers name"
+    support = filtering_support(cfg.best_of, cfg.min_support)
+    if support > 1:
+        decoding += f"; only topics and salient words that {support} of the {cfg.best_of} answers name"
     out = Path(cfg.out)
     (out / "work").mkdir(parents=True, exist_ok=True)
     options = f"{cfg.av or 'shipped'}|{cfg.best_of}|{cfg.temperature}|{cfg.max_new_tokens}|{cfg.seed}"
-    if cfg.best_of > 1 and cfg.min_support > 1:  # the cache key of best-of runs made before min_support stays
-        options += f"|support {cfg.min_support}"
+    if support > 1:  # the cache key of best-of runs made before min_support stays
+        options += f"|support {support}"
 
     def generate(vectors: torch.Tensor) -> list[str]:  # (N, d) -> N raw answers
         if cfg.best_of == 1:
