@@ -83,7 +83,10 @@ bash "$(dirname "$0")/round7.sh" "$RUN"
 # Round 8: the round-7 AV, its AR trained on the AV's text of 3,830 ar_sft rows; the card with the rows of
 # rounds 7, 6 and 4, the faithfulness report greedy and best-of-4 (§17)
 bash "$(dirname "$0")/round8.sh" "$RUN"
-# Round 9 (what ships now): round 8's AR, 3 x 400 more steps on the AV's greedy text of all 5,100 ar_sft rows;
-# the card with the rows of rounds 8, 7, 6 and 4, both faithfulness reports (§18)
+# Round 9: round 8's AR, 3 x 400 more steps on the AV's greedy text of all 5,100 ar_sft rows; the card with the
+# rows of rounds 8, 7, 6 and 4, both faithfulness reports (§18)
 bash "$(dirname "$0")/round9.sh" "$RUN"
-echo "done: $RUN/round9/ship/{av,ar} and $RUN/round9/card.json (copy into src/nla/resources/default_nla to ship)"
+# Round 10 (what ships now): round 9's AR, 6 x 400 more steps on the same data (the last four at lr 2e-4); the
+# card with the rows of rounds 9, 8, 7, 6 and 4, both faithfulness reports (§19)
+bash "$(dirname "$0")/round10.sh" "$RUN"
+echo "done: $RUN/round10/ship/{av,ar} and $RUN/round10/card.json (copy into src/nla/resources/default_nla to ship)"
