@@ -11,9 +11,9 @@
 # best-of-4 (nla.rerank). Round 4 (scripts/round4.sh) continues both LoRA adapters on the rich teacher style
 # (topic, language and setting lines); round 6 (scripts/round6.sh) continues them on that style
 # without its `Before it:` quote; round 7 (scripts/round7.sh) continues those on four supplementary corpora;
-# round 8 (scripts/round8.sh) trains round 7's AR on far more of its AV's own text, and round 9
-# (scripts/round9.sh, what ships) on that text of every ar_sft row, 1,200 steps longer. Timings:
-# docs/results.md §8-12, §15-18.
+# round 8 (scripts/round8.sh) trains round 7's AR on far more of its AV's own text, round 9
+# (scripts/round9.sh) on that text of every ar_sft row, 1,200 steps longer, and round 10 (scripts/round10.sh,
+# what ships) 2,400 steps more on the same data. Timings: docs/results.md §8-12, §15-19.
 set -euo pipefail
 RUN=${1:-runs/nla}
 C=$RUN/compact
