@@ -1,6 +1,10 @@
 """``nla corpus build`` (the offline default corpus) and ``nla corpus stats SPEC`` (what a corpus holds).
 
 nla corpus build --n-chat 1000 --n-web 1000 --max-new-tokens 96
+nla corpus build --prompts topics --n-chat 900 --n-web 0 --out topics.jsonl      # supplementary corpora
+nla corpus build --prompts scenes --n-chat 380 --n-web 0 --max-new-tokens 128 --out scenes.jsonl
+nla corpus build --answers-of topics.jsonl --out topic_prose.jsonl
+nla corpus build --locale fr de es it pt nl --per-language 40 --out locale.jsonl
 nla corpus stats default
 nla corpus stats my_docs.jsonl --limit 500
 """
@@ -15,15 +19,17 @@ import textwrap
 from pathlib import Path
 
 from nla.common.config import add_config_args, config_from_args
+from nla.common.errors import NLAError
 from nla.data.corpus import corpus_stats, load_corpus
 from nla.data.corpus_default import DefaultCorpusConfig, build_default_corpus
 from nla.data.documents import Document
+from nla.data.supplementary import build_supplementary, prompt_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="Build the offline default corpus or inspect a corpus.")
     csub = p.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
-    b = csub.add_parser("build", help="Build the default corpus (chat answered by the embedded model + offline prose).")
+    b = csub.add_parser("build", help="Build the default corpus or a supplementary one (--prompts topics/scenes, --locale, --answers-of).")
     add_config_args(b, DefaultCorpusConfig)
     b.set_defaults(func=run_build)
     s = csub.add_parser("stats", help="Counts by kind and source, word-length statistics and samples of a corpus.")
@@ -38,7 +44,19 @@ def run_build(args: argparse.Namespace) -> int:
     cfg = config_from_args(DefaultCorpusConfig, args)
     kwargs = dataclasses.asdict(cfg)
     out = kwargs.pop("out")
-    path = build_default_corpus(out=Path(out) if out else None, **kwargs)
+    locale, per_language, answers_of = kwargs.pop("locale"), kwargs.pop("per_language"), kwargs.pop("answers_of")
+    if locale or answers_of:
+        if not out:
+            raise NLAError("--locale and --answers-of need --out")
+        if locale and answers_of:
+            raise NLAError("--locale and --answers-of build different corpora: give one of them")
+        name = "locale" if locale else "topic_prose"
+        chats = Path(answers_of) if answers_of else None
+        path = build_supplementary(name, Path(out), model=cfg.model, languages=locale, per_language=per_language,
+                                   chats=chats)  # fmt: skip
+    else:
+        kwargs["prompts"] = prompt_file(kwargs["prompts"]) if kwargs["prompts"] else ""
+        path = build_default_corpus(out=Path(out) if out else None, **kwargs)
     sys.stdout.write(f"{path}\n")
     return 0
 

@@ -23,6 +23,7 @@ stable across runs and machines; splits and resume are keyed by it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -78,6 +79,16 @@ def load_corpus(spec: str, *, limit: int | None = None) -> list[Document]:
     if not out:
         raise NLAError(f"corpus {spec} holds no documents")
     return out
+
+
+def corpus_sha256(docs: list[Document]) -> str:
+    """The identity of a corpus: sha256 over each document's id, kind and body, in the order given (for the
+    value ``nla extract`` records as ``provenance.corpus_sha256``, pass the documents sorted by ``doc_id``)."""
+    h = hashlib.sha256()
+    for d in docs:
+        body = d.text if d.messages is None else json.dumps(list(d.messages), sort_keys=True)
+        h.update(json.dumps([d.doc_id, d.kind, body]).encode("utf-8"))
+    return h.hexdigest()
 
 
 def read_utf8(path: Path) -> str:

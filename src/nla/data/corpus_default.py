@@ -67,8 +67,14 @@ class DefaultCorpusConfig:
         "",
         "Your own chat prompts: a YAML file laid out as nla/resources/prompt_templates.yaml (`templates:` of "
         "category/pattern/slots, optional `prompts:` category -> list); replaces the shipped prompt lists, and "
-        "documents are named chat-<file stem>-NNNNN. Empty = the shipped lists.",
+        "documents are named chat-<file stem>-NNNNN; `topics` and `scenes` name the bundled supplementary prompt "
+        "files (nla/resources/corpora/). Empty = the shipped lists.",
     )
+    locale: list[str] = option(
+        [], "Instead: passages in these languages (fr de es ...) from the translations installed on this machine."
+    )
+    per_language: int = option(40, "With --locale: passages per language.")
+    answers_of: str = option("", "Instead: the assistant answers of this chat corpus (JSONL) as plain documents.")
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -253,7 +259,8 @@ def _article_chunk(target: Target, jobs: list[tuple[int, str]], cfg: DefaultCorp
 
 # ----------------------------------------------------------------------------- build
 def _settings(cfg: DefaultCorpusConfig, model_name: str) -> dict[str, Any]:
-    s = {k: v for k, v in asdict(cfg).items() if k not in ("out", "model")}
+    other = ("out", "model", "locale", "per_language", "answers_of")  # not part of a chat corpus's identity
+    s = {k: v for k, v in asdict(cfg).items() if k not in other}
     data = _data_text("chat_prompts.txt") + _data_text("prompt_templates.yaml")
     if cfg.prompts:
         s["prompts"] = Path(cfg.prompts).name
