@@ -55,6 +55,14 @@ STAGE_HELP = {
 DONE = "DONE"
 
 
+def _finished_rows(path: Path) -> int:
+    """Rows of an ``nla verbalize`` parquet whose answer closed its tag within the token cap."""
+    import pyarrow.parquet as pq
+
+    cols = pq.read_table(path, columns=["tag_ok", "truncated"]).to_pydict()
+    return sum(ok and not cut for ok, cut in zip(cols["tag_ok"], cols["truncated"], strict=True))
+
+
 def _device() -> str:
     import torch
 
@@ -109,6 +117,9 @@ class Stages:
             path = self.source_path(source)
             if path is None:
                 log.info("mix.%s: %s left out (that corpus is not built in this run)", name, source)
+                continue
+            if not path.exists() and "empty" == (self.done("teach") or {}).get(source):
+                log.info("mix.%s: %s left out (that split of the corpus has no rows)", name, source)
                 continue
             if not path.exists():
                 raise NLAError(f"mix.{name}: {source} has no data yet ({path})")
@@ -223,6 +234,12 @@ class Stages:
             tc = fill_section(self.cfg, "teach", data=data, split=source.split("/")[-1], out=target, limit=limit,
                               seed=self.cfg.seed)  # fmt: skip
             res = teach(tc)
+            if res.n_rows == 0 and "/" in source:  # a small supplementary corpus may put no document in a split
+                log.warning("teach: %s has no rows; the mixes leave it out", source)
+                target.unlink(missing_ok=True)
+                Path(str(target) + ".nla_meta.yaml").unlink(missing_ok=True)
+                out[source] = "empty"
+                continue
             if res.n_kept == 0:
                 raise NLAError(f"the teacher kept no row of {source} (drops: {res.drops})")
             out[source] = {"rows": res.n_rows, "kept": res.n_kept, "drops": res.drops}
@@ -262,9 +279,14 @@ class Stages:
         av = self.av()
         self.verbalize("expert.verbalize", self.dir("expert") / "best.parquet", av=av, ar=self.ar(), split="rl",
                        limit=e.rows, every=e.every, best_of=e.best_of, temperature=e.temperature)  # fmt: skip
+        finished = _finished_rows(self.dir("expert") / "best.parquet")
+        if finished < 2:  # an AV that closes no answer has nothing to learn from its best ones
+            log.warning("expert: only %d finished answers; the AV stays as it was", finished)
+            return {"rows": e.rows, "finished_rows": finished, "skipped": "fewer than 2 finished answers"}
         paths = self.trainer(self.dir("expert") / "av", self.mix("expert"), init=av, eval_data=self.eval_data)
         _, res = train_av(fill_section(self.cfg, "expert.av", **paths))
-        return {"rows": e.rows, "steps": res.steps, "final_loss": res.final_loss, "eval": res.final_eval}
+        return {"rows": e.rows, "finished_rows": finished, "steps": res.steps, "final_loss": res.final_loss,
+                "eval": res.final_eval}  # fmt: skip
 
     def selftext(self) -> dict[str, Any]:
         s = self.cfg.selftext
