@@ -1,16 +1,23 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.data.documents import Document, write_jsonl
-from nla.pipeline import STAGES, PipelineConfig, load_pipeline_config, preset_names, run_pipeline
+from nla.pipeline import STAGES, PipelineConfig, load_pipeline_config, parse_mix, parse_schedule, preset_names
+from nla.pipeline import run_pipeline
 
 from helpers import save_tiny_target
 
@@ -25,114 +32,144 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_pipeline(tmp_path) -> PipelineConfig:
+def _inputs(folder: Path) -> tuple[Path, Path]:
+    """A 24-document corpus and a tiny random Qwen2 (another architecture than the embedded Llama)."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     docs = [Document(f"d{i:02d}", text=" ".join(rng.choice(WORDS) for _ in range(30))) for i in range(24)]
-    corpus = write_jsonl(docs, tmp_path / "corpus.jsonl")
-    model = save_tiny_target(tmp_path / "tiny", "llama")
-    return load_pipeline_config(
-        None, run_dir=str(tmp_path / "run"), model=str(model), layer=1, held_out_rows=4, save_every=0,
-        extract={"corpus": str(corpus), "positions_per_doc": 2, "skip": 2, "max_tokens": 48,
-                 "split_fractions": [0.25, 0.25, 0.25, 0.25]},
-        teach={"tail_tokens": 4, "top_k": 2},
-        ar_sft={"max_steps": 2, "batch_size": 4},
-        av_sft={"max_steps": 2, "batch_size": 4, "samples": 1, "sample_tokens": 8},
-        rl={"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8, "eval_every": 0, "eval_rows": 4},
-        export={"rank": 2},
-        refit={"rows": 4, "verbalize": {"max_new_tokens": 8}, "distill": {"max_steps": 1, "batch_size": 4,
-               "max_response_tokens": 8}, "ar": {"max_steps": 1, "batch_size": 4}},
-        eval={"rows": 4, "max_new_tokens": 8},
-    )  # fmt: skip
+    corpus = write_jsonl(docs, folder / "corpus.jsonl")
+    model = folder / "tiny-qwen2"
+    if not model.exists():
+        save_tiny_target(model, "qwen2")
+    return corpus, model
 
 
-def test_pipeline_runs_end_to_end_then_skips_everything(tmp_path, capsys) -> None:
-    cfg = tiny_pipeline(tmp_path)
-    first = run_pipeline(cfg, stop_after="teach")
-    assert first.stages == {"extract": "ran", "teach": "ran", **{s: "not run" for s in STAGES[2:]}}
-    ran: list[str] = []
-    second = run_pipeline(cfg, on_stage=ran.append)
-    assert ran == ["ar_sft", "av_sft", "rl", "export", "refit", "eval", "ship"]
-    assert second.stages["extract"] == "skipped" and second.stages["eval"] == "ran"
-    run = tmp_path / "run"
+def _tiny(folder: Path, run: Path) -> PipelineConfig:
+    corpus, model = _inputs(folder)
+    return load_pipeline_config("tiny", run_dir=str(run), model=str(model), layer=1, extract={"corpus": str(corpus)})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, PipelineConfig]:
+    """The whole recipe (the tiny preset: every stage on) once, uninterrupted, on a tiny Qwen2."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    cfg = _tiny(folder, folder / "run")
+    torch.set_num_threads(1)
+    res = run_pipeline(cfg)
+    assert set(res.stages.values()) == {"ran"}
+    return folder, cfg
+
+
+def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, capsys) -> None:
+    folder, cfg = finished_run
+    run = folder / "run"
     assert all((run / s / "DONE").exists() for s in STAGES)
-    card = json.loads((run / "eval" / "card.json").read_text())
-    assert card == second.card
-    for part in ("ar_sft_teacher", "av_sft_round_trip", "rl_current_ar", "rl_frozen_sft_ar", "shipped"):
-        assert "fve_nrm" in card[part] and "fve_shuffled" in card[part], part
-    assert {"fve_shuffled", "fve_empty", "fve_random"} <= set(card["controls"])
-    assert "retrieval_top1_at_4" in card["rl_current_ar"] and "tag_failure_rate" in card["rl_current_ar"]
-    assert len(card["examples"]) == 4 and {"teacher", "av_sft", "rl", "shipped"} <= set(card["examples"][0])
-    assert card["compute"]["rl_seconds"] > 0 and "ship_seconds" not in card["compute"]
-    assert list(card["ladder"])[:-1] == ["ar_sft_teacher", "av_sft_round_trip", "rl_current_ar", "shipped"]
-    ship = run / "ship" / "nla"  # the compact NLA: adapters + head + card, no tokenizer, no training state
+    # corpora: frozen files whose hash is the one extract recorded in its sidecar
+    corpora = json.loads((run / "corpora" / "corpora.json").read_text())
+    assert sorted(corpora) == ["main", "scenes", "topics"]
+    for name, folder_name in (("main", "acts"), ("topics", "topics"), ("scenes", "scenes")):
+        sidecar = yaml.safe_load((run / "extract" / folder_name / "nla_meta.yaml").read_text())
+        assert sidecar["provenance"]["corpus_sha256"] == corpora[name]["sha256"], name
+    # every stage ran on the current pair: rl from the SFT pair, the self-text repeats from the RL AR
+    selftext = json.loads((run / "selftext" / "DONE").read_text())
+    assert [(r["steps"], r["lr"]) for r in selftext["repeats"]] == [(1, 1e-4), (1, 1e-4), (1, 2e-4)]
+    init = yaml.safe_load((run / "selftext" / "ar_1" / "final" / "nla_meta.yaml").read_text())
+    assert init["critic"]["extraction_layer_index"] == 1
+    for k in (1, 2, 3):
+        assert (run / "selftext" / f"ar_{k}" / "final").exists()
+    card = json.loads((run / "card" / "card.json").read_text())
+    assert card == json.loads((run / "ship" / "nla" / "card.json").read_text())
+    assert {"ar_sft_teacher", "av_sft_round_trip", "rl_current_ar", "shipped", "shipped best-of-2"} <= set(card)
+    assert card["compute"]["command"].startswith("nla train pipeline") and "nla " in card["compute"]["code_version"]
+    assert card["compute"]["corpora_sha256"]["main"] == corpora["main"]["sha256"]
+    assert card["compute"]["selftext_seconds"] > 0
+    report = json.loads((run / "faithfulness" / "greedy" / "report.json").read_text())
+    assert report  # the faithfulness suite ran on the final pair
+    ship = run / "ship" / "nla"
     assert sorted(p.name for p in ship.iterdir()) == ["ar", "av", "card.json"]
     assert (ship / "ar" / "adapter_model.safetensors").exists() and (ship / "ar" / "value_head.safetensors").exists()
     assert not (ship / "ar" / "tokenizer.json").exists() and not (ship / "av" / "model.safetensors").exists()
-    assert (
-        main(["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]) == 0
-    )
+    assert main(["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]) == 0
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "eval",
-                "--av",
-                str(run / "rl/final/av"),
-                "--ar",
-                str(run / "rl/final/ar"),
-                "--sft-ar",
-                str(run / "ar_sft/final"),
-                "--data",
-                str(run / "teach/eval.parquet"),
-                "--rows",
-                "3",
-                "--max-new-tokens",
-                "6",
-                "--best-of",
-                "2",
-            ]
-        )
-        == 0
+    ran: list[str] = []
+    again = run_pipeline(cfg, on_stage=ran.append)
+    assert set(again.stages.values()) == {"skipped"} and ran == []
+
+
+def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp_path) -> None:
+    """Killed with SIGKILL inside av_sft and inside selftext, resumed: the card equals the uninterrupted run's."""
+    folder, _ = finished_run
+    run = tmp_path / "run"
+    _tiny(folder, run)  # the same inputs
+    code = (
+        "import sys, torch; torch.set_num_threads(1); sys.path.insert(0, sys.argv[3]);"
+        "from nla.pipeline import load_pipeline_config, run_pipeline;"
+        "run_pipeline(load_pipeline_config('tiny', run_dir=sys.argv[1], model=sys.argv[2], layer=1,"
+        " extract={'corpus': sys.argv[4]}))"
     )
-    printed = capsys.readouterr().out
-    assert "after RL (co-trained AR)" in printed and "AR-SFT reading teacher text" in printed
-    assert "rl_current_ar best-of-2" in printed and "best-of read by a second AR" in printed
-    third = run_pipeline(cfg, on_stage=ran.append)
-    assert set(third.stages.values()) == {"skipped"} and len(ran) == 7  # nothing ran again
-    # --from redoes the chosen stage and the later ones only
-    assert main(["train", "pipeline", "--config", str(_dump(cfg, tmp_path)), "--from", "eval"]) == 0
-    assert json.loads((run / "eval" / "DONE").read_text())["stage"] == "eval"
-    assert (run / "rl" / "DONE").stat().st_mtime < (run / "eval" / "DONE").stat().st_mtime
-
-
-def _dump(cfg: PipelineConfig, tmp_path):
-    import yaml
-
-    from nla.common.config import config_to_dict
-
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
-    return path
+    argv = [sys.executable, "-c", code, str(run), str(folder / "tiny-qwen2"), str(Path(__file__).parent),
+            str(folder / "corpus.jsonl")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed_in = []
+    for stage, inside in (("av_sft", "av_sft"), ("selftext", "selftext/ar_1")):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (run / inside).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        done_before = (run / stage / "DONE").exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        killed_in.append((stage, done_before))
+    assert not (run / "ship" / "DONE").exists()
+    assert killed_in[0] == ("av_sft", False)  # the first kill landed inside the stage
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = json.loads((run / "card" / "card.json").read_text())
+    reference = json.loads((folder / "run" / "card" / "card.json").read_text())
+    assert resumed["ladder"] == pytest.approx(reference["ladder"], abs=1e-5)
+    assert [e.get("shipped") for e in resumed["examples"]] == [e.get("shipped") for e in reference["examples"]]
 
 
 def test_presets_and_errors(tmp_path, capsys) -> None:
-    assert {"cpu-smollm2", "gpu"} <= set(preset_names())
-    cpu = load_pipeline_config("cpu-smollm2", run_dir=str(tmp_path / "x"))
-    assert cpu.model == "smollm2-135m" and cpu.layer == 20 and cpu.teach.teacher == "offline" and cpu.bf16 == "false"
+    assert {"smollm2", "cpu-smollm2", "gpu", "tiny"} <= set(preset_names())
+    smol = load_pipeline_config("smollm2", run_dir=str(tmp_path / "x"))
+    assert load_pipeline_config("cpu-smollm2", run_dir=str(tmp_path / "x")) == smol  # the old name, an alias
+    assert smol.model == "smollm2-135m" and smol.layer == 20 and smol.teach.style == "rich" and smol.bf16 == "false"
+    assert smol.teach.tail_tokens == 0 and smol.selftext.greedy_rows > 0 and not smol.run_rl
+    assert smol.corpora.wanted() == ["locale", "topics", "topic_prose", "scenes"]
     gpu = load_pipeline_config("gpu")
-    assert gpu.bf16 == "true" and gpu.teach.teacher in ("anthropic", "hf") and gpu.rl.steps > cpu.rl.steps
+    assert gpu.bf16 == "true" and gpu.run_rl and gpu.mix.selftext == smol.mix.selftext  # the same recipe
     with pytest.raises(NLAError, match="unknown preset"):
         load_pipeline_config("tpu")
     with pytest.raises(NLAError, match="unknown"):
-        load_pipeline_config("cpu-smollm2", rl_stepz=3)
+        load_pipeline_config("smollm2", rl_stepz=3)
     with pytest.raises(NLAError, match="unknown"):
-        load_pipeline_config("cpu-smollm2", rl={"stepz": 3})
+        load_pipeline_config("smollm2", rl={"stepz": 3})
+    with pytest.raises(NLAError, match="unknown data source 'local/av_sft'"):
+        load_pipeline_config("smollm2", mix={"av_sft": {"local/av_sft": 1}})
+    with pytest.raises(NLAError, match="whole number"):
+        load_pipeline_config("smollm2", mix={"ar_sft": {"ar_sft": 1.5}})
+    with pytest.raises(NLAError, match="STEPS@LR"):
+        load_pipeline_config("smollm2", selftext={"schedule": ["400"]})
     with pytest.raises(NLAError, match="needs the earlier stage"):
-        run_pipeline(cpu, start="rl")
+        run_pipeline(smol, start="rl")
     with pytest.raises(SystemExit) as e:
         main(["train", "pipeline", "--help"])
-    assert e.value.code == 0 and "--stop-after" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--stop-after" in out and all(f"  {s} " in out for s in STAGES)
     assert main(["train", "pipeline", "--preset", "nope"]) == 2
+
+
+def test_mixes_and_schedules() -> None:
+    assert parse_mix({"a/ar_sft": 2, "b": 0, "c": 1.0}, "m") == {"a/ar_sft": 2, "c": 1}
+    assert parse_mix("self/greedy=2, ar_sft=1", "m") == {"self/greedy": 2, "ar_sft": 1}
+    assert parse_schedule(["2x400@1e-4", "300@2e-4"]) == [(400, 1e-4), (400, 1e-4), (300, 2e-4)]
+    for bad in ({}, {"a": 0}, {"a": -1}, "a", {"a": "x"}):
+        with pytest.raises(NLAError):
+            parse_mix(bad, "m")
+    for bad in (["0x4@1"], ["4@0"], ["4@x"], ["x@1"]):
+        with pytest.raises(NLAError):
+            parse_schedule(bad)
 
 
 # ------------------------------------------------------------ the config each stage receives (stages faked)
@@ -145,13 +182,13 @@ class _Result:
 
 @pytest.fixture
 def fake_stages(monkeypatch):
-    """Replace every stage function of nla.pipeline by one that records its config; returns the records."""
+    """Replace every library call of nla.pipeline.stages by one that records its config; returns the records."""
     import dataclasses
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import nla.pipeline as pipeline
+    import nla.pipeline.stages as stages
 
     seen: dict[str, list] = {}
 
@@ -159,116 +196,96 @@ def fake_stages(monkeypatch):
         seen.setdefault(name, []).append(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
         return result
 
+    def touch(path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"explanation": ["a", "b"], "tag_ok": [True] * 2, "truncated": [False] * 2}), path)
+
     def fake_verbalize(cfg):
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"explanation": ["a", "b"], "tag_ok": [True] * 2, "truncated": [False] * 2}), cfg.out)
+        touch(cfg.out)
         return record("verbalize", cfg, cfg.out)
+
+    def fake_teach(cfg):
+        touch(cfg.out)
+        return record("teach", cfg, _Result(n_rows=2, n_kept=2, drops={}))
+
+    def fake_corpus(spec, limit=None):
+        return [Document("d0", text="a b c")]
 
     trained = _Result(steps=1, final_loss=0.0, final_eval={}, extra={}, last=None)
     fakes = {
+        "load_corpus": fake_corpus,
+        "build_supplementary": lambda name, out, **kw: record("corpus", {"name": name, **kw}, write_jsonl(
+            [Document(f"{name}0", text="x y")], out)),
         "extract": lambda c: record("extract", c, _Result(n_rows=8, rows_per_split=dict.fromkeys(
             ("av_sft", "ar_sft", "rl", "eval"), 2), n_used_docs=4, seconds=0)),
-        "teach": lambda c: record("teach", c, _Result(n_rows=2, n_kept=2, drops={})),
+        "teach": fake_teach,
         "train_ar": lambda c: record("train_ar", c, trained),
         "train_av": lambda c: record("train_av", c, (None, trained)),
         "train_rl": lambda c: record("train_rl", c, trained),
-        "export_nla": lambda av, ar, out, **kw: record("export", {"av": av, "ar": ar, "out": out, **kw}, _Result(
-            rank=kw["rank"], size_mib=0.0, kept_energy={}, dropped={})),
         "verbalize": fake_verbalize,
         "evaluation_card": lambda c: record("evaluation_card", c, {"ladder": {}}),
         "format_card": lambda card: "",
     }  # fmt: skip
     for name, fn in fakes.items():
-        monkeypatch.setattr(pipeline, name, fn)
+        monkeypatch.setattr(stages, name, fn)
     return seen
 
 
-def _subset(got: dict, expected: dict) -> dict:
-    return {k: got.get(k, "<absent>") for k in expected}
-
-
-def test_cpu_preset_gives_every_stage_the_same_config_as_the_flat_form(tmp_path, fake_stages) -> None:
-    """Pinned from the stage configs the flat PipelineConfig (before the nested sections) gave cpu-smollm2."""
+def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) -> None:
     run = tmp_path / "run"
-    run_pipeline(load_pipeline_config("cpu-smollm2", run_dir=str(run)), stop_after="eval")
-    r = str(run)
-    train = {"model": "smollm2-135m", "layer": None, "seed": 0, "bf16": "false", "save_every": 25, "eval_every": 0}
-    expected = {
-        "extract": [{"model": "smollm2-135m", "corpus": "default", "out": f"{r}/extract/acts", "layer": 20,
-                     "positions_per_doc": 10, "skip": 50, "max_tokens": 512, "limit_docs": None, "seed": 0,
-                     "split_fractions": [0.25, 0.25, 0.4, 0.1], "batch_tokens": 1024}],
-        "teach": [{"data": f"{r}/extract/acts", "split": s, "out": f"{r}/teach/{s}.parquet", "teacher": "offline",
-                   "model": "", "limit": n, "seed": 0, "concurrency": 8, "style": "full"}
-                  for s, n in (("ar_sft", 0), ("av_sft", 0), ("eval", 512))],
-        "train_ar": [
-            {**train, "out_dir": f"{r}/ar_sft", "data": f"{r}/teach/ar_sft.parquet", "init": "",
-             "eval_data": f"{r}/teach/eval.parquet", "max_steps": 600, "batch_size": 16, "lr": 2e-4,
-             "lora": False, "train_last_n_layers": 6, "warmup_steps": 30, "eval_max_rows": 512,
-             "save_adapter_only": False},
-            {**train, "out_dir": f"{r}/refit/ar", "data": f"{r}/refit/rl_av_text.parquet",
-             "init": f"{r}/export/nla/ar", "eval_data": f"{r}/teach/eval.parquet", "max_steps": 150,
-             "batch_size": 16, "lr": 1e-4, "save_adapter_only": True, "train_last_n_layers": None,
-             "warmup_steps": 10, "eval_max_rows": 0},
-        ],
-        "train_av": [
-            {**train, "out_dir": f"{r}/av_sft", "data": f"{r}/teach/av_sft.parquet", "init": "",
-             "eval_data": f"{r}/teach/eval.parquet", "max_steps": 150, "batch_size": 8, "lr": 5e-5,
-             "warmup_steps": 10, "max_response_tokens": 160, "eval_rows": 96, "samples": 3},
-            {**train, "out_dir": f"{r}/refit/av", "data": f"{r}/refit/rl_av_text.parquet",
-             "init": f"{r}/export/nla/av", "eval_data": "", "max_steps": 100, "batch_size": 8, "lr": 1e-4,
-             "warmup_steps": 10, "max_response_tokens": 176, "eval_rows": 128, "samples": 0},
-        ],
-        "train_rl": [{"av": f"{r}/av_sft/final", "ar": f"{r}/ar_sft/final", "data": f"{r}/extract/acts",
-                      "split": "rl", "eval_data": f"{r}/teach/eval.parquet", "out_dir": f"{r}/rl", "steps": 45,
-                      "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 176, "av_lr": 2e-5, "ar_lr": 1e-4,
-                      "kl_coef": 0.01, "lora": False, "eval_every": 0, "eval_rows": 32, "train_batch_size": 8,
-                      "gen_batch_size": 16, "length_target": 120, "length_coef": 0.004, "save_every": 25,
-                      "seed": 0, "bf16": "false"}],
-        "export": [{"av": f"{r}/rl/final/av", "ar": f"{r}/rl/final/ar", "out": f"{r}/export/nla", "rank": 16,
-                    "dtype": "float16"}],
-        "verbalize": [{"av": f"{r}/rl/final/av", "data": f"{r}/extract/acts", "split": "ar_sft",
-                       "out": f"{r}/refit/rl_av_text.parquet", "limit": 1024, "max_new_tokens": 176,
-                       "do_sample": False, "seed": 0, "device": "cuda" if torch.cuda.is_available() else "cpu"}],
-        "evaluation_card": [{"av": f"{r}/rl/final/av", "ar": f"{r}/rl/final/ar", "sft_av": f"{r}/av_sft/final",
-                             "sft_ar": f"{r}/ar_sft/final", "data": f"{r}/teach/eval.parquet",
-                             "train_data": f"{r}/teach/ar_sft.parquet", "rows": 128, "max_new_tokens": 176,
-                             "stage": [f"shipped={r}/export/nla/av,{r}/export/nla/ar"], "seed": 0,
-                             "out": f"{r}/eval/card.json", "compute": f"{r}/eval/compute.yaml", "best_of": 1}],
-    }  # fmt: skip
-    assert sorted(fake_stages) == sorted(expected)
-    for stage, calls in expected.items():
-        assert len(fake_stages[stage]) == len(calls), stage
-        for got, want in zip(fake_stages[stage], calls, strict=True):
-            assert _subset({k: str(v) if hasattr(v, "__fspath__") else v for k, v in got.items()}, want) == want
+    run_pipeline(load_pipeline_config("smollm2", run_dir=str(run)), stop_after="card")
+    r, t = str(run), f"{run}/teach"
+    assert [c["name"] for c in fake_stages["corpus"]] == ["locale", "topics", "topic_prose", "scenes"]
+    main_ex, *supp = fake_stages["extract"]
+    assert (main_ex["corpus"], main_ex["layer"], main_ex["model"]) == (f"{r}/corpora/main.jsonl", 20, "smollm2-135m")
+    assert [e["split_fractions"] for e in supp] == [[0.5, 0.5, 0.0, 0.0]] * 4
+    taught = {(c["out"], c["limit"], c["style"], c["tail_tokens"]) for c in fake_stages["teach"]}
+    assert (f"{t}/eval.parquet", 512, "rich", 0) in taught and (f"{t}/ar_sft.parquet", 2000, "rich", 0) in taught
+    assert (f"{t}/topics_ar_sft.parquet", 0, "rich", 0) not in taught  # no mix names it: not taught
+    ar_sft, *repeats = fake_stages["train_ar"]
+    assert ar_sft["data"].split(",") == [f"{t}/{s}.parquet" for s in ("ar_sft", "locale_ar_sft", "scenes_ar_sft",
+                                                                        "topic_prose_ar_sft")]  # fmt: skip
+    assert (ar_sft["lora"], ar_sft["baseline_data"], ar_sft["init"]) == (True, f"{r}/extract/acts", "")
+    (av_sft,) = fake_stages["train_av"]
+    assert len(av_sft["data"].split(",")) == 6 and av_sft["lora"]
+    assert "train_rl" not in fake_stages  # the preset keeps RL off
+    greedy, sampled = fake_stages["verbalize"]
+    assert (greedy["av"], greedy["do_sample"], greedy["limit"]) == (f"{r}/av_sft/final", False, 6000)
+    assert (sampled["do_sample"], sampled["temperature"], sampled["every"]) == (True, 0.7, 3)
+    assert [(x["max_steps"], x["lr"]) for x in repeats] == [(400, 1e-4)] * 2 + [(400, 2e-4)] * 6
+    assert repeats[0]["init"] == f"{r}/ar_sft/final" and repeats[1]["init"] == f"{r}/selftext/ar_1/final"
+    data = repeats[0]["data"].split(",")
+    assert data.count(f"{r}/selftext/greedy.parquet") == 2 and data.count(f"{t}/ar_sft.parquet") == 1
+    (card,) = fake_stages["evaluation_card"]
+    assert (card["best_of"], card["rows"], card["av"]) == (4, 128, "")
+    assert card["stage"] == [f"shipped={r}/av_sft/final,{r}/ar_sft/final"]  # the fakes wrote no checkpoint
+    compute = yaml.safe_load((run / "card" / "compute.yaml").read_text())
+    assert "command" in compute and compute["corpora_sha256"]["main"]
 
 
 def test_dotted_flags_nested_yaml_and_precedence(tmp_path, fake_stages) -> None:
     """defaults < --preset < --config < flags, merged key by key inside the sections."""
     config = tmp_path / "mine.yaml"
-    config.write_text("seed: 3\nrl:\n  steps: 7\n  kl_coef: 0.5\nrefit:\n  distill:\n    lr: 0.002\n")
-    argv = ["train", "pipeline", "--preset", "cpu-smollm2", "--config", str(config), "--run-dir", str(tmp_path / "r"),
-            "--rl.kl-coef", "0.02", "--ar-sft.max-steps", "300", "--ar-sft.lora", "--refit.distill.max-steps", "9",
-            "--extract.split-fractions", "0.5", "0.2", "0.2", "0.1", "--stop-after", "eval"]  # fmt: skip
+    config.write_text("seed: 3\nrun_rl: true\nrl:\n  steps: 7\n  kl_coef: 0.5\nselftext:\n  ar:\n    batch_size: 4\n")
+    argv = ["train", "pipeline", "--preset", "smollm2", "--config", str(config), "--run-dir", str(tmp_path / "r"),
+            "--rl.kl-coef", "0.02", "--ar-sft.max-steps", "300", "--selftext.schedule", "2x5@1e-3",
+            "--mix.ar-sft", "ar_sft=3", "--teach-rows", "ar_sft=7", "--stop-after", "card"]  # fmt: skip
     assert main(argv) == 0
     (rl,) = fake_stages["train_rl"]
     assert (rl["kl_coef"], rl["steps"], rl["seed"]) == (0.02, 7, 3)  # flag > config > preset; shared seed
-    assert (rl["length_target"], rl["gen_batch_size"], rl["ar_max_length"]) == (120, 16, 256)  # preset, default
-    ar_sft, refit_ar = fake_stages["train_ar"]
-    assert (ar_sft["max_steps"], ar_sft["lora"], ar_sft["train_last_n_layers"]) == (300, True, 6)
-    assert (refit_ar["max_steps"], refit_ar["lora"], refit_ar["seed"]) == (150, False, 3)  # another section
-    distill = fake_stages["train_av"][1]
-    assert (distill["max_steps"], distill["lr"], distill["max_response_tokens"]) == (9, 0.002, 176)
-    assert fake_stages["extract"][0]["split_fractions"] == [0.5, 0.2, 0.2, 0.1]
-    assert all(t["seed"] == 3 for t in fake_stages["teach"]) and fake_stages["evaluation_card"][0]["seed"] == 3
-    # the run's pipeline.yaml is the resolved nested config, without the paths the pipeline fills in
-    import yaml
-
+    ar_sft, *repeats = fake_stages["train_ar"]
+    teach = str(tmp_path / "r" / "teach")
+    assert ar_sft["max_steps"] == 300 and ar_sft["data"].split(",") == [f"{teach}/ar_sft.parquet"] * 3 + [
+        f"{teach}/{s}_ar_sft.parquet" for s in ("locale", "scenes", "topic_prose")]  # merged over the preset's mix
+    assert [(x["max_steps"], x["lr"], x["batch_size"], x["seed"]) for x in repeats] == [(5, 1e-3, 4, 4), (5, 1e-3, 4, 5)]
+    assert repeats[0]["init"] == str(tmp_path / "r/rl/final/ar") or repeats[0]["init"].endswith("ar_sft/final")
+    assert [t["limit"] for t in fake_stages["teach"] if t["out"].endswith("/ar_sft.parquet")] == [7]
     saved = yaml.safe_load((tmp_path / "r" / "pipeline.yaml").read_text())
-    assert saved["rl"]["kl_coef"] == 0.02 and saved["refit"]["distill"]["max_steps"] == 9
-    assert "out_dir" not in saved["rl"] and "seed" not in saved["rl"] and "init" not in saved["refit"]["ar"]
+    assert saved["rl"]["kl_coef"] == 0.02 and saved["mix"]["ar_sft"]["ar_sft"] == 3
+    assert "out_dir" not in saved["rl"] and "seed" not in saved["rl"] and "init" not in saved["selftext"]["ar"]
     assert load_pipeline_config(None, tmp_path / "r" / "pipeline.yaml") == load_pipeline_config(
-        "cpu-smollm2", config, run_dir=str(tmp_path / "r"), **{"rl.kl_coef": 0.02, "ar_sft.max_steps": 300},
-        ar_sft={"lora": True}, refit={"distill": {"max_steps": 9}}, extract={"split_fractions": [0.5, 0.2, 0.2, 0.1]},
+        "smollm2", config, run_dir=str(tmp_path / "r"), **{"rl.kl_coef": 0.02, "ar_sft.max_steps": 300},
+        selftext={"schedule": ["2x5@1e-3"]}, mix={"ar_sft": {"ar_sft": 3}}, teach_rows={"ar_sft": 7},
     )  # fmt: skip
 
 
@@ -281,31 +298,19 @@ def test_unknown_and_pipeline_owned_keys_are_one_clear_error(tmp_path, capsys) -
         assert err.startswith("nla: error: ") and err.count("\n") == 1, err
         return err
 
-    top = error("rl_steps: 3\n")  # a flat option of the old form
+    top = error("rl_steps: 3\n")
     assert "rl_steps" in top and "PipelineConfig" in top and "known:" in top and " rl," in top
     inner = error("rl:\n  kl_coeff: 0.1\n")
     assert "in section rl" in inner and "kl_coeff" in inner and "kl_coef" in inner and "out_dir" not in inner
-    deep = error("refit:\n  distill:\n    stepz: 1\n")
-    assert "in section refit.distill" in deep and "max_steps" in deep
+    deep = error("selftext:\n  ar:\n    stepz: 1\n")
+    assert "in section selftext.ar" in deep and "batch_size" in deep
     assert "rl.out_dir cannot be set" in error("rl:\n  out_dir: elsewhere\n")
-    assert "refit.ar.data cannot be set" in error("refit:\n  ar:\n    data: x.parquet\n")
+    assert "selftext.ar.lr cannot be set" in error("selftext:\n  ar:\n    lr: 0.1\n")
     assert "top-level option seed" in error("ar_sft:\n  seed: 1\n")
     assert "section rl must be a mapping" in error("rl: 3\n")
+    assert "unknown data source" in error("mix:\n  av_sft: {avsft: 1}\n")
     assert not (tmp_path / "r").exists()  # nothing was started
     with pytest.raises(SystemExit):  # no flag for what the pipeline fills in, nor for unknown options
         main(["train", "pipeline", "--rl.out-dir", "x"])
     with pytest.raises(SystemExit):
         main(["train", "pipeline", "--rl.kl-coeff", "0.1"])
-    with pytest.raises(NLAError, match="in section teach"):
-        load_pipeline_config(None, teach={"teacher_model": "x"})
-
-
-def test_a_section_built_in_python_gets_its_paths_filled_in(tmp_path, fake_stages) -> None:
-    from nla.train.rl.trainer import RLConfig
-
-    cfg = PipelineConfig(run_dir=str(tmp_path / "r"), seed=5, rl=RLConfig(out_dir="ignored", seed=1, steps=3))
-    run_pipeline(cfg, stop_after="rl")
-    (rl,) = fake_stages["train_rl"]
-    assert (rl["out_dir"], rl["seed"], rl["steps"]) == (str(tmp_path / "r" / "rl"), 5, 3)
-    assert (rl["prompts_per_step"], rl["max_new_tokens"]) == (8, 150)  # RLConfig's own defaults, as given
-    assert PipelineConfig().rl.prompts_per_step == 4  # the pipeline's defaults for the section

@@ -275,7 +275,7 @@ def load_pipeline_config(
     values: dict[str, Any] = load_preset(preset) if preset else {}
     if config:
         values = merge(values, load_yaml(Path(config)))
-    values = merge(values, nest(overrides))
+    values = merge(values, _mappings_from_flags(nest(overrides)))
     cfg = make_config(PipelineConfig, values, source=f"preset {preset}" if preset else "pipeline config")
     check_config(cfg)
     return cfg
@@ -313,6 +313,22 @@ def _pairs(value: Any, what: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise NLAError(f"{what} must be a mapping, got {value!r}")
     return value
+
+
+_MAPPINGS = ("teach_rows", "mix.ar_sft", "mix.av_sft", "mix.expert", "mix.selftext", "corpora.pin")
+
+
+def _mappings_from_flags(values: dict[str, Any]) -> dict[str, Any]:
+    """Mapping options given as flags (``--mix.ar-sft a=1,b=2``) as mappings, so that they merge key by key over
+    the preset as YAML does (a weight of 0 drops a source)."""
+    for dotted in _MAPPINGS:
+        *parents, leaf = dotted.split(".")
+        node = values
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            node[leaf] = _pairs(node[leaf], dotted)
+    return values
 
 
 def check_config(cfg: PipelineConfig) -> None:
