@@ -304,11 +304,16 @@ def test_real_smollm2_answers_a_tiny_default_corpus(smollm2, tmp_path) -> None:
     assert sum(c.isascii() for a in answers for c in a) / sum(len(a) for a in answers) > 0.95
 
 
-@pytest.mark.parametrize(("name", "n_chat"), [("topic_prompts.yaml", 900), ("scene_prompts.yaml", 380)])
+@pytest.mark.parametrize(("name", "n_chat"), [("topics", 900), ("scenes", 380)])
 def test_supplementary_prompt_files_hold_enough_prompts_and_no_suite_sentence(name: str, n_chat: int) -> None:
-    """The round scripts' prompt files (scripts/round4.sh, round7.sh) give as many distinct chats as the scripts
-    ask for, and none of them is a sentence of the faithfulness concept set, which stays held out."""
-    path = Path(__file__).resolve().parents[2] / "scripts" / name
+    """The bundled supplementary prompt files give as many distinct chats as the smollm2 preset asks for, and
+    none of them is a sentence of the faithfulness concept set, which stays held out."""
+    from nla.data.supplementary import prompt_file
+    from nla.pipeline import load_pipeline_config
+
+    corpora = load_pipeline_config("smollm2").corpora
+    assert n_chat == (corpora.topic_chats if name == "topics" else corpora.scene_chats)
+    path = Path(prompt_file(name))
     prompts = [p for _, p in cd.chat_prompts(n_chat, str(path))]
     assert len(set(prompts)) == n_chat
     suite = load_concepts()
@@ -317,3 +322,41 @@ def test_supplementary_prompt_files_hold_enough_prompts_and_no_suite_sentence(na
         sentences += [*concept.prompts, *concept.heldout]
     text = path.read_text(encoding="utf-8").lower()
     assert not [s for s in sentences if s.lower().rstrip(".?!") in text]
+
+
+def test_supplementary_corpora_chat_answers_locale_and_hash(tmp_path, monkeypatch) -> None:
+    """topic_prose is the chats' answers as documents; locale passages come from installed catalogues; the
+    corpus hash is order-sensitive and is what extract records."""
+    from nla.data import supplementary as sup
+    from nla.data.corpus import corpus_sha256
+
+    chats = [Document("c1", messages=({"role": "user", "content": "Q?"}, {"role": "assistant", "content": " A1. "},
+                                      {"role": "user", "content": "More?"}, {"role": "assistant", "content": "A2."})),
+             Document("c2", messages=({"role": "user", "content": "Q?"}, {"role": "assistant", "content": ""}))]  # fmt: skip
+    prose = sup.chat_answers(chats)
+    assert [(d.doc_id, d.text) for d in prose] == [("prose-c1", "A1.\n\nA2.")]
+    with pytest.raises(NLAError, match="no chat"):
+        sup.chat_answers(chats[1:])
+    path = tmp_path / "chats.jsonl"
+    write_jsonl(chats, path)
+    out = sup.build_supplementary("topic_prose", tmp_path / "prose.jsonl", model="x", chats=path)
+    assert [d.text for d in load_corpus(str(out))] == ["A1.\n\nA2."]
+    monkeypatch.setattr(sup, "locale_passages", lambda lang, n: [Document(f"{lang}{i}", text="x") for i in range(n)])
+    assert len(sup.locale_corpus(["fr", "de"], 2)) == 4
+    monkeypatch.setattr(sup, "locale_passages", lambda lang, n: [])
+    with pytest.raises(NLAError, match="no installed translations"):
+        sup.locale_corpus(["fr"], 2)
+    with pytest.raises(NLAError, match="unknown supplementary"):
+        sup.build_supplementary("poems", tmp_path / "p.jsonl", model="x")
+    docs = load_corpus(str(out)) + [Document("z", text="y")]
+    assert corpus_sha256(docs) != corpus_sha256(docs[::-1]) and len(corpus_sha256(docs)) == 64
+
+
+def test_corpus_build_cli_makes_the_supplementary_corpora(tmp_path, capsys) -> None:
+    chats = [Document("c1", messages=({"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}))]
+    write_jsonl(chats, tmp_path / "chats.jsonl")
+    out = tmp_path / "prose.jsonl"
+    assert main(["corpus", "build", "--answers-of", str(tmp_path / "chats.jsonl"), "--out", str(out)]) == 0
+    assert [d.text for d in load_corpus(str(out))] == ["A."]
+    assert main(["corpus", "build", "--locale", "fr"]) == 2  # where to write it is required
+    assert "nla: error: --locale and --answers-of need --out" in capsys.readouterr().err
