@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("train",),
     ("export", "verbalize"),
     ("explain",),
-    ("faithfulness", "audit", "pipeline"),
+    ("faithfulness", "audit"),
+    ("pipeline",),
     ("serve",),
     ("cli",),
 ]

@@ -16,8 +16,15 @@ import yaml
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.data.documents import Document, write_jsonl
-from nla.pipeline import STAGES, PipelineConfig, load_pipeline_config, parse_mix, parse_schedule, preset_names
-from nla.pipeline import run_pipeline
+from nla.pipeline import (
+    STAGES,
+    PipelineConfig,
+    load_pipeline_config,
+    parse_mix,
+    parse_schedule,
+    preset_names,
+    run_pipeline,
+)
 
 from helpers import save_tiny_target
 
@@ -89,7 +96,8 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
     assert sorted(p.name for p in ship.iterdir()) == ["ar", "av", "card.json"]
     assert (ship / "ar" / "adapter_model.safetensors").exists() and (ship / "ar" / "value_head.safetensors").exists()
     assert not (ship / "ar" / "tokenizer.json").exists() and not (ship / "av" / "model.safetensors").exists()
-    assert main(["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]) == 0
+    explain = ["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]
+    assert main(explain) == 0
     capsys.readouterr()
     ran: list[str] = []
     again = run_pipeline(cfg, on_stage=ran.append)
@@ -277,7 +285,8 @@ def test_dotted_flags_nested_yaml_and_precedence(tmp_path, fake_stages) -> None:
     teach = str(tmp_path / "r" / "teach")
     assert ar_sft["max_steps"] == 300 and ar_sft["data"].split(",") == [f"{teach}/ar_sft.parquet"] * 3 + [
         f"{teach}/{s}_ar_sft.parquet" for s in ("locale", "scenes", "topic_prose")]  # merged over the preset's mix
-    assert [(x["max_steps"], x["lr"], x["batch_size"], x["seed"]) for x in repeats] == [(5, 1e-3, 4, 4), (5, 1e-3, 4, 5)]
+    got = [(x["max_steps"], x["lr"], x["batch_size"], x["seed"]) for x in repeats]
+    assert got == [(5, 1e-3, 4, 4), (5, 1e-3, 4, 5)]
     assert repeats[0]["init"] == str(tmp_path / "r/rl/final/ar") or repeats[0]["init"].endswith("ar_sft/final")
     assert [t["limit"] for t in fake_stages["teach"] if t["out"].endswith("/ar_sft.parquet")] == [7]
     saved = yaml.safe_load((tmp_path / "r" / "pipeline.yaml").read_text())

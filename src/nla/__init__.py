@@ -16,7 +16,8 @@ own folder); ``tests/test_layers.py`` enforces this rule on every import, top-le
     train                  the shared SFT loop, AR-SFT, AV-SFT, joint RL
     export, verbalize      stages after training: LoRA export, the AV as a teacher
     explain                the NLA inference API, inputs, positions, reports
-    faithfulness, audit, pipeline   suites and jobs built on the API and the stages
+    faithfulness, audit    suites and jobs built on the API and the stages
+    pipeline               the whole recipe as one command, its card and faithfulness report the last stages
     serve                  the web app over the API and the audit store
     cli                    thin commands
 

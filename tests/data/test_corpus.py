@@ -330,9 +330,10 @@ def test_supplementary_corpora_chat_answers_locale_and_hash(tmp_path, monkeypatc
     from nla.data import supplementary as sup
     from nla.data.corpus import corpus_sha256
 
-    chats = [Document("c1", messages=({"role": "user", "content": "Q?"}, {"role": "assistant", "content": " A1. "},
+    user, empty = {"role": "user", "content": "Q?"}, {"role": "assistant", "content": ""}
+    chats = [Document("c1", messages=(user, {"role": "assistant", "content": " A1. "},
                                       {"role": "user", "content": "More?"}, {"role": "assistant", "content": "A2."})),
-             Document("c2", messages=({"role": "user", "content": "Q?"}, {"role": "assistant", "content": ""}))]  # fmt: skip
+             Document("c2", messages=(user, empty))]  # fmt: skip
     prose = sup.chat_answers(chats)
     assert [(d.doc_id, d.text) for d in prose] == [("prose-c1", "A1.\n\nA2.")]
     with pytest.raises(NLAError, match="no chat"):

@@ -29,7 +29,8 @@ from nla.data.supplementary import build_supplementary, prompt_file
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="Build the offline default corpus or inspect a corpus.")
     csub = p.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
-    b = csub.add_parser("build", help="Build the default corpus or a supplementary one (--prompts topics/scenes, --locale, --answers-of).")
+    what = "Build the default corpus or a supplementary one (--prompts topics|scenes, --locale, --answers-of)."
+    b = csub.add_parser("build", help=what)
     add_config_args(b, DefaultCorpusConfig)
     b.set_defaults(func=run_build)
     s = csub.add_parser("stats", help="Counts by kind and source, word-length statistics and samples of a corpus.")

@@ -224,7 +224,8 @@ class Stages:
 
     def teach(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        jobs = [(s, self.acts if "/" not in s else self.dir("extract") / s.split("/")[0]) for s in self.teacher_sources()]
+        sources = self.teacher_sources()
+        jobs = [(s, self.acts if "/" not in s else self.dir("extract") / s.split("/")[0]) for s in sources]
         for source, data in [("eval", self.acts), *jobs]:
             target = self.teach_out(source)
             if target.exists() and Path(str(target) + ".nla_meta.yaml").exists():
@@ -296,8 +297,9 @@ class Stages:
         self.verbalize("selftext.verbalize", folder / "greedy.parquet", av=av, split="ar_sft", limit=s.greedy_rows,
                        every=s.greedy_every, do_sample=False, temperature=1.0)  # fmt: skip
         if s.sampled_rows > 0:
-            self.verbalize("selftext.verbalize", folder / "sampled.parquet", av=av, split="ar_sft",
-                           limit=s.sampled_rows, every=s.sampled_every, do_sample=True, temperature=s.temperature)  # fmt: skip
+            sampled = {"limit": s.sampled_rows, "every": s.sampled_every, "temperature": s.temperature}
+            self.verbalize("selftext.verbalize", folder / "sampled.parquet", av=av, split="ar_sft", do_sample=True,
+                           **sampled)  # fmt: skip
         start, data = self.ar(), self.mix("selftext")
         if start.parent.parent == folder:
             raise NLAError(f"{folder} already holds AR repeats without a DONE marker; use --from selftext")
@@ -361,7 +363,7 @@ class Stages:
             shutil.rmtree(tmp / "pair")
             shutil.copy(self.dir("card") / "card.json", tmp / "card.json")
         nla, size = self.nla_dir, dir_size_mib(self.nla_dir)
-        log.info("the compact NLA is in %s (%.1f MiB); `nla explain --av %s/av --ar %s/ar` uses it", nla, size, nla, nla)
+        log.info("the compact NLA is in %s (%.1f MiB); nla explain --av %s/av --ar %s/ar uses it", nla, size, nla, nla)
         return {"dir": str(nla), "size_mib": round(size, 2), "rank": rep.rank}
 
     def compute(self) -> dict[str, Any]:
