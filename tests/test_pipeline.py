@@ -266,9 +266,27 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     assert data.count(f"{r}/selftext/greedy.parquet") == 2 and data.count(f"{t}/ar_sft.parquet") == 1
     (card,) = fake_stages["evaluation_card"]
     assert (card["best_of"], card["rows"], card["av"]) == (4, 128, "")
+    assert card["earlier"].startswith("shipped-before=") and card["earlier"].endswith("default_nla/card.json")
     assert card["stage"] == [f"shipped={r}/av_sft/final,{r}/ar_sft/final"]  # the fakes wrote no checkpoint
     compute = yaml.safe_load((run / "card" / "compute.yaml").read_text())
     assert "command" in compute and compute["corpora_sha256"]["main"]
+
+
+def test_the_shipped_rows_are_kept_only_when_the_held_out_rows_are_the_same(tmp_path, fake_stages, monkeypatch) -> None:
+    import nla.pipeline.stages as stages
+
+    calls: list[str] = []
+
+    def card(cfg):
+        calls.append(cfg.earlier)
+        if cfg.earlier:
+            raise NLAError(f"--earlier {cfg.earlier} was not measured on these held-out rows: 4 rows, this card 8")
+        return {"ladder": {}}
+
+    monkeypatch.setattr(stages, "evaluation_card", card)
+    run_pipeline(load_pipeline_config("smollm2", run_dir=str(tmp_path / "r")), stop_after="card")
+    assert len(calls) == 2 and calls[0].startswith("shipped-before=") and calls[1] == ""  # warned, then without
+    assert (tmp_path / "r" / "card" / "DONE").exists()
 
 
 def test_dotted_flags_nested_yaml_and_precedence(tmp_path, fake_stages) -> None:

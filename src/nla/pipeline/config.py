@@ -199,6 +199,10 @@ class PipelineConfig:
         EvalConfig, "The evaluation card (nla eval) of every stage's pair on the same held-out rows.",
         managed=_managed("av ar sft_av sft_ar data train_data lookup_data out compute stage", "seed"),
     )  # fmt: skip
+    keep_shipped_rows: bool = option(
+        False, "Keep the package's shipped NLA's card rows on the card for comparison, when that card was scored on "
+        "the same held-out rows (same corpus, extraction and B); else a warning and a card without them.",
+    )
     faithfulness: FaithStageConfig = section(FaithStageConfig, "The faithfulness report(s) of the final NLA.")
     export: ExportConfig = section(
         ExportConfig, "How the final pair ships (nla export): adapters are cast to dtype, full checkpoints exported.",
