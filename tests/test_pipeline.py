@@ -105,7 +105,8 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
 
 
 def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp_path) -> None:
-    """Killed with SIGKILL inside av_sft and inside selftext, resumed: the card equals the uninterrupted run's."""
+    """Killed with SIGKILL inside av_sft and inside selftext (its second AR repeat), resumed: the card equals the
+    uninterrupted run's."""
     folder, _ = finished_run
     run = tmp_path / "run"
     _tiny(folder, run)  # the same inputs
@@ -119,7 +120,7 @@ def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp
             str(folder / "corpus.jsonl")]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed_in = []
-    for stage, inside in (("av_sft", "av_sft"), ("selftext", "selftext/ar_1")):
+    for stage, inside in (("av_sft", "av_sft"), ("selftext", "selftext/ar_2")):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while not (run / inside).exists() and proc.poll() is None and time.time() < deadline:

@@ -152,8 +152,10 @@ class Stages:
     def ar(self) -> Path:
         """The current AR: the last of ar_sft, rl and the self-text repeats that ran."""
         repeats = sorted(self.dir("selftext").glob("ar_*/final"), key=lambda p: int(p.parent.name[3:]))
-        if repeats:
-            return repeats[-1]
+        return repeats[-1] if repeats else self.ar_before_selftext()
+
+    def ar_before_selftext(self) -> Path:
+        """The AR the self-text repeats start from: RL's when RL ran, else AR-SFT's."""
         if (self.dir("rl") / "final" / "ar").exists():
             return self.dir("rl") / "final" / "ar"
         return self.dir("ar_sft") / "final"
@@ -301,11 +303,9 @@ class Stages:
             sampled = {"limit": s.sampled_rows, "every": s.sampled_every, "temperature": s.temperature}
             self.verbalize("selftext.verbalize", folder / "sampled.parquet", av=av, split="ar_sft", do_sample=True,
                            **sampled)  # fmt: skip
-        start, data = self.ar(), self.mix("selftext")
-        if start.parent.parent == folder:
-            raise NLAError(f"{folder} already holds AR repeats without a DONE marker; use --from selftext")
+        data = self.mix("selftext")
         repeats: list[dict[str, Any]] = []
-        init = start
+        init = self.ar_before_selftext()  # a resumed stage skips the repeats that finished
         for k, (steps, lr) in enumerate(parse_schedule(s.schedule), 1):
             out_dir = folder / f"ar_{k}"
             paths = self.trainer(out_dir, data, init=init, eval_data=self.eval_data, baseline_data=self.acts)
