@@ -143,7 +143,7 @@ def test_presets_and_errors(tmp_path, capsys) -> None:
     assert {"smollm2", "cpu-smollm2", "gpu", "tiny"} <= set(preset_names())
     smol = load_pipeline_config("smollm2", run_dir=str(tmp_path / "x"))
     assert load_pipeline_config("cpu-smollm2", run_dir=str(tmp_path / "x")) == smol  # the old name, an alias
-    assert smol.model == "smollm2-135m" and smol.layer == 20 and smol.teach.style == "rich" and smol.bf16 == "false"
+    assert smol.model == "smollm2-135m" and smol.layer is None and smol.teach.style == "rich" and smol.bf16 == "false"
     assert smol.teach.tail_tokens == 0 and smol.selftext.greedy_rows > 0 and not smol.run_rl
     assert smol.corpora.wanted() == ["locale", "topics", "topic_prose", "scenes"]
     gpu = load_pipeline_config("gpu")
@@ -246,7 +246,7 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     r, t = str(run), f"{run}/teach"
     assert [c["name"] for c in fake_stages["corpus"]] == ["locale", "topics", "topic_prose", "scenes"]
     main_ex, *supp = fake_stages["extract"]
-    assert (main_ex["corpus"], main_ex["layer"], main_ex["model"]) == (f"{r}/corpora/main.jsonl", 20, "smollm2-135m")
+    assert (main_ex["corpus"], main_ex["layer"], main_ex["model"]) == (f"{r}/corpora/main.jsonl", None, "smollm2-135m")
     assert [e["split_fractions"] for e in supp] == [[0.5, 0.5, 0.0, 0.0]] * 4
     taught = {(c["out"], c["limit"], c["style"], c["tail_tokens"]) for c in fake_stages["teach"]}
     assert (f"{t}/eval.parquet", 512, "rich", 0) in taught and (f"{t}/ar_sft.parquet", 2000, "rich", 0) in taught
