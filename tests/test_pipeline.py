@@ -132,7 +132,9 @@ def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp
         killed_in.append((stage, done_before))
     assert not (run / "ship" / "DONE").exists()
     assert killed_in[0] == ("av_sft", False)  # the first kill landed inside the stage
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed_stages = run_pipeline(_tiny(folder, run)).stages  # the same command, here in-process
+    assert resumed_stages["corpora"] == "skipped" and resumed_stages["selftext"] == "ran"
+    assert json.loads((run / "selftext" / "DONE").read_text())["repeats"][0] == {"repeat": 1, "steps": 1, "lr": 1e-4}
     resumed = json.loads((run / "card" / "card.json").read_text())
     reference = json.loads((folder / "run" / "card" / "card.json").read_text())
     assert resumed["ladder"] == pytest.approx(reference["ladder"], abs=1e-5)
