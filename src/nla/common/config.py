@@ -5,7 +5,7 @@ defaults < ``--config file.yaml`` < explicit command-line flags. Unknown YAML ke
 
 A config that combines others (``nla train pipeline``) declares each part with :func:`section`: the part's
 own dataclass, with defaults of its own. Its fields become dotted flags (``--rl.kl-coef 0.02``, dest
-``rl.kl_coef``; sections nest: ``--refit.distill.max-steps``) and nested YAML (``rl: {kl_coef: 0.02}``),
+``rl.kl_coef``; sections nest: ``--selftext.ar.batch-size``) and nested YAML (``rl: {kl_coef: 0.02}``),
 merged key by key over the section's defaults. A section's ``managed`` fields are filled in by the enclosing
 config (paths that connect stages, options shared by every part): they get no flag, setting one is an error,
 and :func:`config_to_dict` leaves them out.
@@ -225,7 +225,7 @@ def _build(cls: type[T], values: Mapping[str, Any], source: str, where: str) -> 
 
 
 def fill_section(cfg: Any, path: str, **values: Any) -> Any:
-    """Section ``path`` of ``cfg`` (dotted: ``refit.distill``) with its managed fields set to ``values``.
+    """Section ``path`` of ``cfg`` (dotted: ``selftext.ar``) with its managed fields set to ``values``.
 
     ``values`` must name exactly the managed fields, so the declaration and the code that fills them agree.
     """
