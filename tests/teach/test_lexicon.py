@@ -110,10 +110,10 @@ def test_the_real_wordnet_names_fields_that_no_project_list_holds() -> None:
 
 
 def test_the_open_style_names_the_field_or_unclear_and_keeps_the_rich_lines(tiny_wordnet: Path) -> None:
-    from helpers import tiny_target
-
     from nla.teach.base import TeacherOptions, parse_answer
     from nla.teach.offline import OfflineTeacher
+
+    from helpers import tiny_target
 
     t = tiny_target("llama")
     ctx = "The dogs and the cats slept, and later the cats woke the dogs"  # (words of 4+ letters count)
