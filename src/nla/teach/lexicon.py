@@ -259,6 +259,21 @@ class Field:
     score: float
 
 
+def topical_words(wn: WordNet, salience: dict[str, float]) -> dict[str, float]:
+    """The words of ``salience`` that WordNet knows as nouns, most topical first: salience times the
+    specificity of the first noun sense, divided by the square root of the number of noun and verb senses
+    (a "trapeze" says more than a "turn"); adverbs, adjectives and unknown words drop out."""
+    out = {}
+    for word, s in salience.items():
+        lemma = wn.lemma(word, "noun")
+        if lemma is None:
+            continue
+        verb = wn.lemma(word, "verb")
+        n = len(wn.senses(lemma, "noun")) + (len(wn.senses(verb, "verb")) if verb else 0)
+        out[word] = s * wn.ic.get(wn.senses(lemma, "noun")[0], 0.0) / math.sqrt(n)
+    return {w: out[w] for w in sorted(out, key=lambda w: (-out[w], w))}
+
+
 def _credits(
     wn: WordNet, lemma: str, pos: str, weight: float, senses: int, depth: int, decay: float
 ) -> dict[int, float]:
@@ -330,4 +345,4 @@ def field_of(
     return Field(wn.name(best), tuple(support), best_score)
 
 
-__all__ = ["Field", "Synset", "WordNet", "field_of", "load_wordnet", "wordnet_dir"]
+__all__ = ["Field", "Synset", "WordNet", "field_of", "load_wordnet", "topical_words", "wordnet_dir"]

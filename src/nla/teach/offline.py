@@ -306,21 +306,25 @@ class OfflineTeacher(LocalTeacher):
         return f"Topic: {label}" + (f"; words: {', '.join(words)}" if words else "") + f". Language: {language}."
 
     def _open_about(self, context: str, code: bool) -> str:
-        """The open style's topic line: a field named from WordNet (:func:`nla.teach.lexicon.field_of`, in
-        words no list of the project holds) or "unclear", up to 3 salient words, the language."""
-        from nla.teach.lexicon import field_of
+        """The open style's topic line: a field named from WordNet (:func:`nla.teach.lexicon.field_of`, in words
+        no list of the project holds) or "unclear", then up to 3 words of the text, the most topical nouns first
+        (:func:`nla.teach.lexicon.topical_words`; in a language other than English the most salient words and
+        no field), the language."""
+        from nla.teach.lexicon import field_of, topical_words
 
         started = time.perf_counter()
         text = features.visible_text(context)[-1500:]
-        words = _salience(text, k=8)
-        field = field_of(self._wordnet, words)
-        self.lexicon_seconds += time.perf_counter() - started
-        top = list(words)[:3]
+        salience = _salience(text, k=12)
         lang, in_block = features.code_language(context)
         language = f"{lang} code" if lang and (code or in_block) else features.natural_language(text)
-        return f"Topic: {field.label or 'unclear'}" + (f"; words: {', '.join(top)}" if top else "") + (
-            f". Language: {language}."
-        )
+        label, top = "", list(salience)
+        if features.natural_language(text) == "English":
+            topical = topical_words(self._wordnet, salience)
+            label = field_of(self._wordnet, {w: salience[w] for w in topical}).label
+            top = list(topical) or top
+        self.lexicon_seconds += time.perf_counter() - started
+        words = f"; words: {', '.join(top[:3])}" if top else ""
+        return f"Topic: {label or 'unclear'}{words}. Language: {language}."
 
     @staticmethod
     def _kind(pieces: list[str], special: list[bool]) -> str:
