@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from nla.cli import main
-from nla.faithfulness.suite import FaithfulnessConfig, command_line
+from nla.faithfulness.suite import QUICK_CONCEPTS, FaithfulnessConfig, command_line
 
 LAYER = 1
 WORDS = {"cooking": ["pasta", "boil", "cook"], "code": ["def", "return", "add"]}
@@ -128,7 +128,10 @@ def test_command_line_lists_the_options_that_differ() -> None:
 def test_quick_run_on_the_shipped_nla(tmp_path: Path) -> None:
     assert main(["faithfulness", "--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["meta"]["quick"] and [d["concept"] for d in report["directions"]] == ["cooking", "french", "anger"]
+    assert report["meta"]["quick"] and [d["concept"] for d in report["directions"]] == QUICK_CONCEPTS
     assert all(d["auc"] >= 0.9 for d in report["directions"])  # the shipped prompts give clean directions
+    assert set(report["by_split"]) == {"covered", "novel"}
+    split_rows = [c for c in report["checks"] if c["check"].startswith(("covered:", "novel:"))]
+    assert split_rows and all(c["too_few"] and c["passed"] is None for c in split_rows)  # 2 bases judge nothing
     assert report["headline"]["false_positive_any"] is not None and report["headline"]["hit_rate@2"] is not None
     assert (tmp_path / "report.html").exists()

@@ -37,6 +37,7 @@ class Concept:
     keywords: tuple[str, ...]
     prompts: tuple[str, ...]  # build the direction
     heldout: tuple[str, ...]  # probe AUC and topic recall
+    split: str = ""  # "covered" / "novel" in the shipped set (reported apart); "" = a user's concept
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -140,11 +141,11 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     return out
 
 
-def _concept(obj: Any, where: str) -> Concept:
+def _concept(obj: Any, where: str, split: str = "") -> Concept:
     if not isinstance(obj, dict) or not obj.get("name"):
         raise NLAError(f"{where}: each concept needs a name, keywords and prompts")
     name = str(obj["name"]).strip()
-    unknown = set(obj) - {"name", "keywords", "prompts", "heldout", "description"}
+    unknown = set(obj) - {"name", "keywords", "prompts", "heldout", "description", "split"}
     if unknown:
         raise NLAError(f"{where}: concept {name!r} has unknown field(s) {sorted(unknown)}")
     keywords = _strings(obj.get("keywords"), f"{where}: {name} keywords")
@@ -160,18 +161,18 @@ def _concept(obj: Any, where: str) -> Concept:
             f"{where}: concept {name!r} needs at least {MIN_PROMPTS} prompts and {MIN_HELDOUT} held-out prompts "
             f"(has {len(prompts)} and {len(heldout)})"
         )
-    concept = Concept(name, keywords, prompts, heldout)
+    concept = Concept(name, keywords, prompts, heldout, str(obj.get("split") or split).strip())
     concept.pattern  # noqa: B018 (compile now: a bad keyword list fails at load, not mid-run)
     return concept
 
 
-def _from_objects(objs: list[Any], where: str) -> tuple[list[Concept], dict[str, Any] | None]:
+def _from_objects(objs: list[Any], where: str, split: str = "") -> tuple[list[Concept], dict[str, Any] | None]:
     concepts, neutral = [], None
     for obj in objs:
         if isinstance(obj, dict) and str(obj.get("name", "")).strip().lower() == "neutral":
             neutral = obj
         else:
-            concepts.append(_concept(obj, where))
+            concepts.append(_concept(obj, where, split))
     return concepts, neutral
 
 
@@ -179,7 +180,7 @@ def parse_concepts(data: Any, source: str = "<memory>") -> ConceptSet:
     """A :class:`ConceptSet` from the YAML layout (a mapping with ``concepts`` and ``neutral``) or a list
     of concept objects (JSONL); neutral prompts default to the shipped ones."""
     if isinstance(data, dict):
-        concepts, neutral = _from_objects(list(data.get("concepts") or []), source)
+        concepts, neutral = _from_objects(list(data.get("concepts") or []), source, str(data.get("split") or ""))
         neutral = data.get("neutral", neutral)
         name = str(data.get("name") or Path(source).stem)
     elif isinstance(data, list):
@@ -195,7 +196,7 @@ def parse_concepts(data: Any, source: str = "<memory>") -> ConceptSet:
     if neutral is None:
         if source == SHIPPED:
             raise NLAError("the shipped concept set has no neutral prompts")
-        shipped = load_concepts()
+        shipped = _covered()
         base, held = shipped.neutral, shipped.neutral_heldout
     else:
         if not isinstance(neutral, dict):
@@ -211,12 +212,31 @@ def parse_concepts(data: Any, source: str = "<memory>") -> ConceptSet:
 
 
 SHIPPED = "nla/resources/concepts/default.yaml"
+NOVEL = "nla/resources/concepts/novel.yaml"
+SPLITS = ("covered", "novel")  # the shipped set's splits, in report order
 
 
-def load_concepts(path: str | Path | None = None) -> ConceptSet:
-    """The shipped concept set, or a user's YAML / JSONL file (see the module docstring)."""
+def _shipped(name: str, source: str) -> ConceptSet:
+    return parse_concepts(yaml.safe_load(resource("concepts", name).read_text(encoding="utf-8")), source)
+
+
+def _covered() -> ConceptSet:
+    return _shipped("default.yaml", SHIPPED)
+
+
+def load_concepts(path: str | Path | None = None, *, splits: list[str] | tuple[str, ...] = SPLITS) -> ConceptSet:
+    """The shipped concept set (its ``splits``: ``covered``, the concepts of default.yaml, which the teacher's
+    taxonomy largely names, and ``novel``, novel.yaml, which no training resource names), or a user's
+    YAML / JSONL file (see the module docstring)."""
     if path is None:
-        return parse_concepts(yaml.safe_load(resource("concepts", "default.yaml").read_text(encoding="utf-8")), SHIPPED)
+        unknown = [s for s in splits if s not in SPLITS]
+        if unknown or not splits:
+            raise NLAError(f"unknown concept split(s) {unknown}; the shipped set has {', '.join(SPLITS)}")
+        covered = _covered()
+        parts = {"covered": covered.concepts, "novel": _shipped("novel.yaml", NOVEL).concepts}
+        chosen = tuple(c for s in SPLITS if s in splits for c in parts[s])
+        source = " + ".join(f for s, f in zip(SPLITS, (SHIPPED, NOVEL), strict=True) if s in splits)
+        return ConceptSet("nla-shipped-concepts", chosen, covered.neutral, covered.neutral_heldout, source)
     p = Path(path)
     if not p.is_file():
         raise NLAError(f"concept file not found: {p}")
@@ -236,6 +256,7 @@ def load_concepts(path: str | Path | None = None) -> ConceptSet:
 __all__ = [
     "Concept",
     "ConceptSet",
+    "SPLITS",
     "keyword_pattern",
     "load_concepts",
     "match_sites",

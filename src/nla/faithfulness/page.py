@@ -11,6 +11,7 @@ from typing import Any
 from nla.common.paths import atomic_write_text
 from nla.faithfulness import plots
 from nla.faithfulness.report import checks, headline, jsonable, num
+from nla.faithfulness.splits import fmt_rate
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
@@ -71,14 +72,17 @@ def render_html(report: dict[str, Any], *, plots_on: bool = True) -> str:
         out.append(_p('Plots are off: <code>pip install "nla[faithfulness]"</code> (matplotlib) draws them.', "note"))
     head = headline(report)
     rows = []
-    for c in checks(head):
+    for c in checks(head, report.get("by_split")):
         cls, word = _VERDICT[c["passed"]]
+        if c.get("too_few") and c["passed"] is None:
+            word = "too few"
         cells = "".join(f"<td>{_e(c[k])}</td>" for k in ("check", "rule", "value"))
         rows.append(f'<tr>{cells}<td class="{cls}">{word}</td></tr>')
     out.append("<h2>Checks</h2><table><tr><th>check</th><th>rule of thumb</th><th>value</th><th>result</th></tr>")
     out.append("".join(rows) + "</table>")
     out.append("<h3>Headline numbers</h3>" + _table(["number", "value"], [[k, v] for k, v in head.items()]))
     out.append(_directions(report))
+    out.append(_splits(report.get("by_split") or {}))
     out.append(_planting(report.get("planting") or {}, draw))
     out.append(_topics(report.get("topic_recall") or {}))
     out.append(_heldout(report.get("heldout") or {}, draw))
@@ -87,6 +91,34 @@ def render_html(report: dict[str, Any], *, plots_on: bool = True) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>NLA faithfulness report</title>'
         f"<style>{_CSS}</style></head><body>{''.join(out)}</body></html>\n"
     )
+
+
+def _splits(by_split: dict[str, Any]) -> str:
+    if not by_split:
+        return ""
+    out = [
+        "<h2>Covered and novel concepts</h2>",
+        _p(
+            "Covered concepts are ones the teacher's taxonomy largely names; novel concepts are named by no training "
+            "resource (checked by a test). Each rate is pooled over the split's concepts as k/n with its Wilson 95% "
+            "interval. Wrong-concept rate: planted explanations that name another concept of the suite (at alpha = 0: "
+            "unplanted bases naming a concept of the split).",
+            "note",
+        ),
+    ]
+    for split, st in by_split.items():
+        rows = [[f"hit rate, alpha={a}", fmt_rate(r)] for a, r in st["hit_rate"].items()]
+        rows.append(["hit floor (concept named unplanted)", fmt_rate(st["hit_floor"])])
+        rows += [[f"wrong-concept rate, alpha={a}", fmt_rate(r)] for a, r in st["wrong_concept_rate"].items()]
+        rows += [
+            ["false positives, any concept of the split", fmt_rate(st["false_positive_any"])],
+            ["false positives, per concept and base", fmt_rate(st["false_positive_pairs"])],
+            ["topic recall on held-out text", fmt_rate(st["topic_recall"])],
+            ["topic recall floor (other concepts' keywords)", fmt_rate(st["topic_recall_floor"])],
+        ]
+        title = f"{split}: {len(st['directions_valid'])}/{len(st['concepts'])} directions valid"
+        out.append(f"<h3>{_e(title)}</h3>" + _table(["rate", "value (k/n, 95% CI)"], rows))
+    return "".join(out)
 
 
 def _meta(m: dict[str, Any]) -> str:
@@ -260,7 +292,7 @@ def _heldout(h: dict[str, Any], draw: bool) -> str:
 def write_report(report: dict[str, Any], out: Path, *, plots: bool = True) -> None:
     """``report.json`` (the headline and checks included) and ``report.html`` under ``out``, atomically."""
     report["headline"] = headline(report)
-    report["checks"] = checks(report["headline"])
+    report["checks"] = checks(report["headline"], report.get("by_split"))
     text = json.dumps(jsonable(report), indent=1, ensure_ascii=False, allow_nan=False)
     atomic_write_text(out / "report.json", text + "\n")
     atomic_write_text(out / "report.html", render_html(report, plots_on=plots))

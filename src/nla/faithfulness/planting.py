@@ -77,6 +77,7 @@ def planting(
         "false_positive_rate": fpr,
         "false_positive_any": mean([float(bool(nm)) for nm in named0]),
         "base_explanations": base_texts,
+        "base_named": named0,  # per unplanted base: the concepts its explanation names
     }
     hit: dict[str, dict[str, float | None]] = {}
     cross: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -84,6 +85,7 @@ def planting(
     quoted: Counter[str] = Counter()
     view: dict[str, dict[str, Any]] = {}
     examples: dict[str, dict[str, str]] = {}
+    named_at: dict[str, dict[str, list[list[str]]]] = {}  # concept -> alpha -> per planted base: concepts named
     for k, d in enumerate(valid):
         c = by_name[d.concept]
         hit[c.name] = {"0": fpr[c.name]}
@@ -93,6 +95,7 @@ def planting(
             ts = texts[r]
             hit[c.name][_key(a)] = mean([float(c.named_in(t)) for t in ts])
             named = [concepts.named(t) for t in ts]
+            named_at.setdefault(c.name, {})[_key(a)] = named
             cross.setdefault(_key(a), {})[c.name] = {
                 **{o: mean([float(o in nm) for nm in named]) for o in concepts.names},
                 "none": mean([float(not nm) for nm in named]),
@@ -111,6 +114,7 @@ def planting(
         _key(a): mean([hit[d.concept].get(_key(a)) for d in valid]) for a in [0.0, *nonzero] if valid
     }
     out["cross_talk"] = cross
+    out["named"] = named_at
     out["hit_sites"] = {"part": dict(sites.most_common()), "quoted": dict(quoted)}
     out["examples"] = examples
     if recon is not None:
@@ -234,7 +238,9 @@ def topic_recall(
         "floor": mean(floor),
         "per_concept": per,
         "breakdown": {kind: {"recall": by_group(g, right), "floor": by_group(g, floor)} for kind, g in groups.items()},
-        "explanations": [{"concept": lab, "explanation": t} for lab, t in zip(labels, texts, strict=True)],
+        "explanations": [
+            {"concept": lab, "explanation": t, "named": concepts.named(t)} for lab, t in zip(labels, texts, strict=True)
+        ],
     }
 
 

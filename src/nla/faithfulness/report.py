@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nla.faithfulness.splits import MIN_BASES, fmt_rate, split_checks
+
 
 def _get(d: Any, *path: str) -> Any:
     for p in path:
@@ -29,6 +31,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "decoding": _get(report, "meta", "decoding"),
         "directions_valid": f"{sum(d['valid'] for d in dirs)}/{len(dirs)}",
+        "bases": p.get("bases"),
+        "planted_bases": p.get("planted_bases"),
         "hit_rate@1": _get(p, "hit_rate_mean", "1"),
         "hit_rate@2": _get(p, "hit_rate_mean", "2"),
         "false_positive_any": p.get("false_positive_any"),
@@ -52,11 +56,16 @@ def _mean(xs: list[Any]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def checks(head: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each headline number against a stated rule of thumb: ``{"check", "rule", "value", "passed"}``."""
+def checks(head: dict[str, Any], by_split: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each headline number against a stated rule of thumb: ``{"check", "rule", "value", "passed", "too_few"}``,
+    then the per-split checks (:func:`nla.faithfulness.splits.split_checks`). A planting check resting on
+    fewer than ``MIN_BASES`` bases (``--quick``) is not judged: ``passed`` None and ``too_few`` True."""
 
-    def row(name: str, rule: str, value: str, passed: bool | None) -> dict[str, Any]:
-        return {"check": name, "rule": rule, "value": value, "passed": passed}
+    def row(name: str, rule: str, value: str, passed: bool | None, few: bool = False) -> dict[str, Any]:
+        if few:
+            return {"check": name, "rule": rule, "value": value + " - too few bases to judge", "passed": None,
+                    "too_few": True}  # fmt: skip
+        return {"check": name, "rule": rule, "value": value, "passed": passed, "too_few": False}
 
     def f(x: Any) -> str:
         return "n/a" if x is None else f"{x:.2f}"
@@ -66,18 +75,22 @@ def checks(head: dict[str, Any]) -> list[dict[str, Any]]:
 
     h = head
     lk = h["fve_token_lookup"]
-    return [
+    few_planted = (h.get("planted_bases") or 0) < MIN_BASES
+    few_bases = (h.get("bases") or 0) < MIN_BASES
+    rows = [
         row(
             "names planted concepts",
             "hit rate at alpha = 2 >= 0.5",
             f(h["hit_rate@2"]),
             cmp(h["hit_rate@2"] is not None and h["hit_rate@2"] >= 0.5, h["hit_rate@2"]),
+            few_planted and h["hit_rate@2"] is not None,
         ),
         row(
             "rarely names absent concepts",
             "false-positive rate (any concept, alpha = 0) <= 0.1",
             f(h["false_positive_any"]),
             cmp(h["false_positive_any"] is not None and h["false_positive_any"] <= 0.1, h["false_positive_any"]),
+            few_bases and h["false_positive_any"] is not None,
         ),
         row(
             "names the topic of real text",
@@ -112,6 +125,7 @@ def checks(head: dict[str, Any]) -> list[dict[str, Any]]:
             cmp((h["quote_grounding"] or 0) >= 0.5, h["quote_grounding"]),
         ),
     ]
+    return rows + (split_checks(by_split) if by_split else [])
 
 
 def num(x: Any, fmt: str = "{:.3f}") -> str:
@@ -134,6 +148,18 @@ def summary_text(report: dict[str, Any]) -> str:
         f"(floor {num(head['keyword_free_moved@2_floor'])})",
         f"  topic recall on held-out text: {num(head['topic_recall'])} (floor {num(head['topic_recall_floor'])})",
     ]
+    for split, st in (report.get("by_split") or {}).items():
+        a1 = "1" if "1" in st["hit_rate"] else next(iter(st["hit_rate"]), None)
+        lines += [
+            f"  {split} concepts ({len(st['directions_valid'])}/{len(st['concepts'])} directions valid):",
+            f"    hit rate alpha={a1}: {fmt_rate(st['hit_rate'].get(a1) if a1 else None)}; "
+            f"floor (named unplanted) {fmt_rate(st['hit_floor'])}",
+            "    wrong-concept rate: "
+            + "; ".join(f"alpha={a} {fmt_rate(r)}" for a, r in st["wrong_concept_rate"].items()),
+            f"    false positives at alpha=0: any concept {fmt_rate(st['false_positive_any'])}, "
+            f"per concept {fmt_rate(st['false_positive_pairs'])}",
+            f"    topic recall {fmt_rate(st['topic_recall'])}; floor {fmt_rate(st['topic_recall_floor'])}",
+        ]
     h = report.get("heldout") or {}
     if "skipped" in h:
         lines.append(f"  held-out rows: skipped ({h['skipped']})")
@@ -147,8 +173,10 @@ def summary_text(report: dict[str, Any]) -> str:
             f"(floor {num(head['next_token_in_top5_floor'])}); quote grounding {num(head['quote_grounding'])}",
         ]
     lines.append("  checks:")
-    for c in checks(head):
+    for c in checks(head, report.get("by_split")):
         mark = {True: "pass", False: "FAIL", None: "n/a "}[c["passed"]]
+        if c.get("too_few") and c["passed"] is None:
+            mark = "too few"
         lines.append(f"    [{mark}] {c['check']}: {c['value']} ({c['rule']})")
     return "\n".join(lines)
 

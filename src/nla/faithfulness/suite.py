@@ -33,15 +33,16 @@ from nla.core.text import DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP, filtering_suppo
 from nla.data.activations import VectorSet, load_vectors
 from nla.evaluate.lookup import table_rows
 from nla.faithfulness.breakdown import balanced_rows, setting_of, token_type
-from nla.faithfulness.concepts import ConceptSet, load_concepts
+from nla.faithfulness.concepts import SPLITS, ConceptSet, load_concepts
 from nla.faithfulness.directions import POOLS, Context, activations, build_directions, render
 from nla.faithfulness.heldout import heldout_rows
 from nla.faithfulness.planting import Explain, Reconstruct, planting, topic_recall
+from nla.faithfulness.splits import split_stats
 from nla.models.target import Target
 
 log = logging.getLogger(__name__)
 
-QUICK_CONCEPTS = ["cooking", "french", "anger"]
+QUICK_CONCEPTS = ["cooking", "french", "anger", "archery", "dentistry"]  # covered and novel
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
 
 
@@ -53,6 +54,10 @@ class FaithfulnessConfig:
     ar: str = option("", "AR checkpoint (default: the shipped one, or none with --av).")
     concepts: str = option("", "Concept file, YAML or JSONL (prompts + keywords); default: the shipped set.")
     only: list[str] = option([], "Only these concepts of the set (names).")
+    splits: list[str] = option(
+        list(SPLITS),
+        "Splits of the shipped set: covered (the teacher's taxonomy names them), novel (no training resource does).",
+    )
     data: str = option(
         "", "Held-out activations with context texts (teacher eval parquet or extract dir): perturbations, claims."
     )
@@ -77,7 +82,7 @@ class FaithfulnessConfig:
     batch_size: int = option(32, "Generation / AR batch size.")
     seed: int = option(0, "Seed of perturbations, permutation floors and samples.")
     quick: bool = option(
-        False, "A reduced run (3 concepts, alphas 0/1/2, few texts and rows): about 2 minutes on a CPU."
+        False, "A reduced run (5 concepts, alphas 0/1/2, few texts and rows; too few bases to judge a check)."
     )
     plots: bool = option(True, "Draw plots in the HTML page (needs matplotlib: pip install 'nla[faithfulness]').")
     out: str = option("faithfulness", "Report folder (report.json, report.html, work/ with the resume cache).")
@@ -239,6 +244,8 @@ def evaluate(
     report["topic_recall"] = topic_recall(
         concepts, acts(topic_ctx, "last"), [n for n, _ in topic], groups(topic_ctx), explain=subject.explain
     )
+    report["splits"] = {c.name: c.split for c in concepts.concepts}
+    report["by_split"] = split_stats(report["planting"], report["topic_recall"], report["splits"])
     if rows is not None and subject.reconstruct is not None:
         report["heldout"] = heldout_rows(
             rows,
@@ -279,7 +286,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
     if cfg.best_of < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.rows < 0:
         raise NLAError("--best-of, --max-new-tokens and --batch-size must be >= 1, --rows >= 0")
     started = time.time()
-    concepts = load_concepts(cfg.concepts or None)
+    concepts = load_concepts(cfg.concepts) if cfg.concepts else load_concepts(splits=cfg.splits)
     concepts = concepts.subset(cfg.only or None)
     rows = train = None
     if cfg.data and cfg.rows > 0:

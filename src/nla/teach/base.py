@@ -76,7 +76,7 @@ class TeacherOptions:
     seed: int = 0  # API: seed of the retry jitter
     tail_tokens: int = 16  # offline: tokens of the context tail to quote
     top_k: int = 4  # offline: top next-token predictions of the target to list
-    style: str = "full"  # offline: "full" or "compact" (see OfflineTeacher)
+    style: str = "full"  # offline: "full", "compact", "rich" or "open" (see OfflineTeacher)
     batch_size: int = 8  # hf/offline: sequences per generate/forward batch
     device: str = "cpu"  # hf/offline
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import torch
@@ -18,7 +19,8 @@ from nla.teach.local import LocalTeacher, special_ids, special_strings
 log = logging.getLogger(__name__)
 
 OFFLINE_VERSION = "offline-v4"  # v2: turn start inside a role name; v3: the rich style; v4: intents name no topic
-STYLES = ("full", "compact", "rich")
+STYLES = ("full", "compact", "rich", "open")
+OPEN_VERSION = "open-v1"  # the open style's topic rule (nla.teach.lexicon.field_of), part of its cache key
 _STOP = frozenset(
     """about above after again against also among another because been before being below between both
     could does doing down during each even every from further have having here hers herself himself into
@@ -60,14 +62,19 @@ def _pct(p: float) -> str:
     return f"{round(100 * p)}%" if p >= 0.005 else "<1%"
 
 
-def _salient(plain: str, k: int = 5) -> list[str]:
-    """Content words ranked by frequency plus a bonus for appearing late in the context."""
+def _salience(plain: str, k: int = 5) -> dict[str, float]:
+    """The ``k`` most salient content words with their score: frequency plus a bonus for appearing late."""
     words = [w.lower().strip("-") for w in _WORD.findall(plain)]
     score: dict[str, float] = {}
     for i, w in enumerate(words):
         if len(w) >= 4 and w not in _STOP:
             score[w] = score.get(w, 0.0) + 1.0 + 2.0 * i / max(1, len(words))
-    return sorted(score, key=lambda w: (-score[w], w))[:k]
+    return {w: score[w] for w in sorted(score, key=lambda w: (-score[w], w))[:k]}
+
+
+def _salient(plain: str, k: int = 5) -> list[str]:
+    """Content words ranked by frequency plus a bonus for appearing late in the context."""
+    return list(_salience(plain, k))
 
 
 class OfflineTeacher(LocalTeacher):
@@ -133,12 +140,19 @@ class OfflineTeacher(LocalTeacher):
         if self.opts.style not in STYLES:
             raise NLAError(f"unknown offline teacher style {self.opts.style!r}; choose one of {', '.join(STYLES)}")
         self.style = self.opts.style
-        # compact and rich may quote nothing (tail 0: no "Before it:" line); the full style always quotes
-        self.tail = max(0 if self.style in ("compact", "rich") else 1, self.opts.tail_tokens)
+        # compact, rich and open may quote nothing (tail 0: no "Before it:" line); the full style always quotes
+        self.tail = max(0 if self.style != "full" else 1, self.opts.tail_tokens)
         self.top_k = max(1, self.opts.top_k)
         self.version = f"{OFFLINE_VERSION}-t{self.tail}-k{self.top_k}" + (
             "" if self.style == "full" else f"-{self.style}"
         )
+        self._wordnet: Any = None
+        if self.style == "open":  # fails now, with the install hint, rather than after the first forward pass
+            from nla.teach.lexicon import load_wordnet
+
+            self._wordnet = load_wordnet()
+            self.version += f"-{OPEN_VERSION}"
+        self.lexicon_seconds = 0.0  # time spent naming fields (for the cost benchmark)
         self.max_batch = 512  # contexts per call: rows of one document in one call share a forward
         self.batch_tokens = 4096  # padded tokens per forward batch
         self.n_sequences = 0  # sequences forwarded so far (for tests and benchmarks)
@@ -238,7 +252,7 @@ class OfflineTeacher(LocalTeacher):
             f"{show(decode([int(i)]))} {_pct(float(v))}" for v, i in zip(top.values, top.indices, strict=True)
         )
 
-        if self.style in ("compact", "rich"):
+        if self.style in ("compact", "rich", "open"):
             before = ids[:-1][-self.tail :]
             quote = readable(decode(before), specials).replace('"', "'") if before else ""
             setting = f"chat, {where}" if turns else ("source code" if code else "prose")
@@ -254,7 +268,8 @@ class OfflineTeacher(LocalTeacher):
             if turns and where.startswith("inside"):
                 setting = f"chat, {features.chat_situation(context) or where}"
             setting += f". Next comes {_COMES[c]} ({_pct(float(mass[c]))})"
-            lines = [first, self._about(context, code), f"Setting: {setting}.", before_it]
+            about = self._about(context, code) if self.style == "rich" else self._open_about(context, code)
+            lines = [first, about, f"Setting: {setting}.", before_it]
             return wrap_explanation("\n".join(lines[:3] if self.tail == 0 else lines))
 
         if turns:
@@ -289,6 +304,27 @@ class OfflineTeacher(LocalTeacher):
         else:
             language = features.natural_language(text)
         return f"Topic: {label}" + (f"; words: {', '.join(words)}" if words else "") + f". Language: {language}."
+
+    def _open_about(self, context: str, code: bool) -> str:
+        """The open style's topic line: a field named from WordNet (:func:`nla.teach.lexicon.field_of`, in words
+        no list of the project holds) or "unclear", then up to 3 words of the text, the most topical nouns first
+        (:func:`nla.teach.lexicon.topical_words`; in a language other than English the most salient words and
+        no field), the language."""
+        from nla.teach.lexicon import field_of, topical_words
+
+        started = time.perf_counter()
+        text = features.visible_text(context)[-1500:]
+        salience = _salience(text, k=12)
+        lang, in_block = features.code_language(context)
+        language = f"{lang} code" if lang and (code or in_block) else features.natural_language(text)
+        label, top = "", list(salience)
+        if features.natural_language(text) == "English":
+            topical = topical_words(self._wordnet, salience)
+            label = field_of(self._wordnet, {w: salience[w] for w in topical}).label
+            top = list(topical) or top
+        self.lexicon_seconds += time.perf_counter() - started
+        words = f"; words: {', '.join(top[:3])}" if top else ""
+        return f"Topic: {label or 'unclear'}{words}. Language: {language}."
 
     @staticmethod
     def _kind(pieces: list[str], special: list[bool]) -> str:

@@ -85,7 +85,8 @@ class TeachConfig:
         "full",
         "offline: 'full' (setting + salient words, tail quote, final token), 'compact' (final token and "
         "next-token predictions first, a short quote, the setting; ~63 tokens) or 'rich' (compact plus the topic, "
-        "salient words, language, the chat's speaker and request, the next token's kind; ~91 tokens).",
+        "salient words, language, the chat's speaker and request, the next token's kind; ~91 tokens) or 'open' "
+        "(rich, with the topic named from WordNet in open vocabulary, or 'unclear'; needs nla[lexicon]).",
     )
     batch_size: int = option(8, "hf/offline: sequences per generate/forward batch.")
     device: str = option("cpu", "hf/offline: torch device.")
