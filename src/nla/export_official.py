@@ -134,7 +134,7 @@ def official_sidecar(role: str, av: ActivationVerbalizer, ar: ActivationReconstr
         "prompt_templates": {"av": av.template, "ar": ar.template},
         "trained_on": [],
         "parent_checkpoints": [source],
-        "created_at": datetime.datetime.now(tz=datetime.UTC).isoformat(),
+        "created_at": datetime.datetime.now(tz=datetime.timezone.utc).isoformat(),
         "created_by": "nla export --format official",
     }
     if role == "ar":
