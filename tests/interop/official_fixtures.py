@@ -166,7 +166,14 @@ PROMPT_STRUCT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string
 
 
 def write_stage_parquet(
-    path: Path, stage: str, vectors: list[list[float]], texts: list[str], meta: dict[str, Any], *, prompt: Any = None
+    path: Path,
+    stage: str,
+    vectors: list[list[float]],
+    texts: list[str],
+    meta: dict[str, Any],
+    *,
+    prompt: Any = None,
+    doc_prefix: str = "doc",
 ) -> Path:
     """A parquet with the columns an official stage writes, and its sidecar.
 
@@ -189,7 +196,7 @@ def write_stage_parquet(
     cols["activation_vector"] = pa.array(vectors, pa.list_(pa.float32(), d))
     cols["n_raw_tokens"] = pa.array([60 + i for i in range(n)], pa.int64())
     cols["activation_layer"] = pa.array([meta["extraction"]["layer_index"]] * n, pa.int64())
-    cols["doc_id"] = pa.array([f"doc{i // 2}" for i in range(n)], pa.string())
+    cols["doc_id"] = pa.array([f"{doc_prefix}{i // 2}" for i in range(n)], pa.string())
     if stage == "stage2":
         cols["detokenized_text_truncated"] = pa.array([f"context {i}" for i in range(n)], pa.string())
     path.parent.mkdir(parents=True, exist_ok=True)
