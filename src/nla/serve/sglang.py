@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handler's annotations here
+from fastapi.responses import JSONResponse
 from torch import nn
 
 from nla.common.errors import NLAError
@@ -131,11 +133,8 @@ def generate_from_embeds(
     }
 
 
-def create_app(model: nn.Module, tokenizer: Any, *, name: str = "nla") -> Any:
+def create_app(model: nn.Module, tokenizer: Any, *, name: str = "nla") -> FastAPI:
     """The FastAPI app: ``POST /generate``, ``GET /health``, ``GET /get_model_info``."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-
     app = FastAPI(title="nla serve-sglang", docs_url=None, redoc_url=None)
     lock = threading.Lock()  # one generation at a time: HF models are not thread-safe
     emb = model.get_input_embeddings()
