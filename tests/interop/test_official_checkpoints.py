@@ -81,6 +81,8 @@ def test_training_time_pair_loads_without_suffix_warning(tmp_path: Path, caplog:
     av = ActivationVerbalizer.from_pretrained(av_dir)
     assert av.injection_scale == 12.0 and av.template == ACTOR
     assert av.layer == -1 and av.base_model == "/checkpoints/base"  # a training-time actor states no layer
+    nla = NLA.from_pretrained(str(av_dir), str(ar_dir), with_target=False)  # the pair's layer: the critic's
+    assert nla.layer == LAYER and len(nla.explain_vectors(torch.randn(1, 64), max_new_tokens=3, best_of=1)) == 1
 
 
 def test_a_wrong_suffix_still_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
