@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ from nla.models.target import load_target
 
 log = logging.getLogger(__name__)
 
+LORA_STEPS = 5  # progress steps of export_nla
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -175,6 +177,12 @@ def drop_tokenizer_files(path: str | Path) -> None:
 class ExportConfig:
     """Options of ``nla export``."""
 
+    format: str = option(
+        "lora",
+        "lora: compact LoRA adapters on the base model (nla loads them); official: merged full AV and AR "
+        "checkpoints that the official NLA code loads under transformers 4.5x and 5.x (docs/interop.md).",
+        choices=["lora", "official"],
+    )
     av: str = option("", "AV checkpoint directory (e.g. runs/rl/final/av); a LoRA adapter is copied as it is.")
     ar: str = option("", "AR checkpoint directory (e.g. runs/rl/final/ar); a LoRA adapter is copied as it is.")
     out: str = option("", "Output directory; receives av/ and ar/ (written atomically, replaced if present).")
@@ -195,6 +203,7 @@ def export_nla(
     rank: int = 16,
     dtype: str = "float16",
     keep_tokenizer: bool = False,
+    progress: Any = None,
 ) -> ExportReport:
     """Write ``out/av`` and ``out/ar`` as LoRA adapters (+ the AR head) on their common base model.
 
@@ -202,12 +211,20 @@ def export_nla(
     ``keep_tokenizer`` the tokenizer files are left out: loading takes them from the base model.
     ``out`` is complete or absent: everything is written to a temporary directory and renamed. A
     checkpoint that already is a LoRA adapter (trained with ``--lora`` or continued with ``--init``) is
-    copied with its own rank and only cast to ``dtype``.
+    copied with its own rank and only cast to ``dtype``. ``progress`` (optional) is a tqdm-like bar
+    advanced once per step (:data:`LORA_STEPS` of them).
     """
     import shutil
 
+    def step(desc: str) -> None:
+        if progress is not None:
+            progress.set_postfix_str(desc)
+            progress.update(1)
+
     av = ActivationVerbalizer.from_pretrained(av_dir)
+    step("loaded the AV")
     ar = ActivationReconstructor.from_pretrained(ar_dir)
+    step("loaded the AR")
     adapter = {"av": is_lora(av.model), "ar": ar.has_lora}
     for name, base in (("AV", av.base_model), ("AR", ar.base_model)):
         if not base:
@@ -233,18 +250,22 @@ def export_nla(
                 small.max_length, small.eval_meta = ar.max_length, dict(ar.eval_meta)
                 small.save_pretrained(tmp / "ar", adapter_only=True)
                 kept["ar"], dropped["ar"] = ar_rep.kept_energy, ar_rep.dropped
-            if not adapter["av"]:
-                av.model, av_rep = extract_lora(av.model, base.model, rank=rank, atol=1e-6)
-                av.save_pretrained(tmp / "av")
-                kept["av"], dropped["av"] = av_rep.kept_energy, av_rep.dropped
+        step("wrote the AR adapter")
+        if not adapter["av"]:
+            av.model, av_rep = extract_lora(av.model, base.model, rank=rank, atol=1e-6)
+            av.save_pretrained(tmp / "av")
+            kept["av"], dropped["av"] = av_rep.kept_energy, av_rep.dropped
+        step("wrote the AV adapter")
         for role in ("av", "ar"):
             cast_adapter(tmp / role, dtype)
             if not keep_tokenizer:
                 drop_tokenizer_files(tmp / role)
+        step(f"stored the factors in {dtype}")
     return ExportReport(out=out, rank=rank, kept_energy=kept, dropped=dropped, size_mib=dir_size_mib(out))
 
 
 __all__ = [
+    "LORA_STEPS",
     "ExportConfig",
     "ExportReport",
     "LoraExtraction",

@@ -133,7 +133,7 @@ def test_rows_equal_hf_hidden_states_and_do_not_depend_on_batching(tmp_path, tin
     assert assert_disjoint(tmp_path / "a")["eval"] >= 0
     side = read_dataset_meta(tmp_path / "a")
     part = (tmp_path / "a" / "rl" / "part-00000.parquet.nla_meta.yaml").read_text()
-    assert "kind: nla_dataset" in part and "mse_scale: sqrt_d_model" in part and "injection_scale: null" in part
+    assert "kind: nla_dataset" in part and "schema_version: 1" in part and "norm: none" in part
     assert side["extraction"]["layer_index"] == layer and side["d_model"] == 64
     assert side["provenance"]["positions_per_doc"] == 3 and side["provenance"]["skip"] == 4
     assert not work_dir_for(tmp_path / "a").exists()

@@ -72,7 +72,8 @@ def test_save_load_round_trip_official_layout(tmp_path: Path) -> None:
     assert (
         meta["critic"]["extraction_layer_index"] == 1 and meta["prompt_templates"]["ar"] == "Explain: {explanation} =>"
     )
-    assert meta["tokens"]["critic_suffix_ids"] == ar.tokenizer(" =>", add_special_tokens=False)["input_ids"]
+    # the official convention: the suffix tokens without the first (it can merge with the explanation)
+    assert meta["tokens"]["critic_suffix_ids"] == ar.tokenizer(" =>", add_special_tokens=False)["input_ids"][1:]
     loaded = ActivationReconstructor.from_pretrained(tmp_path / "ar")
     assert loaded.backbone.config.num_hidden_layers == 2 and loaded.template == ar.template
     assert torch.equal(loaded.predict(TEXTS), ar.predict(TEXTS))

@@ -118,7 +118,7 @@ def test_save_load_full_and_lora(tmp_path) -> None:
         "base_model": str(base_dir),
         "layer_index": 1,
         "injection_scale": 5.0,
-        "mse_scale": "sqrt_d_model",
+        "mse_scale": 8.0,  # a number (sqrt(64)): the official readers call float() on it
     }
     loaded = ActivationVerbalizer.from_pretrained(tmp_path / "full")
     assert loaded.marker == av.marker and loaded.template == av.template and loaded.injection_scale == 5.0

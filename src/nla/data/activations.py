@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 import torch
 
 from nla.common.errors import NLAError
-from nla.common.meta import MODEL_SIDECAR, dataset_sidecar_path, read_sidecar, write_sidecar
+from nla.common.meta import DATASET_SCHEMA_VERSION, MODEL_SIDECAR, dataset_sidecar_path, read_sidecar, write_sidecar
 from nla.common.paths import atomic_dir
+from nla.data.official import explanation_texts
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +234,16 @@ def write_dataset(
         for split in SPLITS:
             parts = writers[split].finish()
             doc_ids = set().union(*(ids for _, _, ids in parts))
-            for path, rows, ids in parts:
+            for i, (path, rows, ids) in enumerate(parts):
                 part_meta = {
                     "kind": "nla_dataset",
+                    "schema_version": DATASET_SCHEMA_VERSION,  # the official reader asserts it
+                    "dataset_id": f"{split}_{meta['provenance'].get('fingerprint', 'nla')}_{i:05d}",
+                    "stage": "base",  # official stage names: raw vectors without explanations are "base"
+                    "row_count": rows,
                     "d_model": meta["d_model"],
                     "extraction": meta["extraction"],
+                    "created_by": "nla extract",
                     "split": split,
                     "n_rows": rows,
                     "n_docs": len(ids),
@@ -357,7 +363,8 @@ class VectorSet:
 def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
     """Activations from an ``nla extract`` directory (one split) or a parquet file / directory of parquet;
     rows with non-finite or zero vectors are skipped (and counted in a warning)."""
-    table = read_parquet(path, split=split).table
+    data = read_parquet(path, split=split)
+    table = data.table
     if VECTOR_COL not in table.column_names or table.num_rows == 0:
         raise NLAError(f"{path} has no rows with an {VECTOR_COL} column")
     vecs = vectors(table)
@@ -373,7 +380,9 @@ def load_vectors(path: str | Path, split: str = "eval") -> VectorSet:
         return [str(values[i] or "") for i in rows]
 
     doc_ids = col("doc_id") or [str(i) for i in rows]
-    return VectorSet(vecs[keep], doc_ids, col("detokenized_text_truncated"), col("explanation"))
+    found = explanation_texts(table, data.sidecar, str(path))  # explanation, api_explanation or an ar_sft prompt
+    texts = None if found is None else [found[0][i] for i in rows]
+    return VectorSet(vecs[keep], doc_ids, col("detokenized_text_truncated"), texts)
 
 
 __all__ = [

@@ -367,11 +367,15 @@ def extract(
     if state.is_main_process:
         meta = {
             "d_model": target.d_model,
+            # exactly the fields of the official NLAExtractionMeta (its reader rejects unknown keys)
             "extraction": {
                 "base_model": target.name,
+                "d_model": target.d_model,
                 "layer_index": layer,
-                "mse_scale": "sqrt_d_model",
-                "injection_scale": None,
+                "norm": "none",  # vectors are stored raw
+                "corpus": str(settings["corpus"]),
+                "corpus_slice": {"start": 0, "length": int(settings["n_docs"])},
+                "positions_per_doc": cfg.positions_per_doc,
             },
             "provenance": {**settings, "fingerprint": fp, "batch_tokens": cfg.batch_tokens},
         }

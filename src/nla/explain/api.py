@@ -178,6 +178,8 @@ class NLA:
         baseline: float | None = None,
     ) -> None:
         self.av, self.ar, self.target = av, ar, target
+        if av.layer < 0 and ar is not None:  # an official training-time AV sidecar states no layer; its AR does
+            av.layer = int(ar.layer)
         self.layer = int(av.layer)
         self.baseline = baseline
         self._check()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -207,20 +208,26 @@ class ActivationReconstructor(nn.Module):
         return torch.cat(outs)
 
     # ------------------------------------------------------------------ save / load
+    def suffix_ids(self) -> list[int]:
+        """Live token ids of the template's suffix (all of them; the sidecar records the official tail)."""
+        return [int(i) for i in self.tokenizer(self.suffix, add_special_tokens=False)["input_ids"]]
+
     def sidecar(self, *, adapter: bool = False) -> dict[str, Any]:
-        suffix_ids = self.tokenizer(self.suffix, add_special_tokens=False)["input_ids"]
+        """The ``nla_meta.yaml`` of this AR: numeric ``mse_scale``, the official ``critic_suffix_ids`` (first
+        suffix token dropped) and ``critic.extraction_layer_index`` (the official schema-2 names)."""
         out: dict[str, Any] = {
             "kind": "nla_model",
+            "schema_version": meta.MODEL_SCHEMA_VERSION,
             "role": "ar",
             "d_model": self.d_model,
             "extraction": {
                 "base_model": self.base_model,
                 "layer_index": self.layer,
-                "mse_scale": "sqrt_d_model",
+                "mse_scale": math.sqrt(self.d_model),
             },
             "prompt_templates": {"ar": self.template},
-            "tokens": {"critic_suffix_ids": [int(i) for i in suffix_ids]},
-            "critic": {"extraction_layer_index": self.layer, "num_hidden_layers": self.layer + 1},
+            "tokens": {"critic_suffix_ids": meta.official_suffix_ids(self.suffix_ids())},
+            "critic": {"extraction_layer_index": self.layer},
         }
         if self.eval_meta:
             out["eval"] = dict(self.eval_meta)
@@ -280,13 +287,16 @@ class ActivationReconstructor(nn.Module):
         if role not in ("ar", "critic"):
             raise NLAError(f"{path} is a {role!r} checkpoint, not an activation reconstructor (ar/critic)")
         template = meta.template(info, "ar") or meta.DEFAULT_AR_TEMPLATE
-        ext = info.get("extraction") or {}
-        layer = (info.get("critic") or {}).get("extraction_layer_index", ext.get("layer_index"))
+        layer = meta.layer_index(info)
+        if layer is None and (path / "config.json").exists():  # a full backbone keeps L + 1 blocks
+            layer = _config_layers(path) - 1
+            log.info("%s/nla_meta.yaml states no layer: using %d (config.json keeps %d blocks)", path, layer, layer + 1)
         if layer is None:
             raise NLAError(
-                f"{path}/nla_meta.yaml gives no layer (critic.extraction_layer_index or extraction.layer_index)"
+                f"{path}/nla_meta.yaml gives no layer (extraction.layer_index, extraction_layer_index or "
+                "critic.extraction_layer_index) and there is no config.json to count blocks in"
             )
-        base_model = str(ext.get("base_model") or "")
+        base_model = meta.base_model(info)
         if info.get("adapter") or not (path / "config.json").exists():
             if not (path / lora.ADAPTER_CONFIG).exists():
                 raise NLAError(f"{path} has neither a config.json backbone nor a LoRA adapter")
@@ -346,13 +356,30 @@ def _read_head(path: Path, d: int, load_file: Any) -> torch.Tensor:  # -> (d, d)
     return w
 
 
+def _config_layers(path: Path) -> int:
+    """``num_hidden_layers`` of ``path/config.json`` (or of its ``text_config``)."""
+    import json
+
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        n = cfg.get("num_hidden_layers", (cfg.get("text_config") or {}).get("num_hidden_layers"))
+        return int(n)
+    except (OSError, ValueError, TypeError) as e:
+        raise NLAError(f"cannot read num_hidden_layers from {path / 'config.json'}: {e}") from e
+
+
 def _check_suffix(ar: ActivationReconstructor, info: dict[str, Any]) -> None:
     want = (info.get("tokens") or {}).get("critic_suffix_ids")
     if want is None:
         return
-    got = ar.tokenizer(ar.suffix, add_special_tokens=False)["input_ids"]
-    if [int(i) for i in want] != list(got):
-        log.warning("critic_suffix_ids in the sidecar %s differ from the live tokenizer's %s", list(want), got)
+    got = ar.suffix_ids()
+    if not meta.suffix_matches(list(want), got):
+        log.warning(
+            "critic_suffix_ids in the sidecar %s match neither the live tokenizer's suffix %s nor its official tail %s",
+            list(want),
+            got,
+            got[1:],
+        )
 
 
 __all__ = ["VALUE_HEAD", "ActivationReconstructor", "last_token_index"]

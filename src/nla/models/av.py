@@ -26,7 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from nla.common.errors import NLAError
-from nla.common.meta import MODEL_SIDECAR, extraction_scale, read_model_sidecar, template, write_sidecar
+from nla.common.meta import (
+    MODEL_SCHEMA_VERSION,
+    MODEL_SIDECAR,
+    base_model,
+    extraction_scale,
+    layer_index,
+    read_model_sidecar,
+    template,
+    write_sidecar,
+)
 from nla.common.paths import atomic_dir
 from nla.core.inject import Injector, Marker, chat_prompt_ids, choose_marker, fill_template, verify_marker
 from nla.core.modules import text_config
@@ -299,15 +308,17 @@ class ActivationVerbalizer:
 
     # ------------------------------------------------------------------------------ persistence
     def meta(self) -> dict[str, Any]:
+        """The ``nla_meta.yaml`` of this AV; scales are numbers (the official readers call ``float()``)."""
         return {
             "kind": "nla_model",
+            "schema_version": MODEL_SCHEMA_VERSION,
             "role": "av",
             "d_model": self.d_model,
             "extraction": {
                 "base_model": self.base_model,
                 "layer_index": self.layer,
-                "injection_scale": self.injection_scale,
-                "mse_scale": "sqrt_d_model",
+                "injection_scale": None if self.injection_scale is None else float(self.injection_scale),
+                "mse_scale": math.sqrt(self.d_model),
             },
             "tokens": {
                 "injection_char": self.marker.char,
@@ -372,10 +383,11 @@ class ActivationVerbalizer:
             raise NLAError(f"{path}/{MODEL_SIDECAR} lacks a valid d_model or tokens.* entry: {e}") from e
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        base = base_model(meta)  # extraction.base_model, else the official base_checkpoint
         has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-        if not has_tok and not ext.get("base_model"):
+        if not has_tok and not base:
             raise NLAError(f"{path} has no tokenizer and its sidecar names no base model to take one from")
-        tokenizer = load_tokenizer(str(path) if has_tok else str(ext["base_model"]))
+        tokenizer = load_tokenizer(str(path) if has_tok else base)
         if (path / ADAPTER_CONFIG).exists():
             base = ext.get("base_model")
             if not base:
@@ -397,9 +409,9 @@ class ActivationVerbalizer:
             marker=marker,
             injection_scale=extraction_scale(meta, "injection_scale"),
             template=tmpl,
-            layer=int(ext.get("layer_index", -1)),
+            layer=-1 if (layer := layer_index(meta)) is None else layer,  # from wherever the sidecar states it
             d_model=d_model,
-            base_model=str(ext.get("base_model", "")),
+            base_model=base_model(meta),
             injection_mode=str(inj.get("mode", "replace")),
             add_layer=int(inj.get("add_layer", 0)),
         )

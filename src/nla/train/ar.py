@@ -2,7 +2,9 @@
 
 Input: two teacher parquet files (columns ``activation_vector`` raw list<float32> and ``explanation``;
 ``doc_id`` used to check that train and eval are document-disjoint) with their ``.nla_meta.yaml``
-sidecars, which give the default base model and layer. Loss: ``mse_nrm(AR(explanation), vector)``
+sidecars, which give the default base model and layer. Official datasets work too: stage-2 output
+(``api_explanation``) and AR-SFT files (a templated ``prompt``, unwrapped with the sidecar's AR template,
+which then also becomes the AR's template; :mod:`nla.data.official`). Loss: ``mse_nrm(AR(explanation), vector)``
 (both normalised to sqrt(d)). Rows whose vector is NaN/inf/zero or whose explanation is empty are
 skipped and counted.
 
@@ -31,6 +33,7 @@ from nla.common.paths import atomic_write_text
 from nla.core import metrics
 from nla.core.modules import find_decoder_layers
 from nla.data.activations import VECTOR_COL, activation_matrix, check_same_source, load_vectors, read_parquet
+from nla.data.official import TEXT_COLUMNS, explanation_texts
 from nla.evaluate.roundtrip import Baseline, evaluate_ar, format_eval
 from nla.models.ar import ActivationReconstructor
 from nla.models.target import load_target
@@ -94,21 +97,28 @@ class ARData:
 def load_ar_data(path: str | Path, *, d_model: int | None = None) -> ARData:
     """Read a teacher parquet; drop (and count) rows with non-finite/zero vectors or empty explanations."""
     path = Path(path)
-    data = read_parquet(path, columns=[VECTOR_COL, TEXT_COL, DOC_COL], require=[VECTOR_COL, TEXT_COL])
+    data = read_parquet(path, columns=[VECTOR_COL, *TEXT_COLUMNS, DOC_COL], require=[VECTOR_COL])
     table, sidecar = data.table, data.sidecar
     if table.num_rows == 0:
         raise NLAError(f"{path} has no rows")
+    found = explanation_texts(table, sidecar, str(path))
+    if found is None:
+        raise NLAError(
+            f"{path} lacks an explanation column (explanation, api_explanation, or an official AR-SFT prompt); "
+            f"has: {', '.join(table.column_names)}"
+        )
     vectors, no_vector = activation_matrix(table, str(path))
     nulls = torch.from_numpy(table.column(VECTOR_COL).is_null().to_numpy(zero_copy_only=False))
     if bool((no_vector & ~nulls).any()):
         lengths = {len(v) for v in table.column(VECTOR_COL).to_pylist() if v is not None}
         raise NLAError(f"{path}: activation vectors have different lengths {sorted(lengths)}")
-    d = vectors.shape[1] or int(sidecar.get("d_model") or 0)
+    side_d = meta.d_model(sidecar)
+    d = vectors.shape[1] or int(side_d or 0)
     if d_model is not None and d != d_model:
         raise NLAError(f"{path}: vectors have d={d} but the model has d_model={d_model}")
-    if sidecar.get("d_model") is not None and int(sidecar["d_model"]) != d:
-        raise NLAError(f"{path}: sidecar says d_model={sidecar['d_model']} but the vectors have d={d}")
-    texts = [t if isinstance(t, str) else "" for t in table.column(TEXT_COL).to_pylist()]
+    if side_d is not None and side_d != d:
+        raise NLAError(f"{path}: sidecar says d_model={side_d} but the vectors have d={d}")
+    texts = found[0]
     bad_vec = ~torch.isfinite(vectors).all(-1) | nulls
     zero = (vectors.abs().sum(-1) == 0) & ~bad_vec
     empty = torch.tensor([not t.strip() for t in texts], dtype=torch.bool)
@@ -153,9 +163,8 @@ def load_ar_parts(paths: str, *, d_model: int | None = None) -> ARData:
 
 
 def _resolve_model_and_layer(cfg: ARTrainConfig, sidecar: dict[str, Any]) -> tuple[str, int]:
-    ext = sidecar.get("extraction") or {}
-    model = cfg.model or ext.get("base_model")
-    layer = cfg.layer if cfg.layer is not None else ext.get("layer_index")
+    model = cfg.model or meta.base_model(sidecar)
+    layer = cfg.layer if cfg.layer is not None else meta.layer_index(sidecar)
     if not model:
         raise NLAError("no base model: pass --model or give the data a sidecar with extraction.base_model")
     if layer is None:
@@ -223,6 +232,10 @@ def train_ar(cfg: ARTrainConfig) -> TrainResult:
         raise NLAError("--eval-data (held-out teacher parquet, document-disjoint from --data) is required")
     train = load_ar_parts(cfg.data)
     model, layer = _resolve_model_and_layer(cfg, train.sidecar)
+    data_template = meta.template(train.sidecar, "ar")
+    if data_template and cfg.template == meta.DEFAULT_AR_TEMPLATE and data_template != cfg.template:
+        log.info("using the data sidecar's AR template %r", data_template)
+        cfg.template = data_template
     held = load_ar_data(cfg.eval_data)
     _check_compatible(train, held, layer)
     torch.manual_seed(cfg.seed)
@@ -281,7 +294,7 @@ def train_ar(cfg: ARTrainConfig) -> TrainResult:
 
 
 def _check_compatible(train: ARData, held: ARData, layer: int) -> None:
-    held_layer = (held.sidecar.get("extraction") or {}).get("layer_index")
+    held_layer = meta.layer_index(held.sidecar)
     if held_layer is not None and int(held_layer) != layer:
         raise NLAError(f"--eval-data comes from layer {held_layer} but training uses layer {layer}")
     if train.doc_ids is not None and held.doc_ids is not None:

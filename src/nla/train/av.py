@@ -3,7 +3,10 @@
 Input: teacher output parquet (a file, or a directory of ``*.parquet``) with ``activation_vector``
 (raw) and ``response`` (``<explanation>...</explanation>``; built from ``explanation`` when absent),
 plus the sidecar ``<file>.nla_meta.yaml`` (``extraction.base_model``, ``extraction.layer_index``,
-``d_model``). Loss: next-token cross-entropy on the response tokens only (through :func:`nla.train.loop.fit`).
+``d_model``). Official datasets work too: stage-2 output (``api_explanation``) and AV-SFT files, whose
+instruction (the chat ``prompt`` column / ``prompt_templates.actor``) and marker (``tokens.injection_*``)
+the fresh AV then uses (:mod:`nla.data.official`). Loss: next-token cross-entropy on the response tokens
+only (through :func:`nla.train.loop.fit`).
 
 The signal to watch is not the training loss but the held-out NLL gap between the REAL vectors and
 SHUFFLED ones (official: ~0.21 nats at 7B): a gap near 0 means the AV ignores the injection.
@@ -26,9 +29,14 @@ from torch import nn
 
 from nla.common.config import option
 from nla.common.errors import NLAError
+from nla.common.meta import base_model as base_model_of
+from nla.common.meta import d_model as d_model_of
+from nla.common.meta import layer_index
+from nla.core.inject import Marker
 from nla.core.metrics import mean_baseline, shuffled
 from nla.core.text import wrap_explanation
 from nla.data.activations import VECTOR_COL, activation_matrix, check_same_source, read_parquet
+from nla.data.official import EXPLANATION_COLUMNS, av_contract, explanation_texts
 from nla.models.av import DEFAULT_AV_TEMPLATE, ActivationVerbalizer, default_injection_scale, injection_failed
 from nla.models.lora import apply_lora, is_lora
 from nla.models.sequences import AVBatch
@@ -79,6 +87,8 @@ class AVData:
     doc_ids: list[str]
     meta: dict[str, Any]
     skipped: dict[str, int]
+    template: str | None = None  # the AV instruction an official dataset was built with
+    marker: Marker | None = None  # and its marker (sidecar tokens.injection_*)
 
 
 def load_av_data(path: str | Path) -> AVData:
@@ -94,25 +104,31 @@ def load_av_data(path: str | Path) -> AVData:
             [d for p in parts for d in p.doc_ids],
             parts[0].meta,
             {k: sum(p.skipped[k] for p in parts) for k in parts[0].skipped},
+            parts[0].template,
+            parts[0].marker,
         )
     data = read_parquet(path, require=[VECTOR_COL])
     table, meta = data.table, data.sidecar
     cols = set(table.column_names)
-    if "response" not in cols and "explanation" not in cols:
+    if "response" not in cols and not cols & set(EXPLANATION_COLUMNS):
         raise NLAError(
-            f"{data.files[0]} lacks the column(s) response (or explanation); found {', '.join(sorted(cols))}"
+            f"{data.files[0]} lacks the column(s) response (or explanation, api_explanation); "
+            f"found {', '.join(sorted(cols))}"
         )
     n = table.num_rows
     vecs, no_vector = activation_matrix(table, str(path))
     d = vecs.shape[1]
     if d == 0:
         raise NLAError(f"{path}: no row has an activation vector")
-    if "d_model" in meta and int(meta["d_model"]) != d:
-        raise NLAError(f"{path}: vectors have {d} dimensions but the sidecar says d_model {meta['d_model']}")
-    resp_col = "response" if "response" in cols else "explanation"
-    responses = [(r or "").strip() for r in table.column(resp_col).to_pylist()]
-    if resp_col == "explanation":
-        responses = [wrap_explanation(r) if r else "" for r in responses]
+    side_d = d_model_of(meta)
+    if side_d is not None and side_d != d:
+        raise NLAError(f"{path}: vectors have {d} dimensions but the sidecar says d_model {side_d}")
+    if "response" in cols:
+        responses = [(r or "").strip() for r in table.column("response").to_pylist()]
+    else:
+        texts, _ = explanation_texts(table, meta, str(path)) or ([], "")
+        responses = [wrap_explanation(r.strip()) if r.strip() else "" for r in texts]
+    template, marker = av_contract(table, meta, str(path))
     # without a doc_id column every row is its own document, named by file so two files never share one
     rows = range(n)
     doc_ids = (
@@ -145,12 +161,18 @@ def load_av_data(path: str | Path) -> AVData:
     idx = keep.nonzero().squeeze(-1).tolist()
     if not idx:
         raise NLAError(f"{path}: no usable rows (all {n} skipped: {skipped})")
-    return AVData(vecs[keep], [responses[i] for i in idx], [doc_ids[i] for i in idx], meta, skipped)
+    return AVData(vecs[keep], [responses[i] for i in idx], [doc_ids[i] for i in idx], meta, skipped, template, marker)
 
 
 def _subset(data: AVData, rows: list[int]) -> AVData:
     return AVData(
-        data.vectors[rows], [data.responses[i] for i in rows], [data.doc_ids[i] for i in rows], data.meta, data.skipped
+        data.vectors[rows],
+        [data.responses[i] for i in rows],
+        [data.doc_ids[i] for i in rows],
+        data.meta,
+        data.skipped,
+        data.template,
+        data.marker,
     )
 
 
@@ -201,9 +223,8 @@ def _batches(av: ActivationVerbalizer, data: AVData, resp_ids: list[list[int]], 
 
 
 def _resolve(cfg: AVTrainConfig, meta: dict[str, Any]) -> tuple[str, int | None]:
-    ext = meta.get("extraction") or {}
-    model = cfg.model or str(ext.get("base_model") or "") or DEFAULT_TARGET
-    layer = cfg.layer if cfg.layer is not None else ext.get("layer_index")
+    model = cfg.model or base_model_of(meta) or DEFAULT_TARGET
+    layer = cfg.layer if cfg.layer is not None else layer_index(meta)
     return model, (int(layer) if layer is not None else None)
 
 
@@ -255,8 +276,17 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
         f", from {cfg.init}" if cfg.init else "",
     )
     if not cfg.init:
+        template, marker = cfg.template, None
+        if data.template and cfg.template == DEFAULT_AV_TEMPLATE:  # an official dataset states its instruction
+            template, marker = data.template, data.marker
+            log.info("using the data's AV instruction%s", f" and marker {marker.char!r}" if marker else "")
         av = ActivationVerbalizer.from_target(
-            target, injection_scale=scale, layer=layer, template=cfg.template, corpus_texts=train.responses[:2000]
+            target,
+            injection_scale=scale,
+            layer=layer,
+            template=template,
+            marker=marker,
+            corpus_texts=train.responses[:2000],
         )
         del target
         if cfg.lora:
