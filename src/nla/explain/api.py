@@ -451,6 +451,7 @@ class NLA:
         seed: int | None = None,
         best_of: int | None = None,
         min_support: int = DEFAULT_MIN_SUPPORT,
+        max_tokens: int | None = None,
         return_activations: bool = False,
         return_reconstructions: bool = False,
     ) -> Any:
@@ -464,13 +465,14 @@ class NLA:
         ``return_activations`` or ``return_reconstructions`` a tuple ``(records, activations,
         reconstructions)``: per input the (P_i, d) activations, and the AR's (P_i, d) reconstructions from
         each record's chosen answer (one more AR pass; None unless asked for, or without an AR).
+        ``max_tokens`` N keeps the last N tokens of each input (as :meth:`explain`); positions index them.
         """
         specs = [positions] * len(inputs) if isinstance(positions, str) else list(positions)
         if len(specs) != len(inputs):
             raise NLAError(f"{len(inputs)} inputs but {len(specs)} position specs")
         encoded, picked, acts = [], [], []
         for item, spec in zip(inputs, specs, strict=True):
-            enc, pos = self.select(item, spec)
+            enc, pos = self.select(item, spec, max_tokens=max_tokens)
             encoded.append(enc)
             picked.append(pos)
             acts.append(self.activations(enc.input_ids[: pos[-1] + 1])[pos])  # (P_i, d)
