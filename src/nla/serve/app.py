@@ -27,13 +27,14 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nla.audit.flags import flag_summary
 from nla.audit.search import document_view, documents, position, search_store
@@ -48,7 +49,7 @@ MAX_LIVE_POSITIONS = 64  # a live explain call decodes at most this many tokens
 
 
 class Message(BaseModel):
-    role: str
+    role: Literal["system", "user", "assistant"]
     content: str
 
 
@@ -84,6 +85,10 @@ def _record(r: Any) -> dict[str, Any]:
         "control_cosine": r.control_cosine,
         "margin": margin,
         "fve": r.fve,
+        "control_fve": r.control_fve,
+        "beats_control": r.beats_control,
+        "lookup_fve": r.lookup_fve,
+        "worth_reading": r.worth_reading,
     }
 
 
@@ -116,8 +121,8 @@ def create_app(
     async def _nla_error(_req: Request, e: NLAError) -> JSONResponse:
         return JSONResponse({"error": str(e)}, status_code=400)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_req: Request, e: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # also FastAPI's, and the router's own 404 / 405
+    async def _http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
 
     @app.exception_handler(RequestValidationError)
