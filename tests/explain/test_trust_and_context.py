@@ -56,6 +56,17 @@ def test_table_and_html_show_control_verdict_sink_and_negative_legend() -> None:
     assert "1 worth reading" in page
 
 
+def test_html_marks_each_chat_turn() -> None:
+    """Hidden template tokens must not run the turns together ('Rome?Sure!'): each turn gets a role marker."""
+    tokens = ["<|im_start|>", "user\n", "Rome", "?", "<|im_end|>\n", "<|im_start|>", "assistant\n", "Sure", "!"]
+    mask = [False, False, True, True, False, False, False, True, True]
+    page = render_html([_rec(7, 0.4, 0.1, True)], tokens, text_mask=mask)
+    body = page[page.index("<body") :]
+    assert body.index('class="turn">user:') < body.index(">Rome<") < body.index('class="turn">assistant:')
+    assert body.index('class="turn">assistant:') < body.index(">Sure<")
+    assert 'class="turn"' not in render_html([_rec(1, 0.4, 0.1, True)], ["a", "b"], text_mask=[True, True])
+
+
 def test_html_hides_template_tokens_unless_explained() -> None:
     recs = [_rec(2, 0.4, 0.1, True)]
     tokens = ["<|im_start|>", "user\n", "hi", "<|im_end|>"]

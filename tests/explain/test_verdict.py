@@ -27,7 +27,8 @@ def test_token_lookup_roundtrip_and_scores(tmp_path) -> None:
     table.save(tmp_path / "t.safetensors")
     back = TokenLookup.load(tmp_path / "t.safetensors")
     assert back.meta["layer"] == "1" and back.row_of == {5: 0, 9: 1, 11: 2}
-    torch.testing.assert_close(back.reference([9, 7, None]), torch.stack([means[1], overall, overall]), atol=2e-3, rtol=0)
+    want = torch.stack([means[1], overall, overall])
+    torch.testing.assert_close(back.reference([9, 7, None]), want, atol=2e-3, rtol=0)
     vectors = torch.stack([means[1] * 3.0, -means[1]])  # the lookup of token 9 predicts the first exactly
     fves, coss = lookup_scores(back, vectors, [9, 9], baseline=0.5)
     assert coss[0] == pytest.approx(1.0, abs=1e-3) and fves[0] == pytest.approx(1.0, abs=1e-2)

@@ -5,7 +5,8 @@ Tables (``SCHEMA``): ``documents`` (one row per document id, its content and a c
 it: the rendered text and its tokens), ``positions`` (the tokens a run explains: token, character
 offsets, role, turn, context tail and the work batch it belongs to), ``explanations`` (per position:
 the explanation, the AV's raw answer, cosine / mse_nrm / fve of the round trip, the empty-explanation
-control, every sample, the raw activation as float32 bytes), ``explanations_fts`` (an FTS5 index of the
+control, the token lookup's fve and the verdict ``worth`` (1 = worth reading, nla.explain.trust), every
+sample, the raw activation as float32 bytes), ``explanations_fts`` (an FTS5 index of the
 explanations, rowid = position id), ``skips`` (what a run left out and why: a malformed line, a document
 or some of its positions; ``positions`` counts the positions left out, 0 for a whole line) and ``flags``
 (what ``nla audit flags`` found).
@@ -82,6 +83,8 @@ CREATE TABLE IF NOT EXISTS explanations (
     control_cosine REAL,
     margin REAL,
     cjk INTEGER NOT NULL,
+    lookup_fve REAL,
+    worth INTEGER,
     samples TEXT NOT NULL,
     activation BLOB NOT NULL
 );
@@ -120,6 +123,8 @@ EXPLANATION_COLUMNS = (
     "control_cosine",
     "margin",
     "cjk",
+    "lookup_fve",
+    "worth",
     "samples",
     "activation",
 )
@@ -149,12 +154,22 @@ class Store:
                 self.db.executescript(SCHEMA)
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            self._add_columns()
         except sqlite3.OperationalError as e:
             raise self._error(e) from e
         except sqlite3.DatabaseError as e:
             raise NLAError(f"{self.path} is not an nla audit database: {e}") from e
         if version is None or version[0] != SCHEMA_VERSION:
             raise NLAError(f"{self.path} has audit schema {version and version[0]!r}; this nla reads {SCHEMA_VERSION}")
+
+    def _add_columns(self) -> None:
+        """Columns added to schema 1 later (the verdict's): a DB made before them gets them, empty."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(explanations)")}
+        if not have:
+            return
+        for name, kind in (("lookup_fve", "REAL"), ("worth", "INTEGER")):
+            if name not in have:
+                self.db.execute(f"ALTER TABLE explanations ADD COLUMN {name} {kind}")
 
     def _error(self, e: sqlite3.OperationalError) -> NLAError:
         if _locked(e):

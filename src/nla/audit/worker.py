@@ -64,6 +64,8 @@ def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[
                     control_cosine=r.control_cosine,
                     margin=margin,
                     cjk=int(r.cjk),
+                    lookup_fve=r.lookup_fve,
+                    worth=None if r.worth_reading is None else int(r.worth_reading),
                     samples=json.dumps(samples, ensure_ascii=False),
                     activation=pack_vector(v.numpy()),
                     search_text=r.explanation if r.explanation is not None else text_for_ar(r.raw),

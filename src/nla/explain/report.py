@@ -195,6 +195,7 @@ main{display:flex;gap:16px;padding:16px 20px}
 .k{color:#666} .legend span{display:inline-block;width:28px;height:12px;margin-right:1px}
 .legend span.neg{width:40px}
 .neg{background:repeating-linear-gradient(45deg,hsl(0,75%,80%) 0 4px,hsl(0,60%,65%) 4px 8px)!important}
+.turn{display:block;margin-top:.7em;font-size:11px;font-weight:bold;color:#666}
 .t.sink{outline:2px dotted #555} .tpl{display:none} body.showtpl .tpl{display:inline;color:#999}
 #overview{padding:0 20px 20px} #overview table{border-collapse:collapse;background:#fff;width:100%;font-size:13px}
 #overview td,#overview th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
@@ -282,6 +283,18 @@ def _legend(records: Sequence[Any], metric: str) -> str:
     )
 
 
+ROLE_NAMES = ("system", "user", "assistant", "tool")
+
+
+def _turn_marker(template: str) -> str:
+    """A visible marker for the turn that a run of hidden chat-template tokens opens (its last role name),
+    so the turns of a chat do not run together when the template is hidden; empty when it names none."""
+    found = [(template.rfind(r), r) for r in ROLE_NAMES if r in template]
+    if not found:
+        return ""
+    return f'<span class="turn">{_esc(max(found)[1])}:</span>'
+
+
 def render_html(
     records: Sequence[Any],
     tokens: Sequence[str] | None = None,
@@ -299,10 +312,15 @@ def render_html(
         tokens = [str(_get(r, "token", f"[{_get(r, 'index', i)}]")) + " " for i, r in enumerate(records)]
         by_pos = {i: (i, r) for i, r in enumerate(records)}
         text_mask = None
-    spans, hidden = [], 0
+    spans, hidden, template = [], 0, ""
     for pos, tok in enumerate(tokens):
+        typed = text_mask is None or pos >= len(text_mask) or text_mask[pos]
+        if not typed:
+            template += tok
+        elif template:  # a turn starts after hidden template tokens: show whose turn it is
+            spans.append(_turn_marker(template))
+            template = ""
         if pos not in by_pos:
-            typed = text_mask is None or pos >= len(text_mask) or text_mask[pos]
             hidden += not typed
             spans.append(f'<span class="{"u" if typed else "u tpl"}">{_esc(tok)}</span>')
             continue

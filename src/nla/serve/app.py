@@ -9,7 +9,8 @@ JSON API (every error is a JSON ``{"error": "..."}`` with a 4xx status, never a 
 - ``GET /api/documents?run=``: documents with explained counts, mean margin and flag counts;
 - ``GET /api/document?doc=ID&run=``: every token of one document, with the scores of explained ones;
 - ``GET /api/position/{pos_id}``: one explained position: explanation, all samples, scores, context, flags;
-- ``GET /api/search?q=...&min_margin=&role=&doc=&run=&limit=``: FTS5 search of the explanations;
+- ``GET /api/search?q=...&min_margin=&worth=&role=&doc=&run=&limit=``: FTS5 search of the explanations
+  (``worth=true``: only those with the verdict 'worth reading');
 - ``GET /api/flags?run=``: the stored flags (``nla audit flags --rules``), per detector and document;
 - ``POST /api/explain`` ``{"text" | "messages", "positions": "last"}``: explain a new text live;
 - ``POST /api/score`` ``{"explanation", "pos_id" | ("text", "position")}``: how well the AR rebuilds the
@@ -175,12 +176,15 @@ def create_app(
         q: str,
         run: int | None = None,
         min_margin: float | None = None,
+        worth: bool = False,
         role: str | None = None,
         doc: str | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         with store() as s:
-            return search_store(s, q, run=run, min_margin=min_margin, role=role or None, doc=doc or None, limit=limit)
+            return search_store(
+                s, q, run=run, min_margin=min_margin, role=role or None, doc=doc or None, limit=limit, worth=worth
+            )
 
     @app.get("/api/flags")
     def api_flags(run: int | None = None) -> dict[str, Any]:
