@@ -74,3 +74,18 @@ def test_nla_records_carry_lookup_and_verdict(tiny_target, tmp_path) -> None:
     assert vrec.lookup_fve is not None and vrec.worth_reading is not None  # the overall mean stands in
     with pytest.raises(NLAError, match="token lookup has"):
         NLA(av, None, tiny_target, lookup=TokenLookup(ids[:1], torch.ones(1, d + 1), torch.ones(d + 1), {}))
+
+
+def test_activations_take_what_encode_returns(tiny_target) -> None:
+    from nla.explain.api import NLA
+    from nla.models.av import ActivationVerbalizer
+
+    nla = NLA(ActivationVerbalizer.from_target(tiny_target, injection_scale=8.0, layer=1), None, tiny_target)
+    enc = nla.encode("the quick brown fox")
+    by_ids = nla.activations(enc.input_ids)
+    torch.testing.assert_close(nla.activations(enc), by_ids)  # the natural call works
+    torch.testing.assert_close(nla.activations("the quick brown fox"), by_ids)
+    with pytest.raises(NLAError, match="takes token ids"):
+        nla.activations([{"a": 1}])
+    with pytest.raises(NLAError, match="at least one token"):
+        nla.activations([])

@@ -280,10 +280,22 @@ class NLA:
         )
 
     @torch.no_grad()
-    def activations(self, input_ids: Sequence[int]) -> torch.Tensor:  # -> (T, d) float32
-        """The output of block ``layer`` at every position of one tokenised input."""
+    def activations(self, input_ids: Sequence[int] | Encoded | str) -> torch.Tensor:  # -> (T, d) float32
+        """The output of block ``layer`` at every position of one input: token ids, what :meth:`encode`
+        returns (``nla.activations(nla.encode(text))``), or a text (encoded here)."""
         target = self._need_target()
-        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=target.device)  # (1, T)
+        if isinstance(input_ids, str):
+            input_ids = self.encode(input_ids)
+        if isinstance(input_ids, Encoded):
+            input_ids = input_ids.input_ids
+        try:
+            ids = torch.tensor([[int(i) for i in input_ids]], dtype=torch.long, device=target.device)  # (1, T)
+        except (TypeError, ValueError) as e:
+            raise NLAError(
+                f"activations() takes token ids, nla.encode(text) or a text, not {type(input_ids).__name__}"
+            ) from e
+        if ids.shape[1] == 0:
+            raise NLAError("activations() needs at least one token")
         hidden = target.hidden_at(ids, torch.ones_like(ids), self.layer)  # (1, T, d)
         return hidden[0].float().cpu()
 
