@@ -8,7 +8,7 @@ from nla.common.errors import NLAError
 from nla.explain.api import TokenExplanation
 from nla.explain.inputs import Encoded, encode_input, select_tokens
 from nla.explain.report import legend_lines, render_html, render_table, table_rows
-from nla.explain.trust import COS_MARGIN, FVE_MARGIN, beats_control, control_fve, verdict
+from nla.explain.trust import COS_MARGIN, FVE_MARGIN, beats_control, control_fve, control_word, verdict
 
 
 def test_control_fve_and_the_margin() -> None:
@@ -19,10 +19,11 @@ def test_control_fve_and_the_margin() -> None:
     assert beats_control(None, 0.9, None, 0.9 - COS_MARGIN / 2) is False
     assert beats_control(None, 0.9, None, 0.9 - COS_MARGIN - 1e-9) is True
     assert beats_control(None, None, None, None) is None
-    assert [verdict(x) for x in (True, False, None)] == ["beats empty", "no better", "-"]
+    assert [control_word(x) for x in (True, False, None)] == ["beats empty", "no better", "-"]
+    assert [verdict(x) for x in (True, False, None)] == ["worth reading", "not worth it", "-"]
 
 
-def _rec(pos: int, fve: float, ctrl: float, beats: bool | None) -> TokenExplanation:
+def _rec(pos: int, fve: float, ctrl: float, beats: bool | None, lookup: float = 0.2) -> TokenExplanation:
     return TokenExplanation(
         token=f"t{pos}",
         position=pos,
@@ -34,21 +35,36 @@ def _rec(pos: int, fve: float, ctrl: float, beats: bool | None) -> TokenExplanat
         control_cosine=0.4,
         control_fve=ctrl,
         beats_control=beats,
+        lookup_fve=lookup,
+        worth_reading=fve > 0 and fve >= lookup,
     )
 
 
 def test_table_and_html_show_control_verdict_sink_and_negative_legend() -> None:
-    recs = [_rec(0, 0.9, 0.85, False), _rec(1, -0.7, -0.2, False), _rec(2, 0.4, -0.3, True)]
+    recs = [_rec(0, 0.9, 0.85, False, 0.95), _rec(1, -0.7, -0.2, False), _rec(2, 0.4, -0.3, True)]
     header, rows = table_rows(recs)
-    assert header == ["pos", "token", "fve", "cos", "ctrl", "verdict", "explanation"]
-    assert rows[0][4:6] == ["+0.850", "no better (sink)"] and rows[2][4:6] == ["-0.300", "beats empty"]
-    assert "beats empty" in render_table(recs, use_rich=True, width=200)
+    assert header == ["pos", "token", "fve", "cos", "ctrl", "lookup", "verdict", "explanation"]
+    assert rows[0][4:7] == ["+0.850", "+0.950", "not worth it (sink)"]  # below its token's lookup
+    assert rows[2][4:7] == ["-0.300", "+0.200", "worth reading"]
+    assert "worth reading" in render_table(recs, use_rich=True, width=200)
     lines = legend_lines(recs)
-    assert f"{FVE_MARGIN:.2f} fve" in lines[0] and "(1 of 3 here)" in lines[0] and "attention sink" in lines[1]
+    assert "above 0 fve and above lookup" in lines[1] and "(1 of 3 here)" in lines[1] and "attention sink" in lines[2]
     page = render_html(recs, ["<s>", "t0", "t1", "t2"][1:], text_mask=[True, True, True])
     assert "below 0, striped (worse than predicting the mean, lowest here -0.700)" in page  # no clamping in the legend
     assert "Every explanation" in page and page.count("<tr data-i=") == 3  # the overview lists all
     assert 'class="t sink"' in page and 'class="t neg"' in page and "1 beat the empty explanation" in page
+    assert "1 worth reading" in page
+
+
+def test_html_marks_each_chat_turn() -> None:
+    """Hidden template tokens must not run the turns together ('Rome?Sure!'): each turn gets a role marker."""
+    tokens = ["<|im_start|>", "user\n", "Rome", "?", "<|im_end|>\n", "<|im_start|>", "assistant\n", "Sure", "!"]
+    mask = [False, False, True, True, False, False, False, True, True]
+    page = render_html([_rec(7, 0.4, 0.1, True)], tokens, text_mask=mask)
+    body = page[page.index("<body") :]
+    assert body.index('class="turn">user:') < body.index(">Rome<") < body.index('class="turn">assistant:')
+    assert body.index('class="turn">assistant:') < body.index(">Sure<")
+    assert 'class="turn"' not in render_html([_rec(1, 0.4, 0.1, True)], ["a", "b"], text_mask=[True, True])
 
 
 def test_html_hides_template_tokens_unless_explained() -> None:
@@ -100,3 +116,4 @@ def test_nla_explain_refuses_past_the_context_and_cuts_with_max_tokens(tiny_targ
     (rec,) = nla.explain(text, "last", best_of=1, max_new_tokens=2, max_tokens=16)
     assert rec.position == 15 and rec.control_fve == pytest.approx(1 - 2 * (1 - rec.control_cosine) / 0.5)
     assert rec.beats_control == (rec.fve - rec.control_fve >= FVE_MARGIN)
+    assert rec.lookup_fve is None and rec.worth_reading == (rec.fve > 0 and rec.beats_control)  # no lookup table

@@ -143,3 +143,18 @@ def test_bad_db_and_port_in_use(tmp_path) -> None:
     sock = bind("127.0.0.1", 0)
     assert sock.getsockname()[0] == "127.0.0.1"
     sock.close()
+
+
+def test_bad_port_unknown_route_and_role(client: TestClient, served: dict) -> None:
+    for port in (99999, -1, 65536):
+        with pytest.raises(NLAError, match=f"--port {port} is not a TCP port"):
+            bind("127.0.0.1", port)
+    for method, path in [("get", "/no/such/page"), ("get", "/api/nothing"), ("delete", "/api/explain")]:
+        r = getattr(client, method)(path)
+        assert r.status_code in (404, 405) and set(r.json()) == {"error"}, (path, r.json())
+    robot = [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "boop"}]
+    r = client.post("/api/explain", json={"messages": robot})
+    assert r.status_code == 422 and "role" in r.json()["error"]
+    rec = client.post("/api/explain", json={"text": "The fox.", "positions": "last"}).json()["records"][0]
+    assert {"lookup_fve", "worth_reading", "beats_control", "control_fve"} <= set(rec)
+    assert rec["worth_reading"] is not True or rec["fve"] is None or rec["fve"] > 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nla.audit.plan import content_hash, content_of, read_documents, select_positions, token_rows
+from nla.audit.plan import ReadReport, content_hash, content_of, pick_positions, read_documents, token_rows
 from nla.audit.ray_engine import ray_engine
 from nla.audit.store import Store
 from nla.audit.worker import explain_batch, load_nla
@@ -43,13 +44,15 @@ from nla.core.text import DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP, filtering_suppo
 from nla.data.documents import Document
 from nla.explain.api import NLA, resolve_nla_paths, sidecar_baseline
 from nla.explain.inputs import encode_input
-from nla.models.target import load_tokenizer
+from nla.explain.positions import check_spec
+from nla.models.target import load_tokenizer, model_context_limit
 
 log = logging.getLogger(__name__)
 
 # the options a run is defined by: continuing a run with other values would mix incomparable rows
 RUN_KEYS = (
     "positions",
+    "max_tokens",
     "every",
     "sample",
     "seed",
@@ -73,6 +76,10 @@ class AuditConfig:
     positions: str = option(
         "auto", "Tokens to explain: auto (assistant tokens of chats, all tokens of text), all, assistant, last, 10:20."
     )
+    max_tokens: int | None = option(
+        None, "Keep only the last N tokens of each document (as nla explain does); default: skip positions past "
+        "the target's context window, with a reason stored in the DB."
+    )
     every: int = option(1, "Keep every k-th of the selected tokens.")
     sample: int | None = option(None, "Keep a random sample of at most this many tokens per document (seeded).")
     limit: int | None = option(None, "Audit at most this many documents of DATA (rerun without it to continue).")
@@ -91,6 +98,43 @@ class AuditConfig:
     device: str = option("cpu", "Torch device, e.g. cpu or cuda:0.")
     dtype: str = option("float32", "Model dtype.", choices=["float32", "bfloat16", "float16"])
     timeout: float = option(10.0, "Seconds to wait for a database another process has locked.")
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def check_config(cfg: AuditConfig) -> None:
+    """Refuse bad options before anything is read or created (one clear error naming the option)."""
+    at_least_one = {
+        "--batch-size": cfg.batch_size,
+        "--max-new-tokens": cfg.max_new_tokens,
+        "--best-of": cfg.best_of,
+        "--every": cfg.every,
+        "--min-support": cfg.min_support,
+        "--sample": cfg.sample,
+        "--limit": cfg.limit,
+        "--max-tokens": cfg.max_tokens,
+        "--num-actors": cfg.num_actors,
+    }
+    for name, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise NLAError(f"{name} must be >= 1, got {value}")
+    if cfg.temperature is not None and not (math.isfinite(cfg.temperature) and cfg.temperature > 0):
+        raise NLAError(f"--temperature must be a positive number, got {cfg.temperature}")
+    if cfg.baseline is not None and not (math.isfinite(cfg.baseline) and cfg.baseline > 0):
+        raise NLAError(f"--baseline must be a positive number, got {cfg.baseline}")
+    cpus_ok = math.isfinite(cfg.num_cpus) and cfg.num_cpus > 0
+    if not cpus_ok or not (math.isfinite(cfg.num_gpus) and cfg.num_gpus >= 0):
+        raise NLAError(f"--num-cpus must be > 0 and --num-gpus >= 0, got {cfg.num_cpus} and {cfg.num_gpus}")
+    if not (math.isfinite(cfg.timeout) and cfg.timeout >= 0):
+        raise NLAError(f"--timeout must be a number of seconds >= 0, got {cfg.timeout}")
+    if cfg.positions.strip().lower() != "auto":
+        check_spec(cfg.positions)
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise NLAError(f"--out {out} is a directory: name the database file, e.g. {out / 'audit.db'}")
+    if out.exists() and not out.is_file():
+        raise NLAError(f"--out {out} is not a regular file")
 
 
 # ----------------------------------------------------------------------------- the NLA's identity
@@ -152,7 +196,8 @@ def open_run(store: Store, cfg: AuditConfig, nla_id: str, desc: dict[str, Any]) 
                 f"{store.path} run {last['run_id']} was made with another NLA ({last['nla']['av']}, "
                 f"id {last['nla_id']}; this one is {nla_id}): pass --new-run to add a run with this NLA"
             )
-        was_run = {"min_support": 1, **last["config"]}  # runs made before min_support kept every claim
+        # runs made before min_support kept every claim; before max_tokens, read whole documents
+        was_run = {"min_support": 1, "max_tokens": None, **last["config"]}
         changed = [k for k in RUN_KEYS if was_run.get(k) != config[k]]
         if changed:
             was = ", ".join(f"{k}={was_run.get(k)!r}" for k in changed)
@@ -161,12 +206,26 @@ def open_run(store: Store, cfg: AuditConfig, nla_id: str, desc: dict[str, Any]) 
     return store.add_run(datetime.now(timezone.utc).isoformat(timespec="seconds"), nla_id, desc, config)
 
 
-def plan_documents(store: Store, run_id: int, docs: list[Document], tokenizer: Any, cfg: AuditConfig) -> dict[str, int]:
+def plan_documents(
+    store: Store,
+    run_id: int,
+    docs: list[Document],
+    tokenizer: Any,
+    cfg: AuditConfig,
+    *,
+    context: tuple[int | None, str] = (None, ""),
+) -> dict[str, Any]:
     """Tokenise the documents new to this run, choose their positions and give them work batches, in
-    one transaction. A document id already stored with other content is an error (nothing is written)."""
+    one transaction. A document id already stored with other content is an error (nothing is written).
+
+    What one document cannot give is skipped with a reason in the ``skips`` table, and the run goes on:
+    a chat the tokenizer cannot render, a ``--positions`` item past its end, positions at or past the
+    target's context window (``context``: its limit and where that number comes from; ``--max-tokens``
+    keeps the last N tokens instead). Returns counts and the skips of this plan."""
     known = {r["doc_id"]: (r["doc_key"], r["content_hash"]) for r in store.query("SELECT * FROM documents")}
     done = {r[0] for r in store.query("SELECT doc_key FROM run_docs WHERE run_id = ?", (run_id,))}
     counts = {"documents": len(docs), "new": 0, "already_audited": 0, "without_positions": 0, "new_positions": 0}
+    skips: list[dict[str, Any]] = []
     row = store.query("SELECT COALESCE(MAX(batch), -1) FROM positions WHERE run_id = ?", (run_id,))
     batch, in_batch = int(row[0][0]) + 1, 0
     with store.transaction() as db:
@@ -189,8 +248,10 @@ def plan_documents(store: Store, run_id: int, docs: list[Document], tokenizer: A
             if key in done:
                 counts["already_audited"] += 1
                 continue
-            enc = encode_input(tokenizer, content_of(doc))
-            picked = select_positions(doc, enc, cfg.positions, every=cfg.every, sample=cfg.sample, seed=cfg.seed)
+            picked, enc, doc_skips = _plan_one(doc, tokenizer, cfg, context)
+            skips += doc_skips
+            if enc is None:
+                continue
             rendered, rows = token_rows(doc, enc, picked)
             db.execute(
                 "INSERT INTO run_docs VALUES (?, ?, ?, ?, ?)",
@@ -209,7 +270,42 @@ def plan_documents(store: Store, run_id: int, docs: list[Document], tokenizer: A
             counts["new"] += 1
             counts["new_positions"] += len(rows)
             counts["without_positions"] += not rows
-    return counts
+        store.add_skips(db, run_id, skips)
+    return {**counts, "skips": skips}
+
+
+def _plan_one(
+    doc: Document, tokenizer: Any, cfg: AuditConfig, context: tuple[int | None, str]
+) -> tuple[list[int], Any, list[dict[str, Any]]]:
+    """(positions, encoded input or None when the whole document is skipped, skips) of one document."""
+    where = doc.doc_id
+
+    def skip(kind: str, reason: str, n: int = 0) -> dict[str, Any]:
+        return {"location": where, "doc_id": doc.doc_id, "kind": kind, "reason": reason, "positions": n}
+
+    try:
+        enc = encode_input(tokenizer, content_of(doc))
+    except NLAError as e:
+        return [], None, [skip("schema", str(e))]
+    if cfg.max_tokens is not None:
+        enc = enc.keep_last(cfg.max_tokens)
+    picked, problems = pick_positions(doc, enc, cfg.positions, every=cfg.every, sample=cfg.sample, seed=cfg.seed)
+    out = [skip("positions", p) for p in problems]
+    limit, source = context
+    past = [i for i in picked if limit is not None and i >= limit]
+    if past:
+        picked = [i for i in picked if i < past[0]]
+        where_from = f" ({source})" if source else ""
+        out.append(
+            skip(
+                "too_long",
+                f"{len(enc.input_ids):,} tokens, but the target reads at most {limit:,}{where_from}: {len(past):,} "
+                f"position(s) from {past[0]:,} on are past its context window (pass --max-tokens {limit} to "
+                f"explain the last {limit:,} tokens instead)",
+                len(past),
+            )
+        )
+    return picked, enc, out
 
 
 def pending_batches(store: Store, run_id: int) -> list[dict[str, Any]]:
@@ -260,21 +356,32 @@ def local_engine(desc: dict[str, Any], cfg: AuditConfig, nla: NLA | None = None)
 def audit(data: str, cfg: AuditConfig, *, nla: NLA | None = None, progress: bool = True) -> dict[str, Any]:
     """Audit ``data`` into ``cfg.out`` (see the module docstring); returns a summary. ``nla``: an already
     loaded NLA matching ``cfg.av/ar`` (the local engine uses it instead of loading one)."""
-    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or cfg.best_of < 1:
-        raise NLAError("--batch-size, --max-new-tokens and --best-of must be >= 1")
+    check_config(cfg)
     t0 = time.perf_counter()
     docs, report = read_documents(data, limit=cfg.limit)
     if report.malformed:
         log.warning("skipped %d malformed line(s) of %s, e.g. %s", report.malformed, data, report.examples[0])
     nla_id, desc = nla_identity(cfg)
-    tokenizer = nla.target.tokenizer if nla is not None else load_tokenizer(str(desc["target"]))
+    if nla is not None:
+        tokenizer = nla.target.tokenizer
+        context = nla.target.context_window()
+    else:
+        tokenizer = load_tokenizer(str(desc["target"]))
+        context = model_context_limit(str(desc["target"]), tokenizer)
+    if cfg.max_tokens is not None and context[0] is not None and cfg.max_tokens > context[0]:
+        raise NLAError(f"--max-tokens {cfg.max_tokens:,} is more than {desc['target']} reads: at most {context[0]:,}")
     with Store(cfg.out, create=True, timeout=cfg.timeout) as store:
         store.lock_writer()
         run_id = open_run(store, cfg, nla_id, desc)
-        counts = plan_documents(store, run_id, docs, tokenizer, cfg)
+        with store.transaction() as db:
+            store.add_skips(db, run_id, line_skips(report))
+        counts = plan_documents(store, run_id, docs, tokenizer, cfg, context=context)
+        for k in counts["skips"]:
+            log.warning("skipped %s: %s", k["location"], k["reason"])
         batches = pending_batches(store, run_id)
         total = sum(len(d["positions"]) for b in batches for d in b["docs"])
-        opts = {k: getattr(cfg, k) for k in ("max_new_tokens", "best_of", "temperature", "seed", "min_support")}
+        keys = ("max_new_tokens", "best_of", "temperature", "seed", "min_support", "max_tokens")
+        opts = {k: getattr(cfg, k) for k in keys}
         if cfg.engine == "ray":
             engine = ray_engine(desc, cfg)
         else:
@@ -292,16 +399,48 @@ def audit(data: str, cfg: AuditConfig, *, nla: NLA | None = None, progress: bool
         stored = store.query(
             "SELECT COUNT(*) FROM explanations JOIN positions USING (pos_id) WHERE run_id = ?", (run_id,)
         )
+        all_skips = store.skips(run_id)
+    planned = {k: v for k, v in counts.items() if k != "skips"}
     return {
         "db": str(cfg.out),
         "run": run_id,
         "nla": nla_id,
         "engine": cfg.engine,
-        "documents": {**counts, "malformed_lines": report.malformed, "malformed_examples": report.examples},
+        "documents": {**planned, "malformed_lines": report.malformed, "malformed_examples": report.examples},
         "positions": {"explained_now": explained, "stored": int(stored[0][0])},
+        "skipped": skip_summary(all_skips),
         "seconds": round(time.perf_counter() - t0, 2),
         "positions_per_second": round(explained / seconds, 3) if explained and seconds > 0 else None,
     }
 
 
-__all__ = ["AuditConfig", "audit", "explain_batch", "load_nla", "nla_identity", "pending_batches", "plan_documents"]
+def line_skips(report: ReadReport) -> list[dict[str, Any]]:
+    """The malformed lines of a read as skip records."""
+    return [{"location": w, "doc_id": None, "kind": k, "reason": r, "positions": 0} for w, k, r in report.skipped]
+
+
+def skip_summary(skips: list[dict[str, Any]], examples: int = 10) -> dict[str, Any]:
+    """Counts of a run's skips (all of them, this and earlier invocations) by kind, and the first few."""
+    by_kind: dict[str, int] = {}
+    for k in skips:
+        by_kind[k["kind"]] = by_kind.get(k["kind"], 0) + 1
+    return {
+        "total": len(skips),
+        "positions": sum(int(k["positions"]) for k in skips),
+        "by_kind": by_kind,
+        "examples": [f"{k['location']}: {k['reason']}" for k in skips[:examples]],
+    }
+
+
+__all__ = [
+    "AuditConfig",
+    "audit",
+    "check_config",
+    "line_skips",
+    "skip_summary",
+    "explain_batch",
+    "load_nla",
+    "nla_identity",
+    "pending_batches",
+    "plan_documents",
+]

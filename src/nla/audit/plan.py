@@ -2,14 +2,16 @@
 
 :func:`read_documents` reads DATA (JSONL of ``text`` or chat ``messages``, parquet, a folder of .txt,
 ``hf:NAME``; see :func:`nla.data.corpus.load_corpus`; ``sample-chats``: the 34 varied chats shipped with
-nla). For JSONL it is tolerant: a malformed line (bad
-JSON, no text/messages, empty text, a repeated id) is counted and reported, and the rest is audited.
+nla). For JSONL it is tolerant: a malformed line (not UTF-8, bad JSON, no text/messages, empty text, a
+repeated id) is counted, reported with its reason, and the rest is audited.
 
 :func:`select_positions` resolves the position options against one tokenised document: ``auto`` (every
 assistant token of a chat, every token of plain text), any ``--positions`` spec of :mod:`nla.explain.positions`,
 then every k-th (``every``) and a random sample of at most ``sample`` per document, seeded by the document
 id so a rerun picks the same tokens. :func:`token_rows` gives each picked token its character offsets in
-the rendered text, its role and turn (chats), and the context tail before it.
+the rendered text, its role and turn (chats), and the context tail before it. :func:`pick_positions`
+does the same but leaves out (and describes) each item a document cannot satisfy, e.g. index 40 of a
+chat of 30 tokens, so one short document does not stop an audit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nla.common.errors import NLAError
-from nla.data.corpus import load_corpus, read_utf8
+from nla.data.corpus import load_corpus
 from nla.data.documents import Document, document_from_record
 from nla.explain.inputs import Encoded
 from nla.explain.positions import parse_positions
@@ -35,15 +37,22 @@ SAMPLE_CHATS = "sample-chats"  # DATA name of the transcripts shipped with nla (
 
 @dataclass
 class ReadReport:
-    """What reading DATA skipped: malformed lines (first few kept as examples)."""
+    """What reading DATA skipped: malformed lines, each ``(where, kind, why)`` (the first few also as
+    example strings). ``kind`` is one of ``SKIP_KINDS``."""
 
     malformed: int = 0
     examples: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def add(self, where: str, why: str) -> None:
+    def add(self, where: str, why: str, kind: str = "schema") -> None:
         self.malformed += 1
+        self.skipped.append((where, kind, why))
         if len(self.examples) < 5:
             self.examples.append(f"{where}: {why}")
+
+
+# why a line, a document or some of its positions were skipped (stored in the DB's ``skips`` table)
+SKIP_KINDS = ("not_utf8", "not_json", "schema", "duplicate_id", "positions", "too_long")
 
 
 def read_documents(data: str, *, limit: int | None = None) -> tuple[list[Document], ReadReport]:
@@ -56,22 +65,27 @@ def read_documents(data: str, *, limit: int | None = None) -> tuple[list[Documen
         return load_corpus(str(data), limit=limit), report
     docs: list[Document] = []
     seen: set[str] = set()
-    for n, line in enumerate(read_utf8(path).splitlines(), start=1):
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if limit is not None and len(docs) >= limit:
             break
+        where = f"{path.name} line {n}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            report.add(where, f"not UTF-8 (undecodable byte 0x{raw[e.start]:02x} at column {e.start + 1})", "not_utf8")
+            continue
         if not line.strip():
             continue
-        where = f"{path.name} line {n}"
         try:
             doc = document_from_record(json.loads(line), f"{path.name}:{n}", where, f"file:{path.name}")
         except json.JSONDecodeError as e:
-            report.add(where, f"not valid JSON ({e.msg})")
+            report.add(where, f"not valid JSON ({e.msg})", "not_json")
             continue
         except NLAError as e:
             report.add(where, str(e).removeprefix(f"{where}: "))
             continue
         if doc.doc_id in seen:
-            report.add(where, f"repeats document id {doc.doc_id!r}")
+            report.add(where, f"repeats document id {doc.doc_id!r}", "duplicate_id")
             continue
         seen.add(doc.doc_id)
         docs.append(doc)
@@ -93,27 +107,45 @@ def select_positions(
     doc: Document, enc: Encoded, positions: str = "auto", *, every: int = 1, sample: int | None = None, seed: int = 0
 ) -> list[int]:
     """Token indices of ``doc`` to explain (sorted); empty when the spec selects nothing in it (e.g. a chat
-    without an assistant turn under ``auto``)."""
+    without an assistant turn under ``auto``). A spec item this document cannot satisfy is an error
+    (:func:`pick_positions` skips it instead)."""
+    picked, problems = pick_positions(doc, enc, positions, every=every, sample=sample, seed=seed)
+    if problems:
+        raise NLAError(problems[0])
+    return picked
+
+
+def pick_positions(
+    doc: Document, enc: Encoded, positions: str = "auto", *, every: int = 1, sample: int | None = None, seed: int = 0
+) -> tuple[list[int], list[str]]:
+    """Like :func:`select_positions`, but each comma-separated item of ``positions`` that this document
+    cannot satisfy (an index past its end, a range that selects nothing here, ``text`` on an input
+    without such tokens) is left out and described in the second list: an audit skips it, not the run."""
     if every < 1 or (sample is not None and sample < 1):
         raise NLAError("--every and --sample must be >= 1")
     spec = positions.strip().lower()
+    problems: list[str] = []
     if spec == "auto":
         if doc.messages is None:
             picked = list(range(len(enc.input_ids)))
         else:
             picked = [i for i, m in enumerate(enc.assistant_mask or []) if m]
     else:
-        try:
-            picked = parse_positions(positions, len(enc.input_ids), assistant_mask=enc.assistant_mask)
-        except NLAError:
-            if "assistant" in spec and doc.messages is not None:
-                return []  # a chat without an assistant turn has nothing to audit under this spec
-            raise
+        found: set[int] = set()
+        for item in (s.strip() for s in spec.split(",")):
+            if not item:
+                continue
+            try:
+                found.update(parse_positions(item, len(enc.input_ids), assistant_mask=enc.assistant_mask))
+            except NLAError as e:
+                if not (item == "assistant" and doc.messages is not None):  # a chat without an answer: nothing
+                    problems.append(str(e))
+        picked = sorted(found)
     picked = picked[::every]
     if sample is not None and len(picked) > sample:
         rng = random.Random(f"{seed}:{doc.doc_id}")
         picked = sorted(rng.sample(picked, sample))
-    return picked
+    return picked, problems
 
 
 def message_spans(rendered: str, messages: Sequence[dict[str, str]]) -> list[tuple[int, int, int, str]]:
@@ -153,4 +185,13 @@ def token_rows(doc: Document, enc: Encoded, picked: Sequence[int]) -> tuple[str,
     return rendered, rows
 
 
-__all__ = ["ReadReport", "content_hash", "content_of", "read_documents", "select_positions", "token_rows"]
+__all__ = [
+    "SKIP_KINDS",
+    "ReadReport",
+    "content_hash",
+    "content_of",
+    "pick_positions",
+    "read_documents",
+    "select_positions",
+    "token_rows",
+]

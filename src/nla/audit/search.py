@@ -24,7 +24,8 @@ AFTER_CHARS = 60  # characters of context shown after a token
 
 _SELECT = (
     "SELECT p.pos_id, p.run_id, d.doc_id, p.idx, p.token, p.role, p.turn, p.start, p.end, p.context, "
-    "e.explanation, e.raw, e.cosine, e.mse_nrm, e.fve, e.control_cosine, e.margin, e.cjk, rd.rendered "
+    "e.explanation, e.raw, e.cosine, e.mse_nrm, e.fve, e.control_cosine, e.margin, e.cjk, e.lookup_fve, e.worth, "
+    "rd.rendered "
     "FROM explanations e JOIN positions p USING (pos_id) JOIN documents d USING (doc_key) "
     "JOIN run_docs rd ON rd.run_id = p.run_id AND rd.doc_key = p.doc_key "
 )
@@ -40,9 +41,13 @@ def hit_from_row(row: sqlite3.Row, rank: float | None = None) -> dict[str, Any]:
     return out
 
 
-def _filters(store: Store, run: int | None, min_margin: float | None, role: str | None, doc: str | None) -> tuple:
+def _filters(
+    store: Store, run: int | None, min_margin: float | None, role: str | None, doc: str | None, worth: bool = False
+) -> tuple:
     run_id = store.run(run)["run_id"]
     where, params = ["p.run_id = ?"], [run_id]
+    if worth:
+        where.append("e.worth = 1")
     if min_margin is not None:
         where.append("e.margin >= ?")
         params.append(float(min_margin))
@@ -64,13 +69,15 @@ def search_store(
     role: str | None = None,
     doc: str | None = None,
     limit: int = 20,
+    worth: bool = False,
 ) -> list[dict[str, Any]]:
-    """Ranked hits for an FTS5 ``query`` (see the module docstring); a bad query is one clear error."""
+    """Ranked hits for an FTS5 ``query`` (see the module docstring); a bad query is one clear error.
+    ``worth``: only explanations with the verdict 'worth reading' (:mod:`nla.explain.trust`)."""
     if not query or not query.strip():
         raise NLAError("the search query is empty")
     if limit < 1:
         raise NLAError("--limit must be >= 1")
-    where, params = _filters(store, run, min_margin, role, doc)
+    where, params = _filters(store, run, min_margin, role, doc, worth)
     sql = (
         _SELECT.replace("SELECT ", "SELECT bm25(explanations_fts) AS rank, ", 1)
         + "JOIN explanations_fts f ON f.rowid = e.pos_id "
@@ -120,7 +127,8 @@ def document_view(store: Store, doc_id: str, run: int | None = None) -> dict[str
     explained = {
         int(p["idx"]): dict(p)
         for p in store.query(
-            "SELECT p.idx, p.pos_id, p.role, p.turn, e.cosine, e.control_cosine, e.margin, e.fve, e.explanation "
+            "SELECT p.idx, p.pos_id, p.role, p.turn, e.cosine, e.control_cosine, e.margin, e.fve, e.lookup_fve, "
+            "e.worth, e.explanation "
             "FROM positions p LEFT JOIN explanations e USING (pos_id) WHERE p.run_id = ? AND p.doc_key = ?",
             (run_id, r["doc_key"]),
         )
@@ -134,6 +142,7 @@ def documents(store: Store, run: int | None = None, *, limit: int = 1000, offset
     run_id = store.run(run)["run_id"]
     rows = store.query(
         "SELECT d.doc_id, d.kind, rd.n_positions, COUNT(e.pos_id) AS explained, AVG(e.margin) AS mean_margin, "
+        "SUM(e.worth) AS worth_reading, "
         "(SELECT COUNT(*) FROM flags f JOIN positions q USING (pos_id) "
         " WHERE f.run_id = rd.run_id AND q.doc_key = d.doc_key) AS flags "
         "FROM run_docs rd JOIN documents d USING (doc_key) "

@@ -5,10 +5,14 @@ Tables (``SCHEMA``): ``documents`` (one row per document id, its content and a c
 it: the rendered text and its tokens), ``positions`` (the tokens a run explains: token, character
 offsets, role, turn, context tail and the work batch it belongs to), ``explanations`` (per position:
 the explanation, the AV's raw answer, cosine / mse_nrm / fve of the round trip, the empty-explanation
-control, every sample, the raw activation as float32 bytes), ``explanations_fts`` (an FTS5 index of the
-explanations, rowid = position id) and ``flags`` (what ``nla audit flags`` found).
+control, the token lookup's fve and the verdict ``worth`` (1 = worth reading, nla.explain.trust), every
+sample, the raw activation as float32 bytes), ``explanations_fts`` (an FTS5 index of the
+explanations, rowid = position id), ``skips`` (what a run left out and why: a malformed line, a document
+or some of its positions; ``positions`` counts the positions left out, 0 for a whole line) and ``flags``
+(what ``nla audit flags`` found).
 
-Writers hold an exclusive lock file (``<db>.lock``, released by the OS even on SIGKILL), so one job
+Writers hold an exclusive lock file (``<db>.lock``, released by the OS even on SIGKILL and removed on a
+clean exit; a SIGKILLed job leaves it, harmless, for the next writer to take), so one job
 writes at a time while readers (search, ``nla serve``) keep reading; each work batch is written in one
 transaction, so a killed job leaves whole batches only.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -78,6 +83,8 @@ CREATE TABLE IF NOT EXISTS explanations (
     control_cosine REAL,
     margin REAL,
     cjk INTEGER NOT NULL,
+    lookup_fve REAL,
+    worth INTEGER,
     samples TEXT NOT NULL,
     activation BLOB NOT NULL
 );
@@ -89,6 +96,15 @@ CREATE TABLE IF NOT EXISTS flags (
     score REAL,
     agreement TEXT,
     PRIMARY KEY (run_id, detector, pos_id)
+);
+CREATE TABLE IF NOT EXISTS skips (
+    run_id INTEGER NOT NULL REFERENCES runs,
+    location TEXT NOT NULL,
+    doc_id TEXT,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    positions INTEGER NOT NULL,
+    UNIQUE (run_id, location, kind, reason)
 );
 CREATE TABLE IF NOT EXISTS flag_rules (
     run_id INTEGER PRIMARY KEY,
@@ -107,6 +123,8 @@ EXPLANATION_COLUMNS = (
     "control_cosine",
     "margin",
     "cjk",
+    "lookup_fve",
+    "worth",
     "samples",
     "activation",
 )
@@ -136,12 +154,22 @@ class Store:
                 self.db.executescript(SCHEMA)
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            self._add_columns()
         except sqlite3.OperationalError as e:
             raise self._error(e) from e
         except sqlite3.DatabaseError as e:
             raise NLAError(f"{self.path} is not an nla audit database: {e}") from e
         if version is None or version[0] != SCHEMA_VERSION:
             raise NLAError(f"{self.path} has audit schema {version and version[0]!r}; this nla reads {SCHEMA_VERSION}")
+
+    def _add_columns(self) -> None:
+        """Columns added to schema 1 later (the verdict's): a DB made before them gets them, empty."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(explanations)")}
+        if not have:
+            return
+        for name, kind in (("lookup_fve", "REAL"), ("worth", "INTEGER")):
+            if name not in have:
+                self.db.execute(f"ALTER TABLE explanations ADD COLUMN {name} {kind}")
 
     def _error(self, e: sqlite3.OperationalError) -> NLAError:
         if _locked(e):
@@ -152,7 +180,9 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
-        if self._lock_file is not None:
+        if self._lock_file is not None:  # remove the lock file while still holding it, then release it
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
             self._lock_file.close()
             self._lock_file = None
 
@@ -165,13 +195,20 @@ class Store:
     # ------------------------------------------------------------------ writing
     def lock_writer(self) -> None:
         """Take the writer lock (``<db>.lock``); a second writer gets one clear error."""
-        f = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 (held until close)
+        lock = self.lock_path
+        f = open(lock, "a+")  # noqa: SIM115 (held until close)
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock.exists() or os.stat(lock).st_ino != os.fstat(f.fileno()).st_ino:
+                raise OSError("the lock file was removed by the writer that just finished")
         except OSError as e:
             f.close()
             raise NLAError(f"another `nla audit` is writing to {self.path}; wait for it to finish") from e
         self._lock_file = f
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -219,7 +256,25 @@ class Store:
                 [(r["pos_id"], r["search_text"]) for r in rows],
             )
 
+    def add_skips(self, db: sqlite3.Connection, run_id: int, skips: Sequence[dict[str, Any]]) -> None:
+        """Record skips (``location, doc_id, kind, reason, positions``) inside an open transaction ``db``;
+        the same skip recorded again by a rerun is stored once."""
+        rows = [
+            (run_id, k["location"], k.get("doc_id"), k["kind"], k["reason"], int(k.get("positions", 0))) for k in skips
+        ]
+        db.executemany(
+            "INSERT OR IGNORE INTO skips (run_id, location, doc_id, kind, reason, positions) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
     # ------------------------------------------------------------------ reading
+    def skips(self, run_id: int) -> list[dict[str, Any]]:
+        """What run ``run_id`` skipped, in the order it was recorded."""
+        rows = self.query(
+            "SELECT location, doc_id, kind, reason, positions FROM skips WHERE run_id = ? ORDER BY rowid", (run_id,)
+        )
+        return [dict(r) for r in rows]
+
     def runs(self) -> list[dict[str, Any]]:
         rows = self.query("SELECT * FROM runs ORDER BY run_id")
         return [{**dict(r), "nla": json.loads(r["nla"]), "config": json.loads(r["config"])} for r in rows]

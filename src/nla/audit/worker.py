@@ -27,8 +27,8 @@ def batch_seed(seed: int, batch: int) -> int:
 def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Explanation rows (``nla.audit.store.EXPLANATION_COLUMNS`` + ``search_text``) of one work batch.
 
-    ``opts``: max_new_tokens, best_of, temperature, seed, min_support. Every engine calls this, so rows are the same
-    wherever a batch runs."""
+    ``opts``: max_new_tokens, best_of, temperature, seed, min_support, max_tokens (keep the last N tokens).
+    Every engine calls this, so rows are the same wherever a batch runs."""
     docs = work["docs"]
     n = sum(len(d["positions"]) for d in docs)
     records, acts, _ = nla.explain_texts(
@@ -38,6 +38,7 @@ def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[
         best_of=int(opts["best_of"]),
         temperature=opts.get("temperature"),
         min_support=int(opts.get("min_support", DEFAULT_MIN_SUPPORT)),
+        max_tokens=opts.get("max_tokens"),
         batch_size=max(1, n),
         seed=batch_seed(opts["seed"], work["batch"]),
         return_activations=True,
@@ -63,6 +64,8 @@ def explain_batch(nla: NLA, work: dict[str, Any], opts: dict[str, Any]) -> list[
                     control_cosine=r.control_cosine,
                     margin=margin,
                     cjk=int(r.cjk),
+                    lookup_fve=r.lookup_fve,
+                    worth=None if r.worth_reading is None else int(r.worth_reading),
                     samples=json.dumps(samples, ensure_ascii=False),
                     activation=pack_vector(v.numpy()),
                     search_text=r.explanation if r.explanation is not None else text_for_ar(r.raw),

@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--db", default="audit.db", help="The audit database (default: %(default)s).")
     s.add_argument("--run", type=int, default=None, help="Run id (default: the latest).")
     s.add_argument("--min-margin", type=float, default=None, help="Only explanations beating their control by this.")
+    s.add_argument("--worth", action="store_true", help="Only explanations with the verdict 'worth reading'.")
     s.add_argument("--role", default=None, help="Only tokens of this role (assistant, user, system, text).")
     s.add_argument("--doc", default=None, help="Only this document id.")
     s.add_argument("--limit", type=int, default=20, help="Most hits shown (default: %(default)s).")
@@ -93,6 +94,7 @@ def _one_line(text: str | None) -> str:
 
 def format_hits(hits: list[dict[str, Any]], width: int = 100) -> str:
     from nla.core.text import readable
+    from nla.explain.trust import verdict
 
     if not hits:
         return "no matches\n"
@@ -103,6 +105,10 @@ def format_hits(hits: list[dict[str, Any]], width: int = 100) -> str:
             scores += f" (control {h['control_cosine']:+.3f}, margin {h['margin']:+.3f})"
         if h["fve"] is not None:
             scores += f" fve {h['fve']:+.3f}"
+        if h.get("lookup_fve") is not None:
+            scores += f" lookup {h['lookup_fve']:+.3f}"
+        if h.get("worth") is not None:
+            scores += f" [{verdict(bool(h['worth']))}]"
         turn = "" if h["turn"] is None else f" turn {h['turn']}"
         out.append(f"[{n}] {h['doc_id']}{turn} ({h['role']}) token {h['idx']} {readable(h['token'])!r}  {scores}")
         before, after = readable(h["before"])[-60:], readable(h["after"])[:40]
@@ -116,7 +122,14 @@ def run_search(args: argparse.Namespace) -> int:
     from nla.audit.search import search
 
     hits = search(
-        args.db, args.query, run=args.run, min_margin=args.min_margin, role=args.role, doc=args.doc, limit=args.limit
+        args.db,
+        args.query,
+        run=args.run,
+        min_margin=args.min_margin,
+        role=args.role,
+        doc=args.doc,
+        limit=args.limit,
+        worth=args.worth,
     )
     if args.json:
         sys.stdout.write(json.dumps(hits, indent=2, ensure_ascii=False) + "\n")

@@ -3,6 +3,7 @@ steering vector) with a trained NLA.
 
     nla explain-vector feature.npy --av runs/nla/av --ar runs/nla/ar
     nla explain-vector saes.safetensors --key W_dec --jsonl out.jsonl --num-samples 4
+    nla explain-vector directions.npy --html directions.html        # one row per vector, hover for details
 
 The file holds a 1-D (d,) or 2-D (N, d) array: ``.npy`` (read with ``allow_pickle=False``) or
 ``.safetensors`` (``--key`` picks the tensor when there are several). Only directions matter: the AV
@@ -17,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nla.cli.explain import NLAOptions, check_checkpoints, check_outputs, generate, load_nla, write_outputs
-from nla.common.config import add_config_args, config_from_args
+from nla.common.config import add_config_args, config_from_args, option
 from nla.common.errors import NLAError
 
 
 @dataclass
 class ExplainVectorConfig(NLAOptions):
-    pass
+    html: str | None = option(None, "Write a self-contained HTML report (one entry per vector) to this file.")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from nla.explain.inputs import as_vectors, load_vector_file
 
     cfg = config_from_args(ExplainVectorConfig, args)
-    check_outputs({"--jsonl": cfg.jsonl}, [args.file])
+    check_outputs({"--jsonl": cfg.jsonl, "--html": cfg.html}, [args.file])
     array = load_vector_file(args.file, args.key)  # before loading models: file errors come fast
     _, _, av_meta = check_checkpoints(cfg)
     try:

@@ -39,7 +39,7 @@ from nla.core.metrics import cosine, fve_nrm, mse_nrm
 from nla.core.text import cjk_fraction, extract_explanation, text_for_ar
 from nla.evaluate.rerank import DEFAULT_MIN_SUPPORT, DEFAULT_TEMPERATURE, candidates, resolve_best_of
 from nla.explain.inputs import Encoded, as_vectors, encode_input, select_tokens
-from nla.explain.trust import beats_control, control_fve
+from nla.explain.trust import TokenLookup, beats_control, control_fve, find_lookup, lookup_scores, worth_reading
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import CJK_FAILURE_THRESHOLD, ActivationVerbalizer
 from nla.models.target import Target, hub_offline, is_hub_id, load_target
@@ -76,6 +76,8 @@ class TokenExplanation:
     samples: list[Sample] = field(default_factory=list)  # every sample (one unless num_samples > 1)
     control_fve: float | None = None  # the control as fve (with a baseline)
     beats_control: bool | None = None  # beats the control by the margin of nla.explain.trust (None: unscored)
+    lookup_fve: float | None = None  # fve of the token lookup (the token's mean training vector)
+    worth_reading: bool | None = None  # the verdict of nla.explain.trust: fve > 0 and above the lookup
 
 
 @dataclass
@@ -94,6 +96,8 @@ class VectorExplanation:
     samples: list[Sample] = field(default_factory=list)
     control_fve: float | None = None
     beats_control: bool | None = None
+    lookup_fve: float | None = None  # a direction has no token: the overall training mean
+    worth_reading: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -176,12 +180,14 @@ class NLA:
         target: Target | None,
         *,
         baseline: float | None = None,
+        lookup: TokenLookup | None = None,
     ) -> None:
         self.av, self.ar, self.target = av, ar, target
         if av.layer < 0 and ar is not None:  # an official training-time AV sidecar states no layer; its AR does
             av.layer = int(ar.layer)
         self.layer = int(av.layer)
         self.baseline = baseline
+        self.lookup = lookup  # the token-lookup reference of the verdict (nla.explain.trust)
         self._check()
         if ar is not None and baseline is None:
             log.info(
@@ -204,6 +210,8 @@ class NLA:
                 )
         if self.target is not None:
             self.target.check_layer(self.layer)
+        if self.lookup is not None and self.lookup.d_model != d_av:
+            raise NLAError(f"d_model mismatch: the token lookup has {self.lookup.d_model}, the AV expects {d_av}")
         if self.baseline is not None and not (math.isfinite(self.baseline) and self.baseline > 0):
             raise NLAError(f"baseline must be a positive number, got {self.baseline}")
 
@@ -249,7 +257,9 @@ class NLA:
             tgt = load_target(str(name), dtype=dtype, device=device)
         if baseline is None:
             baseline = sidecar_baseline(ar_meta, av_meta)
-        return cls(verbalizer, reconstructor, tgt, baseline=baseline)
+        table = find_lookup(av_path)
+        lookup = TokenLookup.load(table) if table is not None else None
+        return cls(verbalizer, reconstructor, tgt, baseline=baseline, lookup=lookup)
 
     # ------------------------------------------------------------------------- core
 
@@ -272,10 +282,22 @@ class NLA:
         )
 
     @torch.no_grad()
-    def activations(self, input_ids: Sequence[int]) -> torch.Tensor:  # -> (T, d) float32
-        """The output of block ``layer`` at every position of one tokenised input."""
+    def activations(self, input_ids: Sequence[int] | Encoded | str) -> torch.Tensor:  # -> (T, d) float32
+        """The output of block ``layer`` at every position of one input: token ids, what :meth:`encode`
+        returns (``nla.activations(nla.encode(text))``), or a text (encoded here)."""
         target = self._need_target()
-        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=target.device)  # (1, T)
+        if isinstance(input_ids, str):
+            input_ids = self.encode(input_ids)
+        if isinstance(input_ids, Encoded):
+            input_ids = input_ids.input_ids
+        try:
+            ids = torch.tensor([[int(i) for i in input_ids]], dtype=torch.long, device=target.device)  # (1, T)
+        except (TypeError, ValueError) as e:
+            raise NLAError(
+                f"activations() takes token ids, nla.encode(text) or a text, not {type(input_ids).__name__}"
+            ) from e
+        if ids.shape[1] == 0:
+            raise NLAError("activations() needs at least one token")
         hidden = target.hidden_at(ids, torch.ones_like(ids), self.layer)  # (1, T, d)
         return hidden[0].float().cpu()
 
@@ -315,11 +337,18 @@ class NLA:
         empty = self.ar.predict([""], batch_size=1).float().cpu()  # (1, d)
         return [float(c) for c in cosine(empty.expand_as(vectors), vectors)]
 
-    def _trust(self, row: list[Sample], control: float | None) -> dict[str, Any]:
-        """The record fields of the first sample plus its control as fve and the verdict."""
+    def _trust(self, row: list[Sample], control: float | None, lookup: tuple[Any, Any] = (None, None)) -> dict:
+        """The record fields of the first sample plus its controls and the verdicts; ``lookup``: the
+        token lookup's (fve, cosine) for this vector (:func:`nla.explain.trust.lookup_scores`)."""
         main, ctrl = _main(row), control_fve(control, self.baseline)
-        verdict = beats_control(main["fve"], main["cosine"], ctrl, control)
-        return dict(**main, control_cosine=control, control_fve=ctrl, beats_control=verdict)
+        beats = beats_control(main["fve"], main["cosine"], ctrl, control)
+        worth = worth_reading(main["fve"], main["cosine"], lookup[0], lookup[1], beats)
+        extra = dict(control_cosine=control, control_fve=ctrl, beats_control=beats, lookup_fve=lookup[0])
+        return dict(**main, **extra, worth_reading=worth)
+
+    def _lookups(self, vectors: torch.Tensor, token_ids: Sequence[int | None]) -> list[tuple[Any, Any]]:  # (N, d)
+        fves, coss = lookup_scores(self.lookup, vectors, token_ids, self.baseline)
+        return list(zip(fves, coss, strict=True))
 
     def _generate(self, vectors: torch.Tensor, **gen: Any) -> list[list[str]]:  # (N, d)
         answers = self.av.generate(vectors, **gen)
@@ -363,9 +392,10 @@ class NLA:
                 max_new_tokens, num_samples, do_sample, temperature, top_p, batch_size, seed, best_of, min_support
             ),
         )
+        refs = self._lookups(vectors, [enc.input_ids[p] for p in picked])
         return [
-            TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c))
-            for p, row, c in zip(picked, samples, control, strict=True)
+            TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c, r))
+            for p, row, c, r in zip(picked, samples, control, refs, strict=True)
         ]
 
     def explain_vectors(
@@ -393,9 +423,10 @@ class NLA:
             ),
         )
         norms = vectors.norm(dim=-1).tolist()
+        refs = self._lookups(vectors, [None] * vectors.shape[0])
         return [
-            VectorExplanation(index=i, norm=float(n), samples=row, **self._trust(row, c))
-            for i, (n, row, c) in enumerate(zip(norms, samples, control, strict=True))
+            VectorExplanation(index=i, norm=float(n), samples=row, **self._trust(row, c, r))
+            for i, (n, row, c, r) in enumerate(zip(norms, samples, control, refs, strict=True))
         ]
 
     def _run(self, vectors: torch.Tensor, dec: Decoding) -> tuple[list[list[Sample]], list[float | None]]:  # (N, d)
@@ -453,6 +484,7 @@ class NLA:
         seed: int | None = None,
         best_of: int | None = None,
         min_support: int = DEFAULT_MIN_SUPPORT,
+        max_tokens: int | None = None,
         return_activations: bool = False,
         return_reconstructions: bool = False,
     ) -> Any:
@@ -466,13 +498,14 @@ class NLA:
         ``return_activations`` or ``return_reconstructions`` a tuple ``(records, activations,
         reconstructions)``: per input the (P_i, d) activations, and the AR's (P_i, d) reconstructions from
         each record's chosen answer (one more AR pass; None unless asked for, or without an AR).
+        ``max_tokens`` N keeps the last N tokens of each input (as :meth:`explain`); positions index them.
         """
         specs = [positions] * len(inputs) if isinstance(positions, str) else list(positions)
         if len(specs) != len(inputs):
             raise NLAError(f"{len(inputs)} inputs but {len(specs)} position specs")
         encoded, picked, acts = [], [], []
         for item, spec in zip(inputs, specs, strict=True):
-            enc, pos = self.select(item, spec)
+            enc, pos = self.select(item, spec, max_tokens=max_tokens)
             encoded.append(enc)
             picked.append(pos)
             acts.append(self.activations(enc.input_ids[: pos[-1] + 1])[pos])  # (P_i, d)
@@ -488,12 +521,15 @@ class NLA:
         )
         records: list[list[TokenExplanation]] = []
         start = 0
+        ids = [enc.input_ids[p] for enc, pos in zip(encoded, picked, strict=True) for p in pos]
+        refs_all = self._lookups(vectors, ids)
         for enc, pos in zip(encoded, picked, strict=True):
             rows, ctrl = samples[start : start + len(pos)], control[start : start + len(pos)]
+            refs = refs_all[start : start + len(pos)]
             records.append(
                 [
-                    TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c))
-                    for p, row, c in zip(pos, rows, ctrl, strict=True)
+                    TokenExplanation(token=enc.tokens[p], position=p, samples=row, **self._trust(row, c, r))
+                    for p, row, c, r in zip(pos, rows, ctrl, refs, strict=True)
                 ]
             )
             start += len(pos)

@@ -24,6 +24,7 @@ decorations (role headers, end-of-turn tokens) are therefore not assistant token
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from nla.common.errors import NLAError
@@ -108,6 +109,28 @@ def parse_positions(
     return sorted(out) or _empty(spec)
 
 
+def check_spec(spec: str) -> str:
+    """Check the grammar of a ``--positions`` spec without an input (every item a keyword, an integer or
+    a range of integers), so a job can refuse a malformed spec before it creates anything; returns it."""
+    text = spec.strip().lower()
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise NLAError("empty --positions: use all, text, last, assistant, indices like 3,5,-1 or ranges like 10:20")
+    for item in items:
+        if item in KEYWORDS:
+            continue
+        parts = item.split(":")
+        if len(parts) > 2:
+            raise NLAError(f"bad --positions range {item!r} in {spec!r}: expected start:end, e.g. 10:20")
+        for part in parts:
+            if (part.strip() or len(parts) == 1) and not re.fullmatch(r"[+-]?\d+", part.strip()):
+                raise NLAError(
+                    f"bad --positions item {item!r} in {spec!r}: "
+                    "expected all, text, last, assistant, an index like -1 or a range like 10:20"
+                )
+    return spec
+
+
 def _empty(spec: str) -> list[int]:
     raise NLAError(f"--positions {spec!r} selects no tokens")
 
@@ -163,4 +186,4 @@ def overlap_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, 
     return [b > a and any(a < e and s < b for s, e in spans) for a, b in offsets]
 
 
-__all__ = ["KEYWORDS", "assistant_positions", "content_spans", "overlap_mask", "parse_positions"]
+__all__ = ["KEYWORDS", "assistant_positions", "check_spec", "content_spans", "overlap_mask", "parse_positions"]

@@ -1,9 +1,10 @@
 """Show explanations: a terminal table, a JSONL file (one record per token) and a self-contained HTML page.
 
 Every record shows its round-trip score, the score of an EMPTY explanation of the same token (``ctrl``:
-as fve when the baseline is known, else as cosine) and the plain verdict of :mod:`nla.explain.trust`
-(``beats empty`` / ``no better``). Position 0 is marked ``(sink)``: the first token of any sequence is
-an attention sink, an outlier activation that says little about the text.
+as fve when the baseline is known, else as cosine), the score of the token lookup (``lookup``: the
+token's mean training activation) and the plain verdict of :mod:`nla.explain.trust` (``worth reading``:
+above zero fve and above the lookup / ``not worth it``). Position 0 is marked ``(sink)``: the first
+token of any sequence is an attention sink, an outlier activation that says little about the text.
 
 The HTML page has no external URLs (inline CSS and JS). Each token of the text is coloured by its
 round-trip score (``fve`` when a baseline is known, else ``cosine``; below 0 is the darkest red, and the
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nla.common.paths import atomic_write_text
-from nla.explain.trust import COS_MARGIN, FVE_MARGIN, verdict
+from nla.explain.trust import FVE_MARGIN, LOOKUP_MARGIN, control_word, verdict
 
 
 def _get(rec: Any, name: str, default: Any = None) -> Any:
@@ -55,7 +56,7 @@ def is_sink(rec: Any) -> bool:
 
 
 def _verdict(rec: Any) -> str:
-    return verdict(_get(rec, "beats_control")) + (" (sink)" if is_sink(rec) else "")
+    return verdict(_get(rec, "worth_reading")) + (" (sink)" if is_sink(rec) else "")
 
 
 def _label(rec: Any) -> tuple[str, str]:
@@ -79,11 +80,12 @@ def table_rows(records: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """Header and string cells of the table (shared by the rich and the plain renderer)."""
     is_token = bool(records) and hasattr(records[0], "position")
     header = ["pos", "token"] if is_token else ["#", "norm"]
-    header += ["fve", "cos", "ctrl", "verdict", "explanation"]
+    header += ["fve", "cos", "ctrl", "lookup", "verdict", "explanation"]
     rows = []
     for rec in records:
         idx, label = _label(rec)
-        cells = [_num(_get(rec, "fve")), _num(_get(rec, "cosine")), _num(_control(rec)), _verdict(rec)]
+        cells = [_num(_get(rec, "fve")), _num(_get(rec, "cosine")), _num(_control(rec)), _num(_get(rec, "lookup_fve"))]
+        cells.append(_verdict(rec))
         rows.append([idx, label, *cells, _explanation_cell(rec)])
     return header, rows
 
@@ -93,12 +95,14 @@ def legend_lines(records: Sequence[Any]) -> list[str]:
     if not records or all(_get(r, "cosine") is None for r in records):
         return []
     fve = any(_get(r, "fve") is not None for r in records)
-    margin = f"{FVE_MARGIN:.2f} fve" if fve else f"{COS_MARGIN:.2f} cosine"
-    beats = sum(_get(r, "beats_control") is True for r in records)
+    worth = sum(_get(r, "worth_reading") is True for r in records)
+    has_lookup = any(_get(r, "lookup_fve") is not None for r in records)
+    above = f"+{LOOKUP_MARGIN:.2f} " if LOOKUP_MARGIN else ""
+    bar = f"above 0 fve and {above}above lookup" if has_lookup else f"above 0 fve and {FVE_MARGIN:.2f} above ctrl"
     lines = [
         f"ctrl: the AR's score for an EMPTY explanation of the same token ({'fve' if fve else 'cosine'}); "
-        f"verdict 'beats empty' = at least {margin} above it ({beats} of {len(records)} here): "
-        "trust only those"
+        "lookup: the fve of the token's mean training activation (what the token alone tells)",
+        f"verdict 'worth reading' = {bar} ({worth} of {len(records)} here): read only those",
     ]
     if any(is_sink(r) for r in records):
         lines.append(
@@ -126,7 +130,7 @@ def render_table(records: Sequence[Any], *, use_rich: bool | None = None, width:
         for i, name in enumerate(header):
             last = i == len(header) - 1
             table.add_column(
-                name, overflow="fold", justify="left" if last or i in (1, 5) else "right", ratio=1 if last else None
+                name, overflow="fold", justify="left" if last or i in (1, 6) else "right", ratio=1 if last else None
             )
         for rec, row in zip(records, rows, strict=True):
             failed = _get(rec, "explanation") is None or bool(_get(rec, "cjk"))
@@ -137,7 +141,7 @@ def render_table(records: Sequence[Any], *, use_rich: bool | None = None, width:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths[:-1], strict=True)) + "  " + header[-1]]
     for r in rows:
-        cells = [r[i].ljust(widths[i]) if i in (1, 5) else r[i].rjust(widths[i]) for i in range(len(r) - 1)]
+        cells = [r[i].ljust(widths[i]) if i in (1, 6) else r[i].rjust(widths[i]) for i in range(len(r) - 1)]
         lines.append("  ".join(cells) + "  " + r[-1])
     return "\n".join(lines) + "\n"
 
@@ -152,6 +156,7 @@ def summary(records: Sequence[Any]) -> dict[str, Any]:
     return {
         "n": len(records),
         "n_beats_control": sum(_get(r, "beats_control") is True for r in records),
+        "n_worth_reading": sum(_get(r, "worth_reading") is True for r in records),
         "n_explained": sum(_get(r, "explanation") is not None for r in records),
         "n_cjk": sum(bool(_get(r, "cjk")) for r in records),
         "mean_fve": mean("fve"),
@@ -190,6 +195,7 @@ main{display:flex;gap:16px;padding:16px 20px}
 .k{color:#666} .legend span{display:inline-block;width:28px;height:12px;margin-right:1px}
 .legend span.neg{width:40px}
 .neg{background:repeating-linear-gradient(45deg,hsl(0,75%,80%) 0 4px,hsl(0,60%,65%) 4px 8px)!important}
+.turn{display:block;margin-top:.7em;font-size:11px;font-weight:bold;color:#666}
 .t.sink{outline:2px dotted #555} .tpl{display:none} body.showtpl .tpl{display:inline;color:#999}
 #overview{padding:0 20px 20px} #overview table{border-collapse:collapse;background:#fff;width:100%;font-size:13px}
 #overview td,#overview th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
@@ -232,6 +238,8 @@ def _detail(i: int, rec: Any, metric: str) -> str:
         ("mse_nrm", _num(_get(rec, "mse_nrm"), "{:.3f}")),
         ("empty explanation (control), fve", _num(_get(rec, "control_fve"))),
         ("empty explanation (control), cosine", _num(_get(rec, "control_cosine"))),
+        ("token lookup (mean training activation of the token), fve", _num(_get(rec, "lookup_fve"))),
+        ("beats the empty explanation by the margin", control_word(_get(rec, "beats_control"))),
         ("verdict", _verdict(rec)),
         ("failed injection (CJK)", "yes" if _get(rec, "cjk") else "no"),
     ]
@@ -275,6 +283,18 @@ def _legend(records: Sequence[Any], metric: str) -> str:
     )
 
 
+ROLE_NAMES = ("system", "user", "assistant", "tool")
+
+
+def _turn_marker(template: str) -> str:
+    """A visible marker for the turn that a run of hidden chat-template tokens opens (its last role name),
+    so the turns of a chat do not run together when the template is hidden; empty when it names none."""
+    found = [(template.rfind(r), r) for r in ROLE_NAMES if r in template]
+    if not found:
+        return ""
+    return f'<span class="turn">{_esc(max(found)[1])}:</span>'
+
+
 def render_html(
     records: Sequence[Any],
     tokens: Sequence[str] | None = None,
@@ -292,10 +312,15 @@ def render_html(
         tokens = [str(_get(r, "token", f"[{_get(r, 'index', i)}]")) + " " for i, r in enumerate(records)]
         by_pos = {i: (i, r) for i, r in enumerate(records)}
         text_mask = None
-    spans, hidden = [], 0
+    spans, hidden, template = [], 0, ""
     for pos, tok in enumerate(tokens):
+        typed = text_mask is None or pos >= len(text_mask) or text_mask[pos]
+        if not typed:
+            template += tok
+        elif template:  # a turn starts after hidden template tokens: show whose turn it is
+            spans.append(_turn_marker(template))
+            template = ""
         if pos not in by_pos:
-            typed = text_mask is None or pos >= len(text_mask) or text_mask[pos]
             hidden += not typed
             spans.append(f'<span class="{"u" if typed else "u tpl"}">{_esc(tok)}</span>')
             continue
@@ -311,12 +336,14 @@ def render_html(
             classes.append("neg")
         colour = score_colour(_get(rec, metric))
         style = f' style="background:{colour}"' if colour else ""
-        tip = f"{metric} {_num(_get(rec, metric))} (empty: {_num(_control(rec))}; {_verdict(rec)})\n"
+        tip = f"{metric} {_num(_get(rec, metric))} (empty: {_num(_control(rec))}; "
+        tip += f"lookup: {_num(_get(rec, 'lookup_fve'))}; {_verdict(rec)})\n"
         tip += _explanation_cell(rec)
         spans.append(f'<span class="{" ".join(classes)}" data-i="{i}"{style} title="{_esc(tip)}">{_esc(tok)}</span>')
     s = summary(records)
     facts = (
-        f"{s['n']} explained positions; {s['n_beats_control']} beat the empty explanation; tags parsed "
+        f"{s['n']} explained positions; {s['n_worth_reading']} worth reading (above 0 fve and the token lookup); "
+        f"{s['n_beats_control']} beat the empty explanation; tags parsed "
         f"{s['n_explained']}/{s['n']}; CJK (failed injection) {s['n_cjk']}; mean fve {_num(s['mean_fve'])}; "
         f"mean cosine {_num(s['mean_cosine'])}."
     )

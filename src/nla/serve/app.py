@@ -9,7 +9,8 @@ JSON API (every error is a JSON ``{"error": "..."}`` with a 4xx status, never a 
 - ``GET /api/documents?run=``: documents with explained counts, mean margin and flag counts;
 - ``GET /api/document?doc=ID&run=``: every token of one document, with the scores of explained ones;
 - ``GET /api/position/{pos_id}``: one explained position: explanation, all samples, scores, context, flags;
-- ``GET /api/search?q=...&min_margin=&role=&doc=&run=&limit=``: FTS5 search of the explanations;
+- ``GET /api/search?q=...&min_margin=&worth=&role=&doc=&run=&limit=``: FTS5 search of the explanations
+  (``worth=true``: only those with the verdict 'worth reading');
 - ``GET /api/flags?run=``: the stored flags (``nla audit flags --rules``), per detector and document;
 - ``POST /api/explain`` ``{"text" | "messages", "positions": "last"}``: explain a new text live;
 - ``POST /api/score`` ``{"explanation", "pos_id" | ("text", "position")}``: how well the AR rebuilds the
@@ -27,13 +28,14 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nla.audit.flags import flag_summary
 from nla.audit.search import document_view, documents, position, search_store
@@ -48,7 +50,7 @@ MAX_LIVE_POSITIONS = 64  # a live explain call decodes at most this many tokens
 
 
 class Message(BaseModel):
-    role: str
+    role: Literal["system", "user", "assistant"]
     content: str
 
 
@@ -84,6 +86,10 @@ def _record(r: Any) -> dict[str, Any]:
         "control_cosine": r.control_cosine,
         "margin": margin,
         "fve": r.fve,
+        "control_fve": r.control_fve,
+        "beats_control": r.beats_control,
+        "lookup_fve": r.lookup_fve,
+        "worth_reading": r.worth_reading,
     }
 
 
@@ -116,8 +122,8 @@ def create_app(
     async def _nla_error(_req: Request, e: NLAError) -> JSONResponse:
         return JSONResponse({"error": str(e)}, status_code=400)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_req: Request, e: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # also FastAPI's, and the router's own 404 / 405
+    async def _http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -170,12 +176,15 @@ def create_app(
         q: str,
         run: int | None = None,
         min_margin: float | None = None,
+        worth: bool = False,
         role: str | None = None,
         doc: str | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         with store() as s:
-            return search_store(s, q, run=run, min_margin=min_margin, role=role or None, doc=doc or None, limit=limit)
+            return search_store(
+                s, q, run=run, min_margin=min_margin, role=role or None, doc=doc or None, limit=limit, worth=worth
+            )
 
     @app.get("/api/flags")
     def api_flags(run: int | None = None) -> dict[str, Any]:

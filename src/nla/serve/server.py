@@ -32,8 +32,16 @@ class ServeConfig:
     dtype: str = option("float32", "Model dtype.", choices=["float32", "bfloat16", "float16"])
 
 
+def check_port(port: int) -> int:
+    """A TCP port number 0..65535 (0: any free port); anything else is one clear error, not a wrapped port."""
+    if not 0 <= int(port) <= 65535:
+        raise NLAError(f"--port {port} is not a TCP port: use 1..65535 (or 0 for any free port)")
+    return int(port)
+
+
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``; a taken port or unknown host is one clear error."""
+    """A listening TCP socket on ``host:port``; a bad or taken port or an unknown host is one clear error."""
+    check_port(port)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -75,6 +83,7 @@ def nla_loader(cfg: ServeConfig) -> Any:
 
 def serve(cfg: ServeConfig) -> None:
     """Serve until interrupted."""
+    check_port(cfg.port)  # before importing the web stack
     import uvicorn
 
     from nla.serve.app import create_app
@@ -87,4 +96,4 @@ def serve(cfg: ServeConfig) -> None:
     server.run(sockets=[sock])
 
 
-__all__ = ["ServeConfig", "bind", "nla_loader", "serve"]
+__all__ = ["ServeConfig", "bind", "check_port", "nla_loader", "serve"]
