@@ -128,8 +128,8 @@ def test_unknown_backend_is_one_clear_error() -> None:
 
 
 class FakeEngine:
-    """Stands in for ``vllm.LLM``: records the prompts; answers each with the embedding's marker-row norm
-    written as two tokens, then a stop (greedy) or a cut (sampled)."""
+    """Stands in for ``vllm.LLM``: records the prompts and answers greedy requests with two tokens and a stop
+    (left out of the ids, as vLLM may), sampled ones with tokens up to the cap."""
 
     def __init__(self, stop: int) -> None:
         self.stop, self.calls = stop, []
@@ -137,11 +137,11 @@ class FakeEngine:
     def generate(self, prompts, params):
         self.calls.append((prompts, params))
         outs = []
-        for p, sp in zip(prompts, params, strict=True):
+        for sp in params:
             greedy = sp.temperature == 0
             ids = [5, 6] if greedy else [7] * sp.max_tokens
-            reason = "stop" if greedy else "length"
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=reason, stop_reason=None)]))
+            done = SimpleNamespace(token_ids=ids, finish_reason="stop" if greedy else "length", stop_reason=None)
+            outs.append(SimpleNamespace(outputs=[done]))
         return outs
 
 
