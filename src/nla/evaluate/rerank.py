@@ -24,6 +24,7 @@ import torch
 from nla.common.errors import NLAError
 from nla.core.metrics import mse_nrm
 from nla.core.text import DEFAULT_MIN_SUPPORT, keep_supported, text_for_ar
+from nla.generation import GREEDY, Slot
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import Responses
@@ -45,24 +46,12 @@ def candidates(
 ) -> Responses:
     """``k`` answers per vector, flat (row ``i * k + j``): j = 0 is the greedy answer, the rest samples;
     with ``min_support`` > 1 each keeps only the content claims that many of its group make (its token ids
-    are those of the edited text)."""
+    are those of the edited text). ``batch_size`` counts vectors: a batch decodes all k answers of
+    ``batch_size`` vectors, which share one prefill per vector (:mod:`nla.generation.hf`)."""
     if k < 1:
         raise NLAError(f"best-of needs k >= 1, got {k}")
-    greedy = av.sample(vectors, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    if k == 1:
-        return greedy
-    drawn = av.sample(
-        vectors,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        do_sample=True,
-        temperature=temperature,
-        num_samples=k - 1,
-        seed=seed,
-    )
-    n = vectors.shape[0]  # in greedy + drawn, vector i's greedy answer is row i, its samples n + i*(k-1) ...
-    both = greedy + drawn
-    flat = both.take([r for i in range(n) for r in (i, *range(n + i * (k - 1), n + (i + 1) * (k - 1)))])
+    slots = [GREEDY, *[Slot(temperature=temperature)] * (k - 1)]
+    flat = av.sample_slots(vectors, slots, max_new_tokens=max_new_tokens, batch_size=batch_size * k, seed=seed)
     return supported(av, flat, k, min_support)
 
 

@@ -40,13 +40,13 @@ from nla.common.paths import atomic_dir
 from nla.core.inject import Injector, Marker, chat_prompt_ids, choose_marker, fill_template, verify_marker
 from nla.core.modules import text_config
 from nla.core.text import cjk_fraction
+from nla.generation import GREEDY, Backend, Request, Slot, get_backend
 from nla.models.lora import ADAPTER_CONFIG, is_lora, load_adapter, merged_copy, save_adapter
 from nla.models.sequences import (
     AVBatch,
     Responses,
     _eval_mode,
     end_of_turn_id,
-    left_pad,
     on_batch,
 )
 from nla.models.target import load_target, load_tokenizer
@@ -108,6 +108,7 @@ class ActivationVerbalizer:
             tokenizer.pad_token = tokenizer.eos_token
         self.eot_id = end_of_turn_id(tokenizer)
         self.eval_meta: dict[str, Any] = {}  # sidecar ``eval`` block (e.g. baseline_mse of the training split)
+        self.backend: Backend = get_backend("hf")  # what generates (nla.generation); swap for vllm on a GPU
         self._prompt: list[int] | None = None
         self.prompt_ids()  # verify the marker now
 
@@ -172,6 +173,11 @@ class ActivationVerbalizer:
         return vectors.to(self.device, torch.float32)
 
     # ------------------------------------------------------------------------------ generation
+    def stop_ids(self) -> tuple[int, ...]:
+        """Tokens that end an answer: the end-of-turn token and EOS."""
+        eos = self.tokenizer.eos_token_id
+        return tuple(sorted({self.eot_id, *([eos] if eos is not None else [])}))
+
     @torch.no_grad()
     def sample(
         self,
@@ -186,51 +192,47 @@ class ActivationVerbalizer:
         seed: int | None = None,
     ) -> Responses:
         """``num_samples`` responses per vector, flat (row ``i * S + j`` is sample j of vector i), with
-        their token ids and truncation flags. Batched with left padding and a KV cache; the vector is
-        injected in the prefill forward only. Sampling is plain (top-k off; ``top_p`` 1.0 by default), so
-        the raw-logit log-probs at ``temperature`` are the sampling distribution. ``seed`` makes
-        sampling reproducible without touching the global RNG. Inside :func:`generation_progress`, each
-        finished batch is reported to its callback."""
-        vectors = self._check_vectors(vectors)
-        report = on_batch()
-        rows = vectors.repeat_interleave(num_samples, dim=0)  # (N*S, d)
-        prompt = self.prompt_ids()
-        eos = self.tokenizer.eos_token_id
-        stops = sorted({self.eot_id, *([eos] if eos is not None else [])})
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            eos_token_id=stops,
-            pad_token_id=self.tokenizer.pad_token_id,
+        their token ids and truncation flags. The vector is injected in the prefill only. Sampling is
+        plain (top-k off; ``top_p`` 1.0 by default), so the raw-logit log-probs at ``temperature`` are the
+        sampling distribution. ``seed`` makes sampling reproducible without touching the global RNG (each
+        row draws from its own generator, so a row's answer does not depend on its batch). ``batch_size``
+        answers are decoded together. Inside :func:`generation_progress`, each finished batch is reported
+        to its callback."""
+        slot = Slot(temperature=temperature, top_p=top_p) if do_sample else GREEDY
+        return self.sample_slots(
+            vectors, [slot] * num_samples, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
         )
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+
+    @torch.no_grad()
+    def sample_slots(
+        self,
+        vectors: torch.Tensor,  # (N, d)
+        slots: Sequence[Slot],
+        *,
+        max_new_tokens: int = 150,
+        batch_size: int = 16,
+        seed: int | None = None,
+    ) -> Responses:
+        """One response per vector and slot, flat (row ``i * S + j`` answers vector i with ``slots[j]``):
+        e.g. best-of-K's ``[GREEDY, Slot(0.7), ...]``, whose K answers share one prefill per vector."""
+        from nla.generation.base import check_slots
+
+        vectors = self._check_vectors(vectors)
+        if max_new_tokens < 1 or batch_size < 1:
+            raise NLAError("max_new_tokens and batch_size must be >= 1")
+        stops = self.stop_ids()
+        request = Request(vectors, check_slots(slots), max_new_tokens, stops, batch_size, seed)
+        with _eval_mode(self.model):
+            rows = self.backend.generate(self, request, on_batch())
         out_ids: list[list[int]] = []
         texts: list[str] = []
         truncated: list[bool] = []
-        rng = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
-        with rng, _eval_mode(self.model):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, rows.shape[0], batch_size):
-                chunk = rows[start : start + batch_size]  # (b, d)
-                ids, mask = left_pad([prompt] * chunk.shape[0], self.tokenizer.pad_token_id, self.device)
-                with self.injector(chunk) as inj:
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (b, P + new)
-                if inj.calls != 1:
-                    raise RuntimeError(f"injection ran {inj.calls} times during generate; expected once")
-                for row in out[:, ids.shape[1] :].tolist():  # generate(input_ids=...) returns prompt + new
-                    stop = next((i for i, t in enumerate(row) if t in stops), None)
-                    kept = row[: stop + 1] if stop is not None else row[:max_new_tokens]
-                    out_ids.append(kept)
-                    texts.append(
-                        self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True)
-                    )
-                    truncated.append(stop is None)
-                if report is not None:
-                    report(chunk.shape[0])
+        for row in rows:
+            stop = next((i for i, t in enumerate(row) if t in stops), None)
+            kept = row[: stop + 1] if stop is not None else row[:max_new_tokens]
+            out_ids.append(kept)
+            texts.append(self.tokenizer.decode(kept[:-1] if stop is not None else kept, skip_special_tokens=True))
+            truncated.append(stop is None)
         if injection_failed(texts):
             log.warning("AV outputs are mostly CJK: the injection has probably failed (marker seen raw)")
         return Responses(out_ids, texts, truncated)

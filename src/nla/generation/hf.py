@@ -1,0 +1,134 @@
+"""The plain-torch backend: a hand-rolled decoding loop over any HF causal LM, with the AV's injection hook.
+
+What it saves over ``model.generate`` on the AV's workload (every answer has the same prompt; only the
+vector injected at the marker differs):
+
+1. **Shared prefix.** The prompt tokens before the marker do not depend on the vector: their KV cache is
+   computed once per request (batch 1) and copied into every batch.
+2. **One prefill per vector.** The tokens from the marker on are run once per vector (with the injection);
+   the vector's S slots (best-of-K: greedy + K-1 samples; RL: the group) start from copies of that cache.
+3. **Finished answers leave the batch.** A row that emitted a stop token (or hit the cap) is dropped from
+   the cache, so later steps run on the rows still writing. Every prompt has the same length, so no row
+   ever needs padding or an attention mask.
+4. **Logits of the last position only**, in prefill and decoding; sampling per row with its own generator
+   (:mod:`nla.core.sampling`), so dropping rows never changes another row's draw.
+
+Greedy answers are those of ``model.generate`` on the same batch up to floating-point ties (the batch's
+matrix shapes differ, so the last bits of a logit can): ``bench/same_greedy.py`` checks them on real vectors.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from nla.core.sampling import next_tokens, row_seed
+from nla.generation.base import Request, group_batches, register
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """The name under which this transformers version's forward takes the KV cache."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _new_cache(model: nn.Module) -> Any:
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return DynamicCache(config=base.config)
+    except TypeError:  # older transformers: no config argument
+        return DynamicCache()
+
+
+class HFBackend:
+    """Decode with the AV's own torch model (any device, any dtype)."""
+
+    name = "hf"
+
+    def _forward(self, model: nn.Module, ids: torch.Tensor, cache: Any) -> torch.Tensor:  # (B, T) -> (B, V)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{_cache_kwarg(model): cache})
+        return out.logits[:, -1, :].float()
+
+    @torch.no_grad()
+    def generate(self, av: Any, request: Request, on_rows: Callable[[int], None] | None = None) -> list[list[int]]:
+        model = av.model
+        device = next(model.parameters()).device
+        prompt = av.prompt_ids()
+        m = prompt.index(av.marker.token_id)  # verified: exactly once, never first
+        s = len(request.slots)
+        base_seed = request.seed
+        if base_seed is None and not all(sl.greedy for sl in request.slots):
+            base_seed = int(torch.randint(0, 2**62, ()))
+        prefix = _new_cache(model)  # the prompt before the marker, once per request (batch 1)
+        self._forward(model, torch.tensor([prompt[:m]], device=device), prefix)
+        out: list[list[int]] = []
+        for group in group_batches(request.vectors.shape[0], s, request.batch_size):
+            vecs = request.vectors[group.start : group.stop]  # (n, d)
+            rows = [i * s + j for i in group for j in range(s)]
+            gens = [None] * len(rows)
+            if base_seed is not None:
+                gens = [
+                    None if request.slots[r % s].greedy else torch.Generator(device).manual_seed(row_seed(base_seed, r))
+                    for r in rows
+                ]
+            out += self._batch(av, model, copy.deepcopy(prefix), prompt[m:], vecs, request, gens)
+            if on_rows is not None:
+                on_rows(len(rows))
+        return out
+
+    def _batch(
+        self,
+        av: Any,
+        model: nn.Module,
+        cache: Any,  # the prefix's cache, batch 1 (consumed)
+        suffix_ids: list[int],  # the prompt from the marker on
+        vecs: torch.Tensor,  # (n, d)
+        request: Request,
+        gens: list[torch.Generator | None],
+    ) -> list[list[int]]:
+        n, s = vecs.shape[0], len(request.slots)
+        device = vecs.device
+        cache.batch_repeat_interleave(n)
+        suffix = torch.tensor([suffix_ids] * n, device=device)  # (n, P - m): starts with the marker
+        with av.injector(vecs) as inj:
+            logits = self._forward(model, suffix, cache)  # (n, V)
+        if inj.calls != 1:
+            raise RuntimeError(f"injection ran {inj.calls} times in the prefill; expected once")
+        if s > 1:
+            cache.batch_repeat_interleave(s)
+            logits = logits.repeat_interleave(s, dim=0)  # (n*s, V)
+        temps = [sl.temperature for _ in range(n) for sl in request.slots]
+        top_ps = [sl.top_p for _ in range(n) for sl in request.slots]
+        live = list(range(n * s))  # batch row -> answer index
+        answers: list[list[int]] = [[] for _ in live]
+        stops = set(request.stop_ids)
+        for step in range(request.max_new_tokens):
+            tok = next_tokens(logits, [temps[r] for r in live], [top_ps[r] for r in live], [gens[r] for r in live])
+            keep = []
+            for b, (r, t) in enumerate(zip(live, tok.tolist(), strict=True)):
+                answers[r].append(t)
+                if t not in stops:
+                    keep.append(b)
+            if not keep or step + 1 == request.max_new_tokens:
+                break
+            ids = tok[:, None]  # (B, 1)
+            if len(keep) < len(live):
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                ids = ids[idx]
+                live = [live[b] for b in keep]
+            logits = self._forward(model, ids, cache)  # (B', V)
+        return answers
+
+
+register("hf", HFBackend)
+
+__all__ = ["HFBackend"]
