@@ -108,6 +108,28 @@ def test_gemma_av_and_ar_train_without_a_chat_template() -> None:
     assert errs[-1] < 0.5 * errs[0]
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_gemma_preset_is_the_cpu_recipe_with_the_documented_changes() -> None:
+    from nla.pipeline import load_pipeline_config, load_preset
+
+    gemma, smol = _flat(load_preset("gemma3-270m")), _flat(load_preset("cpu-smollm2"))
+    differ = {k for k in gemma.keys() | smol.keys() if gemma.get(k) != smol.get(k)}
+    assert differ == {
+        "model", "layer", "av_sft.batch_size", "av_sft.grad_accum", "refit.distill.batch_size",
+        "refit.distill.grad_accum", "rl.train_batch_size",
+    }  # fmt: skip
+    for stage in ("av_sft", "refit.distill"):  # a smaller micro-batch, the same optimizer step
+        assert gemma[f"{stage}.batch_size"] * gemma[f"{stage}.grad_accum"] == smol[f"{stage}.batch_size"]
+    cfg = load_pipeline_config("gemma3-270m")
+    assert cfg.model == "gemma3-270m" and cfg.layer == 12 and cfg.av_sft.grad_accum == 2
+
+
 # ----------------------------------------------------------------------------------- the embedded model
 
 
