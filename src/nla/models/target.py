@@ -1,4 +1,7 @@
-"""Target models: load any HF causal LM (or the embedded SmolLM2) and read its residual stream.
+"""Target models: load any HF causal LM (or an embedded one) and read its residual stream.
+
+The embedded models (:data:`EMBEDDED`: ``smollm2-135m``, the default, and ``gemma3-270m``) come as GGUF files in
+PyPI packages and are dequantised once into ``<nla cache>/models/<name>`` as plain safetensors directories.
 
 "Layer L" is the output of decoder block L, i.e. HF ``hidden_states[L + 1]``. :meth:`Target.hidden_at`
 runs the model only up to block L: a forward hook on block L stops the pass, so later blocks never run.
@@ -380,7 +383,7 @@ def load_target(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
 ) -> Target:
-    """Load a target LM: the embedded ``smollm2-135m``, any HF causal-LM id, or a local HF directory."""
+    """Load a target LM: an embedded name (:data:`EMBEDDED`), any HF causal-LM id, or a local HF directory."""
     from transformers import AutoModelForCausalLM
 
     if isinstance(dtype, str):
