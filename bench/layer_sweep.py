@@ -6,9 +6,13 @@ document (after the first ``--skip`` tokens; offline prose passages of installed
 - ``norm``: mean activation norm (``inject`` normalises to a scale above it) and ``p99/med``, the spread;
 - ``top1``: mean share of the squared norm in the largest coordinate (massive-activation outliers);
 - ``B``: the predict-the-mean baseline (mean-of-normalised, training rows) that fve_nrm divides by;
+- ``var1``: share of the normalised vectors' variance along the one coordinate with the largest mean (where
+  one coordinate holds most of the norm, fve_nrm mostly grades how large that coordinate is);
 - ``lookup`` / ``lookup2``: held-out fve_nrm of the last-token and last-two-token lookup tables
   (:mod:`nla.evaluate.lookup`), documents split 80/20: how much of the vector the final token(s) alone
-  predict. An explanation has to beat these to show it carries context.
+  predict. An explanation has to beat these to show it carries context;
+- ``pos``: the same lookup keyed by the position (buckets of 16 tokens) instead of the token: a vector that
+  the position predicts is one no explanation of the text can reconstruct.
 
 Only the decoder blocks run (no LM head: Gemma's 262k-token head would cost more than the blocks).
 
@@ -24,7 +28,7 @@ import time
 
 import torch
 
-from nla.core.metrics import fve_nrm, mean_baseline
+from nla.core.metrics import fve_nrm, mean_baseline, unit
 from nla.data.prose import web_passages
 from nla.evaluate.lookup import token_lookup_rows
 from nla.models.target import load_target
@@ -38,6 +42,7 @@ def collect(t, docs, layers: list[int], positions: int, skip: int, max_tokens: i
     vecs: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     keys: list[tuple[int, ...]] = []
     owner: list[int] = []
+    where: list[int] = []
     for i, doc in enumerate(docs):
         ids = t.tokenizer(doc.text, return_tensors="pt").input_ids[:, :max_tokens]  # (1, T)
         n = ids.shape[1]
@@ -50,7 +55,8 @@ def collect(t, docs, layers: list[int], positions: int, skip: int, max_tokens: i
         row = ids[0].tolist()
         keys += [tuple(row[p - 1 : p + 1]) for p in pos]
         owner += [i] * len(pos)
-    return {layer: torch.cat(v) for layer, v in vecs.items()}, keys, owner
+        where += pos
+    return {layer: torch.cat(v) for layer, v in vecs.items()}, keys, owner, where
 
 
 def main() -> None:
@@ -70,15 +76,19 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else quarters
     docs = web_passages(args.docs)
     t0 = time.perf_counter()
-    vecs, keys, owner = collect(t, docs, layers, args.positions, args.skip, args.max_tokens, args.seed)
+    vecs, keys, owner, where = collect(t, docs, layers, args.positions, args.skip, args.max_tokens, args.seed)
     secs = time.perf_counter() - t0
     held = torch.tensor([o % 5 == 0 for o in owner])  # documents split 80/20
     n_rows = len(keys)
     print(f"# {args.model}: {n} blocks, d={t.d_model}; {n_rows} vectors from {len(set(owner))} docs "
           f"({int(held.sum())} held out); {secs:.0f} s for the backbone passes (1 thread)")
-    print(f"{'layer':>5} {'depth':>5} {'norm':>8} {'p99/med':>7} {'top1':>6} {'B':>6} {'lookup':>7} {'lookup2':>7}")
+    head = ("layer", "depth", "norm", "p99/med", "top1", "var1", "B", "lookup", "lookup2", "pos")
+    print(" ".join(f"{h:>7}" for h in head))
     train_keys = [k for k, h in zip(keys, held.tolist(), strict=True) if not h]
     held_keys = [k for k, h in zip(keys, held.tolist(), strict=True) if h]
+    buckets = [(p // 16,) for p in where]
+    train_pos = [b for b, h in zip(buckets, held.tolist(), strict=True) if not h]
+    held_pos = [b for b, h in zip(buckets, held.tolist(), strict=True) if h]
     for layer in layers:
         v = vecs[layer]  # (N, d)
         norms = v.norm(dim=-1)
@@ -87,8 +97,12 @@ def main() -> None:
         b = mean_baseline(v[~held])
         rows = token_lookup_rows(train_keys, v[~held], held_keys, v[held])
         f1, f2 = fve_nrm(rows["final"], b), fve_nrm(rows["last_two"], b)
-        print(f"{layer:>5} {(layer + 1) / n:>5.2f} {float(norms.mean()):>8.1f} {spread:>7.2f} {top1:>6.3f} "
-              f"{b:>6.3f} {f1:>7.3f} {f2:>7.3f}")
+        fp = fve_nrm(token_lookup_rows(train_pos, v[~held], held_pos, v[held])["final"], b)
+        u = unit(v[~held])
+        var = u.var(0)  # (d,)
+        var1 = float(var[u.mean(0).abs().argmax()] / var.sum())
+        cells = (layer, (layer + 1) / n, float(norms.mean()), spread, top1, var1, b, f1, f2, fp)
+        print(f"{cells[0]:>7} {cells[1]:>7.2f} {cells[2]:>7.0f}" + "".join(f" {c:>7.3f}" for c in cells[3:]))
 
 
 if __name__ == "__main__":
