@@ -45,6 +45,20 @@ def _chat_prefix_len(tokenizer: Any, messages: list[dict[str, str]], ids: list[i
     return n
 
 
+def plain_transcript(messages: Sequence[dict[str, str]]) -> tuple[str, str]:
+    """(a chat as plain text, ``Role: content`` blocks apart by blank lines; the text before the first
+    non-system message's content, up to its ``Role:`` label): how a chat reaches a base model that has no
+    chat template."""
+    parts, head = [], None
+    for m in messages:
+        label = f"{str(m.get('role', '')).capitalize()}: "
+        if head is None and m.get("role") != "system":
+            head = "\n\n".join([*parts, label.rstrip()])
+        parts.append(label + str(m.get("content", "")))
+    text = "\n\n".join(parts)
+    return text, text if head is None else head
+
+
 def encode_document(tokenizer: Any, doc: Document, max_tokens: int, skip: int) -> Encoded:
     """Token ids of ``doc`` (one tokenisation step, capped) and its first eligible position."""
     try:
@@ -56,8 +70,10 @@ def encode_document(tokenizer: Any, doc: Document, max_tokens: int, skip: int) -
 def _encode(tokenizer: Any, doc: Document, max_tokens: int, skip: int) -> Encoded:
     if doc.messages is not None:
         messages = [dict(m) for m in doc.messages]
-        if not getattr(tokenizer, "chat_template", None):
-            raise NLAError(f"document {doc.doc_id!r} is a chat but the tokenizer has no chat template")
+        if not getattr(tokenizer, "chat_template", None):  # a base model: the chat is read as a plain transcript
+            text, head = plain_transcript(messages)
+            ids = token_ids(tokenizer(text))
+            return Encoded(doc.doc_id, ids[:max_tokens], min(skip, len(token_ids(tokenizer(head)))))
         ids = token_ids(tokenizer.apply_chat_template(messages, tokenize=True))
         prefix = _chat_prefix_len(tokenizer, messages, ids)
         start = skip if prefix is None else min(skip, prefix)

