@@ -263,7 +263,7 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     greedy, sampled = fake_stages["verbalize"]
     assert (greedy["av"], greedy["do_sample"], greedy["limit"]) == (f"{r}/av_sft/final", False, 6000)
     assert (sampled["do_sample"], sampled["temperature"], sampled["every"]) == (True, 0.7, 3)
-    assert [(x["max_steps"], x["lr"]) for x in repeats] == [(400, 1e-4)] * 2 + [(400, 2e-4)] * 6
+    assert [(x["max_steps"], x["lr"]) for x in repeats] == [(400, 1e-4)] * 2 + [(400, 2e-4)] * 8
     assert repeats[0]["init"] == f"{r}/ar_sft/final" and repeats[1]["init"] == f"{r}/selftext/ar_1/final"
     data = repeats[0]["data"].split(",")
     assert data.count(f"{r}/selftext/greedy.parquet") == 2 and data.count(f"{t}/ar_sft.parquet") == 1
