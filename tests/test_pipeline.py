@@ -275,6 +275,15 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     assert "command" in compute and compute["corpora_sha256"]["main"]
 
 
+@pytest.mark.parametrize("preset", ["smollm2", "gpu", "tiny"])
+def test_every_preset_configures_every_stage(preset, tmp_path, fake_stages) -> None:
+    cfg = load_pipeline_config(preset, run_dir=str(tmp_path / "r"))
+    res = run_pipeline(cfg, stop_after="card")
+    assert all(res.stages[s] == "ran" for s in STAGES[: STAGES.index("card") + 1])
+    assert len(fake_stages["train_rl"] if cfg.run_rl else []) == int(cfg.run_rl)
+    assert len(fake_stages["verbalize"]) == 1 + (cfg.selftext.sampled_rows > 0) + (cfg.expert.rows > 0)
+
+
 def test_the_shipped_rows_are_kept_only_when_the_held_out_rows_are_the_same(tmp_path, fake_stages, monkeypatch) -> None:
     import nla.pipeline.stages as stages
 
