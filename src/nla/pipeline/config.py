@@ -82,11 +82,13 @@ class MixConfig:
     the source's rows are listed (a whole number; 0 drops it); sources of corpora the run does not build are
     left out."""
 
-    ar_sft: dict[str, float] = option({"ar_sft": 1}, "AR-SFT's data.")
-    av_sft: dict[str, float] = option({"av_sft": 1}, "AV-SFT's data.")
-    expert: dict[str, float] = option({"expert/best": 1, "av_sft": 1}, "Expert iteration's AV data.")
+    ar_sft: dict[str, float] = option({"ar_sft": 1}, "AR-SFT's data (a flag: SOURCE=WEIGHT,...).")
+    av_sft: dict[str, float] = option({"av_sft": 1}, "AV-SFT's data (a flag: SOURCE=WEIGHT,...).")
+    expert: dict[str, float] = option(
+        {"expert/best": 1, "av_sft": 1}, "Expert iteration's AV data (a flag: SOURCE=WEIGHT,...)."
+    )
     selftext: dict[str, float] = option(
-        {"self/greedy": 2, "self/sampled": 2, "ar_sft": 1}, "The self-text refit's AR data."
+        {"self/greedy": 2, "self/sampled": 2, "ar_sft": 1}, "The self-text refit's AR data (a flag: SOURCE=WEIGHT,...)."
     )
 
 
