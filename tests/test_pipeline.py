@@ -104,6 +104,26 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
     assert set(again.stages.values()) == {"skipped"} and ran == []
 
 
+def test_a_rebuild_copies_the_frozen_corpora_and_checks_their_hashes(finished_run, tmp_path) -> None:
+    import shutil
+
+    folder, _ = finished_run
+    recorded = json.loads((folder / "run" / "corpora" / "corpora.json").read_text())
+    cfg = _tiny(folder, tmp_path / "again")
+    cfg.corpora.copy_from = str(folder / "run" / "corpora")
+    run_pipeline(cfg, stop_after="corpora")  # no model runs: every corpus is copied in
+    again = json.loads((tmp_path / "again" / "corpora" / "corpora.json").read_text())
+    assert {k: v["sha256"] for k, v in again.items()} == {k: v["sha256"] for k, v in recorded.items()}
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder / "run" / "corpora", tampered)
+    scenes = tampered / "scenes.jsonl"
+    scenes.write_text(scenes.read_text().replace('"content": "', '"content": "Once ', 1))
+    cfg = _tiny(folder, tmp_path / "third")
+    cfg.corpora.copy_from = str(tampered)
+    with pytest.raises(NLAError, match="corpus scenes .* not the pinned"):
+        run_pipeline(cfg, stop_after="corpora")
+
+
 def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp_path) -> None:
     """Killed with SIGKILL inside av_sft and inside selftext (its second AR repeat), resumed: the card equals the
     uninterrupted run's."""

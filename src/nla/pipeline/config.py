@@ -61,6 +61,10 @@ class CorporaConfig:
     scene_chats: int = option(0, "Chats of the `scenes` corpus (plain narrative about ordinary places); 0 = none.")
     max_new_tokens: int = option(96, "Answer length cap of the topics chats.")
     scene_max_new_tokens: int = option(128, "Answer length cap of the scenes chats.")
+    copy_from: str = option(
+        "", "The corpora/ folder of another run: its frozen corpora are copied in and pinned to the sha256 it "
+        "recorded, so that this run extracts the same vectors on another machine."
+    )  # fmt: skip
     pin: dict[str, str] = option(
         {}, "Expected sha256 of corpora by name (main, locale, topics, topic_prose, scenes): a rebuild that differs "
         "is an error instead of silently other vectors (the hashes of a run are in corpora/corpora.json)."
