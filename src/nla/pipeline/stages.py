@@ -210,7 +210,7 @@ class Stages:
             if pinned and pinned != out[name]["sha256"]:
                 raise NLAError(
                     f"corpus {name} ({path}) has sha256 {out[name]['sha256']}, not the pinned {pinned}: this machine "
-                    "builds other documents; copy the pinned corpora/ folder into the run directory, or unpin it"
+                    "builds other documents; point corpora.copy_from at the pinned run's corpora/ folder, or unpin it"
                 )
         atomic_write_text(out_dir / "corpora.json", json.dumps(out, indent=2) + "\n")
         return out
