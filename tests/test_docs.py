@@ -1,5 +1,6 @@
 """Docs that cannot rot: every Python block of the README and docs/*.md compiles and its imports resolve, every
-``nla.…`` module path and ``nla/…`` source path they name exists, and the README stays short."""
+``nla.…`` module path and ``nla/…`` source path they name exists, their relative links resolve, and the README
+stays short."""
 
 from __future__ import annotations
 
@@ -79,6 +80,14 @@ def test_module_and_source_paths_named_in_docs_exist(doc: Path) -> None:
     assert not rotten, f"{doc.name} names module paths that do not exist: {rotten}"
     missing = sorted({p for p in SOURCE.findall(text) if not _source_exists(p)})
     assert not missing, f"{doc.name} names source paths that do not exist under src/: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_relative_links_resolve(doc: Path) -> None:
+    links = re.findall(r"\]\(([^)\s]+)\)", _prose(doc.read_text(encoding="utf-8")))
+    local = [link.split("#")[0] for link in links if not re.match(r"[a-z]+:", link) and link.split("#")[0]]
+    missing = sorted({link for link in local if not (doc.parent / link).exists()})
+    assert not missing, f"{doc.name} links to files that do not exist: {missing}"
 
 
 def test_the_checks_can_fail() -> None:

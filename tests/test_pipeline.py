@@ -104,6 +104,26 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
     assert set(again.stages.values()) == {"skipped"} and ran == []
 
 
+def test_a_rebuild_copies_the_frozen_corpora_and_checks_their_hashes(finished_run, tmp_path) -> None:
+    import shutil
+
+    folder, _ = finished_run
+    recorded = json.loads((folder / "run" / "corpora" / "corpora.json").read_text())
+    cfg = _tiny(folder, tmp_path / "again")
+    cfg.corpora.copy_from = str(folder / "run" / "corpora")
+    run_pipeline(cfg, stop_after="corpora")  # no model runs: every corpus is copied in
+    again = json.loads((tmp_path / "again" / "corpora" / "corpora.json").read_text())
+    assert {k: v["sha256"] for k, v in again.items()} == {k: v["sha256"] for k, v in recorded.items()}
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder / "run" / "corpora", tampered)
+    scenes = tampered / "scenes.jsonl"
+    scenes.write_text(scenes.read_text().replace('"content": "', '"content": "Once ', 1))
+    cfg = _tiny(folder, tmp_path / "third")
+    cfg.corpora.copy_from = str(tampered)
+    with pytest.raises(NLAError, match="corpus scenes .* not the pinned"):
+        run_pipeline(cfg, stop_after="corpora")
+
+
 def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp_path) -> None:
     """Killed with SIGKILL inside av_sft and inside selftext (its second AR repeat), resumed: the card equals the
     uninterrupted run's."""
@@ -263,7 +283,7 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     greedy, sampled = fake_stages["verbalize"]
     assert (greedy["av"], greedy["do_sample"], greedy["limit"]) == (f"{r}/av_sft/final", False, 6000)
     assert (sampled["do_sample"], sampled["temperature"], sampled["every"]) == (True, 0.7, 3)
-    assert [(x["max_steps"], x["lr"]) for x in repeats] == [(400, 1e-4)] * 2 + [(400, 2e-4)] * 6
+    assert [(x["max_steps"], x["lr"]) for x in repeats] == [(400, 1e-4)] * 2 + [(400, 2e-4)] * 8
     assert repeats[0]["init"] == f"{r}/ar_sft/final" and repeats[1]["init"] == f"{r}/selftext/ar_1/final"
     data = repeats[0]["data"].split(",")
     assert data.count(f"{r}/selftext/greedy.parquet") == 2 and data.count(f"{t}/ar_sft.parquet") == 1
@@ -273,6 +293,15 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     assert card["stage"] == [f"shipped={r}/av_sft/final,{r}/ar_sft/final"]  # the fakes wrote no checkpoint
     compute = yaml.safe_load((run / "card" / "compute.yaml").read_text())
     assert "command" in compute and compute["corpora_sha256"]["main"]
+
+
+@pytest.mark.parametrize("preset", ["smollm2", "gpu", "tiny"])
+def test_every_preset_configures_every_stage(preset, tmp_path, fake_stages) -> None:
+    cfg = load_pipeline_config(preset, run_dir=str(tmp_path / "r"))
+    res = run_pipeline(cfg, stop_after="card")
+    assert all(res.stages[s] == "ran" for s in STAGES[: STAGES.index("card") + 1])
+    assert len(fake_stages["train_rl"] if cfg.run_rl else []) == int(cfg.run_rl)
+    assert len(fake_stages["verbalize"]) == 1 + (cfg.selftext.sampled_rows > 0) + (cfg.expert.rows > 0)
 
 
 def test_the_shipped_rows_are_kept_only_when_the_held_out_rows_are_the_same(tmp_path, fake_stages, monkeypatch) -> None:

@@ -61,6 +61,10 @@ class CorporaConfig:
     scene_chats: int = option(0, "Chats of the `scenes` corpus (plain narrative about ordinary places); 0 = none.")
     max_new_tokens: int = option(96, "Answer length cap of the topics chats.")
     scene_max_new_tokens: int = option(128, "Answer length cap of the scenes chats.")
+    copy_from: str = option(
+        "", "The corpora/ folder of another run: its frozen corpora are copied in and pinned to the sha256 it "
+        "recorded, so that this run extracts the same vectors on another machine."
+    )  # fmt: skip
     pin: dict[str, str] = option(
         {}, "Expected sha256 of corpora by name (main, locale, topics, topic_prose, scenes): a rebuild that differs "
         "is an error instead of silently other vectors (the hashes of a run are in corpora/corpora.json)."
@@ -82,11 +86,13 @@ class MixConfig:
     the source's rows are listed (a whole number; 0 drops it); sources of corpora the run does not build are
     left out."""
 
-    ar_sft: dict[str, float] = option({"ar_sft": 1}, "AR-SFT's data.")
-    av_sft: dict[str, float] = option({"av_sft": 1}, "AV-SFT's data.")
-    expert: dict[str, float] = option({"expert/best": 1, "av_sft": 1}, "Expert iteration's AV data.")
+    ar_sft: dict[str, float] = option({"ar_sft": 1}, "AR-SFT's data (a flag: SOURCE=WEIGHT,...).")
+    av_sft: dict[str, float] = option({"av_sft": 1}, "AV-SFT's data (a flag: SOURCE=WEIGHT,...).")
+    expert: dict[str, float] = option(
+        {"expert/best": 1, "av_sft": 1}, "Expert iteration's AV data (a flag: SOURCE=WEIGHT,...)."
+    )
     selftext: dict[str, float] = option(
-        {"self/greedy": 2, "self/sampled": 2, "ar_sft": 1}, "The self-text refit's AR data."
+        {"self/greedy": 2, "self/sampled": 2, "ar_sft": 1}, "The self-text refit's AR data (a flag: SOURCE=WEIGHT,...)."
     )
 
 

@@ -172,6 +172,16 @@ class Stages:
     def corpora(self) -> dict[str, Any]:
         c, out_dir = self.cfg.corpora, self.dir("corpora")
         out_dir.mkdir(parents=True, exist_ok=True)
+        pins = dict(c.pin)
+        if c.copy_from:  # another run's frozen corpora: copied in, and pinned to the hashes that run recorded
+            src = Path(c.copy_from)
+            recorded = src / "corpora.json"
+            if not recorded.is_file():
+                raise NLAError(f"corpora.copy_from: {src} holds no corpora.json (the corpora/ folder of a run)")
+            for name, info in json.loads(recorded.read_text(encoding="utf-8")).items():
+                if name in ("main", *c.wanted()) and not (out_dir / f"{name}.jsonl").exists():
+                    shutil.copy(src / f"{name}.jsonl", out_dir / f"{name}.jsonl")
+                pins.setdefault(name, info["sha256"])
         ex = self.cfg.extract
         files: dict[str, Path] = {}
         main = out_dir / "main.jsonl"
@@ -196,11 +206,11 @@ class Stages:
             docs = load_corpus(str(path))
             out[name] = {"path": str(path), "documents": len(docs),
                          "sha256": corpus_sha256(sorted(docs, key=lambda d: d.doc_id))}  # fmt: skip
-            pinned = c.pin.get(name)
+            pinned = pins.get(name)
             if pinned and pinned != out[name]["sha256"]:
                 raise NLAError(
                     f"corpus {name} ({path}) has sha256 {out[name]['sha256']}, not the pinned {pinned}: this machine "
-                    "builds other documents; copy the pinned corpora/ folder into the run directory, or unpin it"
+                    "builds other documents; point corpora.copy_from at the pinned run's corpora/ folder, or unpin it"
                 )
         atomic_write_text(out_dir / "corpora.json", json.dumps(out, indent=2) + "\n")
         return out
