@@ -12,9 +12,10 @@ Reads ``WORK/vectors.npy`` and ``WORK/nla.json`` (nla's explanations and AR pred
 - ``client``: ``NLAClient(OUT/av).generate(v, temperature=0, extract_explanation=False)`` through the
   SGLang-protocol endpoint at ``--url`` (raw text), and the explanation the official ``EXPLANATION_RE``
   extracts from it (what ``generate`` returns by default);
-- ``direct``: the official client's own prompt and injection (``NLAClient._build_embeds``) fed to
-  ``AutoModelForCausalLM.from_pretrained(OUT/av)`` under THIS transformers, greedy (checks that this
-  version reads the exported config and weights as nla does);
+- ``direct`` (``--direct``): the official client's own prompt and injection (``NLAClient._build_embeds``)
+  followed by nla's greedy response, through ``AutoModelForCausalLM.from_pretrained(OUT/av)`` under THIS
+  transformers, one forward: does every response token (and the end-of-turn) equal the argmax? (checks
+  that this version reads the exported config and weights as nla does, e.g. the rope theta);
 - ``critic``: ``NLACritic(OUT/ar, dtype=float32).reconstruct(e)`` for nla's explanations, and its
   ``score(e, v)``.
 
@@ -32,6 +33,7 @@ import json
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 import transformers
@@ -58,6 +60,8 @@ def main() -> None:
     ap.add_argument("--url", default="", help="SGLang-protocol endpoint serving the AV (empty: skip the client)")
     ap.add_argument("--max-new-tokens", type=int, default=150)
     ap.add_argument("--shim-chat-template", action="store_true")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="HTTP timeout per request (the file says 120 s)")
+    ap.add_argument("--direct", action="store_true", help="also the teacher-forced greedy check under this version")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.shim_chat_template:
@@ -77,24 +81,28 @@ def main() -> None:
     }
     if args.url:
         client = official.NLAClient(out / "av", sglang_url=args.url)
+        # the file's 120 s per-request timeout is too short for a shared 2-core CPU: a longer one, at runtime
+        client._http = httpx.Client(timeout=httpx.Timeout(args.timeout))
         raw = [client.generate(v, temperature=0, max_new_tokens=args.max_new_tokens, extract_explanation=False)
                for v in vectors]  # fmt: skip
         # what generate() returns by default, from the same text: the official regex, stripped
         expl = [m.group(1).strip() if (m := official.EXPLANATION_RE.search(t)) else t for t in raw]
         result["client"] = {"raw": raw, "explanation": expl}
+    if args.direct:  # teacher-forced greedy check under THIS transformers: one forward per vector
+        client = client if args.url else official.NLAClient(out / "av", sglang_url="http://unused")
         model = transformers.AutoModelForCausalLM.from_pretrained(str(out / "av"), dtype=torch.float32).eval()
-        direct = []
-        for v in vectors:
-            embeds, _ = client._build_embeds(torch.as_tensor(v), None)
-            x = torch.as_tensor(embeds)[None]
+        table = model.get_input_embeddings()
+        eos = client.tokenizer.eos_token_id
+        agree = []
+        for v, raw in zip(vectors, ours["raw"], strict=True):
+            embeds, _ = client._build_embeds(torch.as_tensor(v), None)  # the official prompt + injection
+            resp = client.tokenizer.encode(raw, add_special_tokens=False) + [eos]
             with torch.no_grad():
-                ids = model.generate(inputs_embeds=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
-                                     max_new_tokens=args.max_new_tokens, do_sample=False,
-                                     eos_token_id=client.tokenizer.eos_token_id)[0].tolist()  # fmt: skip
-            if ids and ids[-1] == client.tokenizer.eos_token_id:
-                ids = ids[:-1]
-            direct.append(client.tokenizer.decode(ids, skip_special_tokens=False))
-        result["direct"] = {"raw": direct}
+                x = torch.cat([torch.as_tensor(embeds), table(torch.tensor(resp)).float()])[None]
+                logits = model(inputs_embeds=x).logits[0]
+            pred = logits[len(embeds) - 1 : len(embeds) - 1 + len(resp)].argmax(-1).tolist()
+            agree.append(pred == resp)
+        result["direct"] = {"greedy_agrees": agree}
     critic = official.NLACritic(out / "ar", dtype=torch.float32)
     recon = [critic.reconstruct(e).tolist() for e in ours["explanations"]]
     scores = [critic.score(e, v) for e, v in zip(ours["explanations"], vectors, strict=True)]

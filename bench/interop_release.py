@@ -4,7 +4,9 @@
         --export ~/nla-runs/i33/official --interop ~/nla-runs/i33/interop --work ~/nla-runs/i33/release
 
 ``--official-repo`` is a checkout of kitft/natural_language_autoencoders (unmodified); its scripts run as
-subprocesses with that folder first on the path (its package is also called ``nla``). Steps:
+subprocesses with that folder first on the path (its package is also called ``nla``), under ``--python457``
+(transformers 4.57.1, which the official stack pins: under 5.x its ``compute_canonical_neighbors`` fails
+because ``apply_chat_template(tokenize=True)`` returns a dict there). Steps:
 
 1. checkpoints: the export's sidecars are put back into the official TRAINING-time shape (role actor/critic,
    templates actor/critic, no layer but ``critic.extraction_layer_index``), then the official
@@ -33,7 +35,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-MODEL = str(Path.home() / ".cache/nla/models/smollm2-135m")
+SMOLLM2 = Path.home() / ".cache/nla/models/smollm2-135m"  # the base model as nla converted it
+
+
+def base_for_both(export: Path, dst: Path) -> str:
+    """SmolLM2 as a folder transformers 4.57 and 5.x both load: its weights (linked) with the export's
+    config/tokenizer treatment (the official datagen loads the tokenizer under 4.57)."""
+    from nla.export_official import config_for_both
+
+    dst.mkdir(exist_ok=True)
+    for name in ("model.safetensors", "generation_config.json"):
+        if not (dst / name).exists():
+            (dst / name).symlink_to(SMOLLM2 / name)
+    cfg = config_for_both(json.loads((SMOLLM2 / "config.json").read_text()))
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy2(export / "av" / name, dst / name)
+    return str(dst)
 
 
 def run(cmd: list[str], log: Path, *, cwd: str | None = None, env: dict | None = None) -> str:
@@ -72,27 +90,28 @@ def main() -> None:
     ap.add_argument("--export", required=True, help="nla export --format official of the shipped NLA")
     ap.add_argument("--interop", required=True, help="work folder of bench/interop_official.py (vectors, nla.json)")
     ap.add_argument("--work", required=True)
+    ap.add_argument("--python457", required=True, help="python with transformers 4.57.1 (the official stack's pin)")
     ap.add_argument("--vectors", type=int, default=3, help="vectors explained through the release pair")
     args = ap.parse_args()
     repo, export, interop = (Path(p).expanduser() for p in (args.official_repo, args.export, args.interop))
     work = Path(args.work).expanduser()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)  # finished steps (their output files present) are not run again
     log = work / "log.txt"
     nla = [sys.executable, "-m", "nla.cli"]
     env = official_env(repo)
+    py457 = str(Path(args.python457).expanduser())
     report: dict = {}
 
     # 1. release checkpoints staged by the official scrub script
     rel: dict[str, Path] = {}
-    for name, src, role, keep in (
-        ("av", "av", "av", True),
-        ("ar", "ar", "ar", True),
-        ("ar_nocritic", "ar", "ar", False),
-    ):
-        training_time(export / src, work / f"train_{name}", role, keep_critic=keep)
-        out = run([sys.executable, str(repo / "release/hf_stage_and_scrub.py"), str(work / f"train_{name}"),
+    for name, role, keep in (("av", "av", True), ("ar", "ar", True), ("ar_nocritic", "ar", False)):
+        staged = sorted(work.glob(f"train_{name}_hfstage_*"))
+        if staged:
+            rel[name] = staged[-1]
+            continue
+        shutil.rmtree(work / f"train_{name}", ignore_errors=True)
+        training_time(export / role, work / f"train_{name}", role, keep_critic=keep)
+        out = run([py457, str(repo / "release/hf_stage_and_scrub.py"), str(work / f"train_{name}"),
                    "smollm2-135m", "a public corpus", "20"], log, env=env)  # fmt: skip
         rel[name] = Path(out.strip().splitlines()[-1])
     report["release_sidecars"] = {k: yaml.safe_load((p / "nla_meta.yaml").read_text()) for k, p in rel.items()}
@@ -103,7 +122,8 @@ def main() -> None:
     ours = json.loads((interop / "nla.json").read_text())
     for name in ("ar", "ar_nocritic"):
         jsonl = work / f"explain_vector_{name}.jsonl"
-        run([*nla, "explain-vector", str(work / "vectors.npy"), "--av", str(rel["av"]), "--ar", str(rel[name]),
+        if not jsonl.exists():
+            run([*nla, "explain-vector", str(work / "vectors.npy"), "--av", str(rel["av"]), "--ar", str(rel[name]),
              "--best-of", "1", "--jsonl", str(jsonl)], log)  # fmt: skip
         got = [json.loads(line)["raw"] for line in jsonl.read_text().splitlines()]
         report[f"explain_vector_{name}_identical_to_shipped"] = sum(
@@ -111,7 +131,8 @@ def main() -> None:
         )
     text = "The capital of France is Paris, and the capital of Italy is"
     jsonl = work / "explain.jsonl"
-    run([*nla, "explain", text, "--av", str(rel["av"]), "--ar", str(rel["ar"]), "--target", "smollm2-135m",
+    if not jsonl.exists():
+        run([*nla, "explain", text, "--av", str(rel["av"]), "--ar", str(rel["ar"]), "--target", "smollm2-135m",
          "--positions", "last", "--best-of", "1", "--jsonl", str(jsonl)], log)  # fmt: skip
     explained = [json.loads(line) for line in jsonl.read_text().splitlines()]
     report["explain_last_token"] = {k: explained[-1].get(k) for k in ("explanation", "cosine", "control_cosine")}
@@ -125,7 +146,8 @@ def main() -> None:
     entries = yaml.safe_load(cache.read_text()) if cache.exists() else {}
     entries = entries if isinstance(entries, dict) else {}
     marker = report["release_sidecars"]["av"]["tokens"]
-    entries[MODEL] = {"char": marker["injection_char"], "token_id": marker["injection_token_id"]}
+    model = base_for_both(export, work / "smollm2-135m-both")
+    entries[model] = {"char": marker["injection_char"], "token_id": marker["injection_token_id"]}
     cache.write_text(yaml.safe_dump(entries, allow_unicode=True, sort_keys=True))
     all_vecs = np.load(interop / "vectors.npy")
     n, d = all_vecs.shape
@@ -142,13 +164,13 @@ def main() -> None:
         path = work / f"stage2_{split}.parquet"
         pq.write_table(table, path)
         side = {"dataset_id": f"base_{split}", "stage": "base", "row_count": len(rows),
-                "extraction": {"base_model": MODEL, "d_model": d, "layer_index": 20, "norm": "none",
+                "extraction": {"base_model": model, "d_model": d, "layer_index": 20, "norm": "none",
                                "corpus": "nla interop vectors", "corpus_slice": {"start": 0, "length": len(rows)},
                                "positions_per_doc": 1},
                 "kind": "nla_dataset", "schema_version": 1, "keep_debug_metadata": True}  # fmt: skip
         Path(str(path) + ".nla_meta.yaml").write_text(yaml.safe_dump(side, sort_keys=False))
         for stage in ("ar_sft", "av_sft"):
-            run([sys.executable, "-m", "nla.datagen.stage3_build", "--input", str(path), "--stage", stage,
+            run([py457, "-m", "nla.datagen.stage3_build", "--input", str(path), "--stage", stage,
                  "--output", str(work / f"{stage}_{split}.parquet")], log, cwd=str(repo), env=env)  # fmt: skip
     report["official_ar_sft_sidecar"] = yaml.safe_load((work / "ar_sft_train.parquet.nla_meta.yaml").read_text())
     report["official_ar_sft_columns"] = pq.read_schema(work / "ar_sft_train.parquet").names

@@ -176,6 +176,8 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     tag_fail = n - sum(results.column("tag_ok").to_pylist())
     meta = {k: v for k, v in meta_in.items() if k not in ("n_rows", "num_rows", "rows", "file", "shard", "splits")}
     meta.update(kind="nla_dataset", n_rows=n)
+    if "row_count" in meta:  # the official contract's count (nla extract part sidecars carry it)
+        meta["row_count"] = n
     meta["teacher"] = {"name": "av", "model": str(cfg.av), "version": "verbalize-v1", "base_url": None}
     meta["verbalize"] = {
         "data": str(data),

@@ -327,6 +327,8 @@ def teach(cfg: TeachConfig, teacher: Teacher | None = None, *, cache: AnswerCach
     meta = {k: v for k, v in meta_in.items() if k not in ("n_rows", "num_rows", "rows", "file", "shard")}
     meta["kind"] = "nla_dataset"
     meta["n_rows"] = len(keep)
+    if "row_count" in meta:  # the official contract's count (nla extract part sidecars carry it)
+        meta["row_count"] = len(keep)
     meta["teacher"] = {"name": teacher.name, "model": teacher.model, "version": teacher.version, "base_url": where}
     meta["teach"] = {
         "data": str(data), "split": cfg.split, "rows_in": n, "rows_out": len(keep), "drops": drops,
