@@ -41,8 +41,11 @@ def main() -> None:
             out = t.model.generate(**ids, max_new_tokens=args.new, min_new_tokens=args.new, **common)
             wall, cpu = time.perf_counter() - t1, time.process_time() - c1
             n = (out.shape[1] - ids.input_ids.shape[1]) * bs
-            print(f"  batch {bs}: {n} new tokens in {wall:.2f} s wall / {cpu:.2f} s CPU = {n / wall:.1f} tok/s wall, "
-                  f"{n / cpu:.1f} tok/s per CPU-second", flush=True)
+            print(
+                f"  batch {bs}: {n} new tokens in {wall:.2f} s wall / {cpu:.2f} s CPU = {n / wall:.1f} tok/s wall, "
+                f"{n / cpu:.1f} tok/s per CPU-second",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
