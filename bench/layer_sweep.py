@@ -80,8 +80,10 @@ def main() -> None:
     secs = time.perf_counter() - t0
     held = torch.tensor([o % 5 == 0 for o in owner])  # documents split 80/20
     n_rows = len(keys)
-    print(f"# {args.model}: {n} blocks, d={t.d_model}; {n_rows} vectors from {len(set(owner))} docs "
-          f"({int(held.sum())} held out); {secs:.0f} s for the backbone passes (1 thread)")
+    print(
+        f"# {args.model}: {n} blocks, d={t.d_model}; {n_rows} vectors from {len(set(owner))} docs "
+        f"({int(held.sum())} held out); {secs:.0f} s for the backbone passes (1 thread)"
+    )
     head = ("layer", "depth", "norm", "p99/med", "top1", "var1", "B", "lookup", "lookup2", "pos")
     print(" ".join(f"{h:>7}" for h in head))
     train_keys = [k for k, h in zip(keys, held.tolist(), strict=True) if not h]
