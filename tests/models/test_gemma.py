@@ -115,19 +115,29 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def test_gemma_preset_is_the_cpu_recipe_with_the_documented_changes() -> None:
+def test_gemma_preset_is_the_shipped_recipe_with_the_documented_changes() -> None:
     from nla.pipeline import load_pipeline_config, load_preset
 
-    gemma, smol = _flat(load_preset("gemma3-270m")), _flat(load_preset("cpu-smollm2"))
+    gemma, smol = _flat(load_preset("gemma3-270m")), _flat(load_preset("smollm2"))
     differ = {k for k in gemma.keys() | smol.keys() if gemma.get(k) != smol.get(k)}
-    assert differ == {
-        "model", "layer", "av_sft.batch_size", "av_sft.grad_accum", "refit.distill.batch_size",
-        "refit.distill.grad_accum", "rl.train_batch_size",
-    }  # fmt: skip
-    for stage in ("av_sft", "refit.distill"):  # a smaller micro-batch, the same optimizer step
-        assert gemma[f"{stage}.batch_size"] * gemma[f"{stage}.grad_accum"] == smol[f"{stage}.batch_size"]
+    assert differ == {"model", "layer", "keep_shipped_rows", "av_sft.batch_size", "av_sft.grad_accum"}
+    # a smaller micro-batch, the same optimizer step
+    assert gemma["av_sft.batch_size"] * gemma["av_sft.grad_accum"] == smol["av_sft.batch_size"]
     cfg = load_pipeline_config("gemma3-270m")
     assert cfg.model == "gemma3-270m" and cfg.layer == 12 and cfg.av_sft.grad_accum == 2
+
+
+def test_a_preset_that_extends_an_unknown_one_is_one_error(tmp_path) -> None:
+    from nla.common.errors import NLAError
+    from nla.pipeline import load_preset
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("extends: nope\nseed: 3\n")
+    with pytest.raises(NLAError, match="extends unknown preset 'nope'"):
+        load_preset(str(bad))
+    ok = tmp_path / "q.yaml"
+    ok.write_text("extends: gemma3-270m\nseed: 3\n")
+    assert load_preset(str(ok))["model"] == "gemma3-270m" and load_preset(str(ok))["seed"] == 3
 
 
 # ----------------------------------------------------------------------------------- the embedded model

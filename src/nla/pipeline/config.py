@@ -266,14 +266,28 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     """A preset's option mapping: a bundled name (``smollm2``, ``gpu``, ``tiny``) or a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        return load_yaml(path)
+        return _with_base(dict(load_yaml(path)), [str(path)])
     res = resource("presets", f"{PRESET_ALIASES.get(name_or_path, name_or_path)}.yaml")
     if not res.is_file():
         raise NLAError(
             f"unknown preset {name_or_path!r}; bundled presets: {', '.join(preset_names())} (or a .yaml path)"
         )
-    data = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
-    return dict(data)
+    return _with_base(dict(yaml.safe_load(res.read_text(encoding="utf-8")) or {}), [name_or_path])
+
+
+def _with_base(data: dict[str, Any], chain: list[str]) -> dict[str, Any]:
+    """A preset that says ``extends: NAME`` is that bundled preset with its own options merged over it, key by
+    key inside sections (so a second model's preset states only what differs)."""
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or base in chain:
+        raise NLAError(f"preset {chain[-1]!r}: extends must name another bundled preset, got {base!r}")
+    res = resource("presets", f"{PRESET_ALIASES.get(base, base)}.yaml")
+    if not res.is_file():
+        raise NLAError(f"preset {chain[-1]!r} extends unknown preset {base!r}; bundled: {', '.join(preset_names())}")
+    parent = _with_base(dict(yaml.safe_load(res.read_text(encoding="utf-8")) or {}), [*chain, base])
+    return merge(parent, data)
 
 
 def load_pipeline_config(
