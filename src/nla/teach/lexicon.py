@@ -263,8 +263,8 @@ def topical_words(wn: WordNet, salience: dict[str, float]) -> dict[str, float]:
     """The words of ``salience`` that WordNet knows as nouns, most topical first: the square root of the
     salience times the specificity of the first noun sense, divided by the square root of the number of noun
     and verb senses (a "trapeze" says more than a "turn", wherever it stands); adverbs, adjectives, unknown
-    words and nouns of time or quantity drop out. (Square root, not salience itself: the topic line of the covered concepts' held-out texts
-    named the concept 78 times in 100 against 74; chosen on that split, not on the novel one.)"""
+    words and nouns of time or quantity drop out. (Square root, not salience itself: the topic line of the
+    covered concepts' held-out texts named the concept 78 times in 100 against 74; chosen on that split.)"""
     out = {}
     for word, s in salience.items():
         lemma = wn.lemma(word, "noun")
