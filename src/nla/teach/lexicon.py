@@ -57,6 +57,7 @@ class WordNet:
 
     def __init__(self, folder: Path, state: dict[str, Any] | None = None) -> None:
         self.folder = folder
+        self.fingerprint = ""  # which WordNet files (set by load_wordnet): part of the open teacher's cache key
         if state is not None:
             self._restore(state)
             return
@@ -240,15 +241,19 @@ def load_wordnet(folder: str | None = None) -> WordNet:
     files = [path / f"{k}.{pos}" for k in ("index", "data") for pos in ("noun", "verb")] if path else []
     if path is None or not all(f.is_file() for f in files):
         raise NLAError(f"no WordNet found{f' in {path}' if path else ''}; {INSTALL_HINT}, or set NLA_WORDNET_DIR")
-    key = hashlib.sha1(f"{CACHE_FORMAT}|{path.resolve()}|{[f.stat().st_size for f in files]}".encode()).hexdigest()
+    sizes = [f.stat().st_size for f in files]
+    key = hashlib.sha1(f"{CACHE_FORMAT}|{path.resolve()}|{sizes}".encode()).hexdigest()
     cached = cache_dir("wordnet") / f"{key[:16]}.json"
+    wn = None
     if cached.is_file():
         try:
-            return WordNet(path, json.loads(cached.read_text(encoding="utf-8")))
+            wn = WordNet(path, json.loads(cached.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError):  # a damaged cache is rebuilt
             log.warning("rebuilding the WordNet cache %s", cached)
-    wn = WordNet(path)
-    atomic_write_text(cached, json.dumps(wn.state(), separators=(",", ":")))
+    if wn is None:
+        wn = WordNet(path)
+        atomic_write_text(cached, json.dumps(wn.state(), separators=(",", ":")))
+    wn.fingerprint = hashlib.sha1(str(sizes).encode()).hexdigest()[:8]  # the same files give the same teacher key
     return wn
 
 
