@@ -31,6 +31,32 @@ def contexts(n: int) -> list[str]:
     return [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\nHere is what I would suggest" for p in prompts]
 
 
+def recall(n_examples: int) -> None:
+    """How often each style's topic line names the concept of a held-out text, per split, and how often it
+    names another concept of the suite or (on the neutral texts) any concept; then ``n_examples`` novel texts
+    with both lines. Only the topic line is written here (no forward pass: it does not depend on the model)."""
+    teacher = OfflineTeacher.__new__(OfflineTeacher)  # the topic line only: no target is loaded
+    teacher._wordnet, teacher.lexicon_seconds = load_wordnet(), 0.0
+    line = {"rich": lambda x: OfflineTeacher._about(x, False), "open": lambda x: teacher._open_about(x, False)}
+    suite = load_concepts()
+    for split in ("covered", "novel"):
+        texts = [(c, t) for c in load_concepts(splits=[split]).concepts for t in c.heldout]
+        for style, about in line.items():
+            lines = [(c, about(t)) for c, t in texts]
+            hit = sum(c.named_in(x) for c, x in lines)
+            other = sum(any(o != c.name for o in suite.named(x)) for c, x in lines)
+            fp = sum(bool(suite.named(about(t))) for t in suite.neutral_heldout) if split == "novel" else None
+            extra = f"; neutral texts naming a concept {fp}/{len(suite.neutral_heldout)}" if fp is not None else ""
+            print(f"{split} held-out texts, {style} topic line: names the concept {hit}/{len(lines)}, "
+                  f"another concept {other}/{len(lines)}{extra}")  # fmt: skip
+    if n_examples:
+        novel = load_concepts(splits=["novel"]).concepts[:n_examples]
+        print("\n| concept | held-out text | rich (old) topic line | open (new) topic line |\n|---|---|---|---|")
+        for c in novel:
+            t = c.heldout[0]
+            print(f"| {c.name} | {t} | {line['rich'](t)} | {line['open'](t)} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=64, help="contexts timed per style")
@@ -65,15 +91,7 @@ def main() -> int:
         print(f"style {style}: {len(ctxs)} rows in {wall:.2f} s = {len(ctxs) / wall:.1f} rows/s, {kept} kept{extra}")
     print(f"open / rich wall time: {timings['open'] / timings['rich']:.3f}")
 
-    if args.examples:
-        novel = load_concepts(splits=["novel"]).concepts[: args.examples]
-        texts = [c.heldout[0] for c in novel]
-        rich = OfflineTeacher(TeacherOptions(style="rich"), target=target).answer(texts)
-        opened = OfflineTeacher(TeacherOptions(style="open"), target=target).answer(texts)
-        print("\n| concept | held-out text | rich (old) topic line | open (new) topic line |\n|---|---|---|---|")
-        for c, t, a, b in zip(novel, texts, rich, opened, strict=True):
-            line = lambda x: next(ln for ln in (parse_answer(x)[0] or "").split("\n") if ln.startswith("Topic:"))  # noqa: E731
-            print(f"| {c.name} | {t} | {line(a)} | {line(b)} |")
+    recall(args.examples)
     return 0
 
 

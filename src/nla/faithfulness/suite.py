@@ -56,7 +56,8 @@ class FaithfulnessConfig:
     only: list[str] = option([], "Only these concepts of the set (names).")
     splits: list[str] = option(
         list(SPLITS),
-        "Splits of the shipped set: covered (the teacher's taxonomy names them), novel (no training resource does).",
+        "Splits of the shipped set (not --concepts): covered (the teacher's taxonomy names them), novel (no "
+        "training resource does); reported apart.",
     )
     data: str = option(
         "", "Held-out activations with context texts (teacher eval parquet or extract dir): perturbations, claims."

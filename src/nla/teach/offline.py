@@ -151,7 +151,7 @@ class OfflineTeacher(LocalTeacher):
             from nla.teach.lexicon import load_wordnet
 
             self._wordnet = load_wordnet()
-            self.version += f"-{OPEN_VERSION}"
+            self.version += f"-{OPEN_VERSION}-wn{self._wordnet.fingerprint}"
         self.lexicon_seconds = 0.0  # time spent naming fields (for the cost benchmark)
         self.max_batch = 512  # contexts per call: rows of one document in one call share a forward
         self.batch_tokens = 4096  # padded tokens per forward batch
