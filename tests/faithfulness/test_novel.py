@@ -29,13 +29,13 @@ def test_the_shipped_set_has_a_covered_and_a_novel_split_of_at_least_20_concepts
 
 
 def test_the_novel_split_shares_no_cue_topic_name_or_prompt_with_any_training_resource() -> None:
-    tr = training_text(ROOT / "scripts")
-    # the check reads every corpus prompt file a training run uses, the scripts' ones included
+    tr = training_text()
+    # the check reads every corpus prompt file a training run uses, the supplementary corpora's included
     assert {
         "chat_prompts.txt",
         "prompt_templates.yaml",
-        "scripts/topic_prompts.yaml",
-        "scripts/scene_prompts.yaml",
+        "corpora/topic_prompts.yaml",
+        "corpora/scene_prompts.yaml",
     } <= set(tr.files)
     assert overlaps(load_concepts(splits=["novel"]), tr) == []
     # and the covered split does share them (that is what "covered" means)

@@ -2,7 +2,7 @@
 
 A *novel* concept is one that no training resource names: none of its keywords is a cue or a topic name of
 the teacher's taxonomy (``nla/resources/topics.yaml``), none occurs in a corpus prompt file (the prompt lists
-shipped under ``nla/resources`` and ``scripts/*_prompts.yaml`` in a checkout), and none of its prompts is a
+shipped under ``nla/resources``, the supplementary corpora's ``corpora/*.yaml`` included), and none of its prompts is a
 training prompt. :func:`overlaps` lists every such contact (empty = novel); the shipped novel split
 (``concepts/novel.yaml``) is held to it by a test, and users can hold their own concept files to it::
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
@@ -24,7 +23,6 @@ from nla.resources import resource
 
 # text files under nla/resources that feed training (corpus prompts, templates); concepts/ and the NLA are not
 _TRAINING_FILES = ("chat_prompts.txt", "prompt_templates.yaml")
-_SCRIPT_GLOB = "*_prompts.yaml"
 
 
 @dataclass(frozen=True)
@@ -35,18 +33,15 @@ class TrainingText:
     files: dict[str, str]  # name -> text of each corpus prompt file
 
 
-def training_text(scripts: Path | None = None) -> TrainingText:
-    """The training resources of this installation; ``scripts`` adds a checkout's ``scripts/*_prompts.yaml``
-    (default: the ``scripts/`` folder beside ``src/`` when it exists)."""
+def training_text() -> TrainingText:
+    """The training resources of this installation: the taxonomy, the main corpus's prompt files and every
+    prompt file the supplementary corpora are built from (``nla/resources/corpora``)."""
     spec = yaml.safe_load(resource("topics.yaml").read_text(encoding="utf-8"))
     cues = {str(k): tuple(str(c) for c in v) for k, v in spec["topics"].items()}
     files = {name: resource(name).read_text(encoding="utf-8") for name in _TRAINING_FILES}
-    if scripts is None:
-        here = Path(__file__).resolve().parents[3] / "scripts"
-        scripts = here if here.is_dir() else None
-    if scripts is not None:
-        for p in sorted(scripts.glob(_SCRIPT_GLOB)):
-            files[f"scripts/{p.name}"] = p.read_text(encoding="utf-8")
+    for p in sorted(resource("corpora").iterdir()):
+        if p.is_file():
+            files[f"corpora/{p.name}"] = p.read_text(encoding="utf-8")
     return TrainingText(cues, files)
 
 
