@@ -198,12 +198,12 @@ def _plan_one(
         return [], None, [skip("schema", str(e))]
     if cfg.max_tokens is not None:
         enc = enc.keep_last(cfg.max_tokens)
-    picked, problems = pick_positions(doc, enc, cfg.positions, every=cfg.every, sample=cfg.sample, seed=cfg.seed)
-    out = [skip("positions", p) for p in problems]
     limit, source = context
-    past = [i for i in picked if limit is not None and i >= limit]
+    every_one, problems = pick_positions(doc, enc, cfg.positions)
+    picked, _ = pick_positions(doc, enc, cfg.positions, every=cfg.every, sample=cfg.sample, seed=cfg.seed, limit=limit)
+    out = [skip("positions", p) for p in problems]
+    past = [i for i in every_one[:: cfg.every] if limit is not None and i >= limit]
     if past:
-        picked = [i for i in picked if i < past[0]]
         where_from = f" ({source})" if source else ""
         out.append(
             skip(
