@@ -15,6 +15,8 @@ from nla.common.errors import NLAError
 from nla.core.text import DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP
 from nla.explain.positions import check_spec
 
+SAMPLE_CHATS = "sample-chats"  # DATA name of the transcripts shipped with nla (resources/audit/sample_chats.jsonl)
+
 # the options a run is defined by: continuing a run with other values would mix incomparable rows
 RUN_KEYS = (
     "positions",
@@ -103,4 +105,15 @@ def check_config(cfg: AuditConfig) -> None:
         raise NLAError(f"--out {out} is not a regular file")
 
 
-__all__ = ["RUN_KEYS", "AuditConfig", "check_config"]
+def check_data(data: str) -> None:
+    """A DATA path that does not exist is one clear error at once (names and ``hf:`` are checked later)."""
+    name = str(data)
+    if name in ("default", SAMPLE_CHATS) or name.startswith("hf:") or Path(name).expanduser().exists():
+        return
+    raise NLAError(
+        f"corpus not found: {name} (expected 'default', '{SAMPLE_CHATS}', 'hf:NAME', a folder, "
+        "or a .txt/.md/.jsonl/.parquet file)"
+    )
+
+
+__all__ = ["RUN_KEYS", "SAMPLE_CHATS", "AuditConfig", "check_config", "check_data"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nla.audit.config import SAMPLE_CHATS
 from nla.common.errors import NLAError
 from nla.data.corpus import load_corpus
 from nla.data.documents import Document, document_from_record
@@ -32,7 +33,6 @@ from nla.explain.positions import parse_positions
 from nla.resources import resource
 
 CONTEXT_CHARS = 160  # characters of context kept before (and including) each token
-SAMPLE_CHATS = "sample-chats"  # DATA name of the transcripts shipped with nla (resources/audit/sample_chats.jsonl)
 
 
 @dataclass

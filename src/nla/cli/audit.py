@@ -79,10 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from nla.audit.config import AuditConfig, check_config
+    from nla.audit.config import AuditConfig, check_config, check_data
 
     cfg = config_from_args(AuditConfig, args)
-    check_config(cfg)  # before the job's heavy imports: a bad option fails at once
+    check_config(cfg)  # before the job's heavy imports: a bad option or a missing file fails at once
+    check_data(args.data)
     from nla.audit.job import audit
     from nla.cli import print_json
 
