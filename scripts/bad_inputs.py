@@ -42,6 +42,7 @@ def _c(what: str, argv: str | list[str], expect: str, real: bool = False) -> Cas
 
 EX = ["explain", TEXT, "--av", "{AV}", "--ar", "{AR}"]  # a good explain command on the tiny NLA
 EV = ["explain-vector"]
+AU = ["audit", "{CHATS}", "--out", "{TMP}/a.db", "--av", "{AV}", "--ar", "{AR}"]  # a good audit on the tiny NLA
 CASES: list[Case] = [
     # the input
     _c("no input", ["explain", "--av", "{AV}"], "one of the arguments text --file --chat is required"),
@@ -113,6 +114,25 @@ CASES: list[Case] = [
     _c(
         "explain-vector --jsonl unwritable", [*EV, "{GOOD_NPY}", "--av", "{AV}", "--jsonl", f"{UNWRITABLE}/v"], "cannot"
     ),
+    # nla audit: every option and DATA checked before the DB (or a run row) exists
+    _c("audit --sample -1", [*AU, "--sample", "-1"], "--sample must be >= 1"),
+    _c("audit --every 0", [*AU, "--every", "0"], "--every must be >= 1"),
+    _c("audit --positions with a bad range", [*AU, "--positions", "1:2:3"], "bad --positions range"),
+    _c("audit --positions with a bad item", [*AU, "--positions", "first"], "bad --positions item"),
+    _c("audit --max-tokens 0", [*AU, "--max-tokens", "0"], "--max-tokens must be >= 1"),
+    _c("audit --max-tokens above the context", [*AU, "--max-tokens", "100000"], "is more than"),
+    _c("audit --temperature 0", [*AU, "--temperature", "0"], "--temperature must be a positive number"),
+    _c("audit --out is a folder", ["audit", "{CHATS}", "--out", "{TMP}", "--av", "{AV}"], "is a directory"),
+    _c("audit DATA missing", ["audit", "{TMP}/none.jsonl", "--out", "{TMP}/a.db", "--av", "{AV}"], "corpus not found"),
+    _c("audit search without a DB", ["audit", "search", "x", "--db", "{TMP}/none.db"], "no audit database"),
+    # nla serve
+    _c("serve --port 99999", ["serve", "--port", "99999"], "--port 99999 is not a TCP port"),
+    _c("serve --port -1", ["serve", "--port=-1"], "--port -1 is not a TCP port"),
+    _c(
+        "explain-vector --html unwritable",
+        [*EV, "{GOOD_NPY}", "--av", "{AV}", "--html", f"{UNWRITABLE}/v.html"],
+        "no new file can be made",
+    ),
     # other commands
     _c("extract --out unwritable", ["extract", "--model", "{TARGET}", "--out", UNWRITABLE], "cannot write output"),
     _c("extract --out is a file", ["extract", "--model", "{TARGET}", "--out", "{ESSAY}"], "is a file, not a folder"),
@@ -162,6 +182,8 @@ def build_fixtures(root: Path) -> dict[str, str]:
     )
     fx["CHAT_NO_CONTENT"] = put("nocontent.jsonl", '{"role": "user", "content": "hi"}\n{"role": "assistant"}\n')
     fx["CHAT_EMPTY"] = put("empty.jsonl", "\n\n")
+    chat = '{"id": "c0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    fx["CHATS"] = put("chats.jsonl", chat + "\n")
     fx["BAD_YAML"] = put("bad.yaml", "max_new_tokens: 5\nmax_new_tokenz: 6\n")
     for name, array in {
         "GOOD_NPY": np.ones((2, 64), np.float32),

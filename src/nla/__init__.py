@@ -31,11 +31,14 @@ from __future__ import annotations
 from typing import Any
 
 from nla.common.errors import NLAError
-from nla.models.target import DEFAULT_TARGET, Target, load_target
 
 __version__ = "0.1.0"
 
+# imported on first use, so that `import nla` (and every `nla` command's start-up) does not load torch
 _LAZY = {
+    "DEFAULT_TARGET": "nla.models.target",
+    "Target": "nla.models.target",
+    "load_target": "nla.models.target",
     "NLA": "nla.explain.api",
     "ActivationVerbalizer": "nla.models.av",
     "ActivationReconstructor": "nla.models.ar",
@@ -54,4 +57,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nla' has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_TARGET", "NLAError", "Target", "load_target", "__version__", *_LAZY]
+__all__ = ["NLAError", "__version__", *_LAZY]

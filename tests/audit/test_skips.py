@@ -109,3 +109,29 @@ def test_index_past_every_document_is_skipped_not_a_new_run(
     db = tmp_path / "p.db"
     summary = audit(str(chats_file), audit_config(tiny_nla_dirs, db, positions="9999"), nla=scripted, progress=False)
     assert summary["positions"]["stored"] == 0 and summary["skipped"]["by_kind"] == {"positions": len(CHATS)}
+
+
+def test_verdict_columns_search_filter_and_old_databases(
+    tiny_nla_dirs: dict, scripted: NLA, chats_file: Path, tmp_path: Path
+) -> None:
+    from nla.audit.search import search
+
+    db = tmp_path / "v.db"
+    audit(str(chats_file), audit_config(tiny_nla_dirs, db), nla=scripted, progress=False)
+    with sqlite3.connect(db) as c:
+        worth = c.execute("SELECT worth, cosine - control_cosine FROM explanations").fetchall()
+    assert worth and all(w in (0, 1) for w, _ in worth)
+    assert all(w == (m >= 0.09) for w, m in worth)  # no baseline, no lookup: the cosine margin decides
+    every = search(db, "text", limit=100)
+    kept = search(db, "text", limit=100, worth=True)
+    assert {h["pos_id"] for h in kept} == {h["pos_id"] for h in every if h["worth"] == 1}
+    old = tmp_path / "old.db"  # a DB made before the verdict columns: they are added, empty
+    with sqlite3.connect(old) as c:
+        c.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema', '1');"
+            "CREATE TABLE explanations (pos_id INTEGER PRIMARY KEY, explanation TEXT, raw TEXT NOT NULL);"
+        )
+    with Store(old) as store:
+        cols = {r[1] for r in store.query("PRAGMA table_info(explanations)")}
+    assert {"lookup_fve", "worth"} <= cols

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nla.audit.config import SAMPLE_CHATS
 from nla.common.errors import NLAError
 from nla.data.corpus import load_corpus
 from nla.data.documents import Document, document_from_record
@@ -32,7 +33,6 @@ from nla.explain.positions import parse_positions
 from nla.resources import resource
 
 CONTEXT_CHARS = 160  # characters of context kept before (and including) each token
-SAMPLE_CHATS = "sample-chats"  # DATA name of the transcripts shipped with nla (resources/audit/sample_chats.jsonl)
 
 
 @dataclass
@@ -116,11 +116,19 @@ def select_positions(
 
 
 def pick_positions(
-    doc: Document, enc: Encoded, positions: str = "auto", *, every: int = 1, sample: int | None = None, seed: int = 0
+    doc: Document,
+    enc: Encoded,
+    positions: str = "auto",
+    *,
+    every: int = 1,
+    sample: int | None = None,
+    seed: int = 0,
+    limit: int | None = None,
 ) -> tuple[list[int], list[str]]:
     """Like :func:`select_positions`, but each comma-separated item of ``positions`` that this document
     cannot satisfy (an index past its end, a range that selects nothing here, ``text`` on an input
-    without such tokens) is left out and described in the second list: an audit skips it, not the run."""
+    without such tokens) is left out and described in the second list: an audit skips it, not the run.
+    Positions at or past ``limit`` (the context window) are dropped before ``every`` and ``sample``."""
     if every < 1 or (sample is not None and sample < 1):
         raise NLAError("--every and --sample must be >= 1")
     spec = positions.strip().lower()
@@ -141,11 +149,15 @@ def pick_positions(
                 if not (item == "assistant" and doc.messages is not None):  # a chat without an answer: nothing
                     problems.append(str(e))
         picked = sorted(found)
-    picked = picked[::every]
-    if sample is not None and len(picked) > sample:
-        rng = random.Random(f"{seed}:{doc.doc_id}")
-        picked = sorted(rng.sample(picked, sample))
-    return picked, problems
+    picked = [i for i in picked if limit is None or i < limit][::every]
+    return sample_positions(picked, doc, sample, seed), problems
+
+
+def sample_positions(picked: list[int], doc: Document, sample: int | None, seed: int) -> list[int]:
+    """At most ``sample`` of ``picked``, seeded by the document id (a rerun picks the same tokens)."""
+    if sample is None or len(picked) <= sample:
+        return picked
+    return sorted(random.Random(f"{seed}:{doc.doc_id}").sample(picked, sample))
 
 
 def message_spans(rendered: str, messages: Sequence[dict[str, str]]) -> list[tuple[int, int, int, str]]:

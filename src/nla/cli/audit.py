@@ -50,7 +50,7 @@ class _DefaultRun(argparse._SubParsersAction):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from nla.audit.job import AuditConfig
+    from nla.audit.config import AuditConfig
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(NAME, help=HELP, description=__doc__, formatter_class=fmt)
@@ -79,10 +79,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from nla.audit.job import AuditConfig, audit
-    from nla.cli import print_json
+    from nla.audit.config import AuditConfig, check_config, check_data
 
     cfg = config_from_args(AuditConfig, args)
+    check_config(cfg)  # before the job's heavy imports: a bad option or a missing file fails at once
+    check_data(args.data)
+    from nla.audit.job import audit
+    from nla.cli import print_json
+
     summary = audit(args.data, cfg)
     print_json(summary)
     return 0

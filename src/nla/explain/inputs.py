@@ -15,14 +15,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nla.common.errors import NLAError
 from nla.explain.positions import content_spans, overlap_mask, parse_positions
-from nla.models.target import token_ids
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +96,8 @@ def encode_input(tokenizer: Any, text_or_messages: str | Sequence[dict[str, str]
         offsets = [tuple(o) for o in enc["offset_mapping"]] if fast else None
         text_mask = [b > a for a, b in offsets] if offsets is not None else None  # added tokens span nothing
         return Encoded(ids, token_texts(text, ids, offsets, tokenizer), text_mask=text_mask)
+    from nla.models.target import token_ids
+
     messages = _check_messages(text_or_messages)
     if not getattr(tokenizer, "chat_template", None):
         raise NLAError("the target tokenizer has no chat template: pass plain text instead of messages")
@@ -145,6 +146,8 @@ def select_tokens(
 
 def as_vectors(array: Any, d_model: int) -> torch.Tensor:  # (N, d) or (d,) -> (N, d) float32
     """Validate arbitrary directions: 1-D or 2-D, width ``d_model``, finite, non-zero rows."""
+    import numpy as np
+    import torch
     if isinstance(array, np.ndarray):
         if not np.issubdtype(array.dtype, np.number):
             raise NLAError(f"vectors must be numeric, got dtype {array.dtype}")
@@ -171,12 +174,14 @@ def as_vectors(array: Any, d_model: int) -> torch.Tensor:  # (N, d) or (d,) -> (
     return t
 
 
-def load_vector_file(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:  # -> (N, d) or (d,)
+def load_vector_file(path: str | os.PathLike[str], key: str | None = None) -> Any:  # -> np.ndarray (N, d) or (d,)
     """Read directions from ``.npy`` (numpy, ``allow_pickle=False``) or ``.safetensors`` (tensor ``key``;
     optional when the file holds exactly one tensor)."""
     p = Path(path)
     if not p.is_file():
         raise NLAError(f"no such vector file: {p}")
+    import numpy as np
+
     suffix = p.suffix.lower()
     if suffix == ".npy":
         if key is not None:

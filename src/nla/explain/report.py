@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nla.common.paths import atomic_write_text
-from nla.explain.trust import FVE_MARGIN, LOOKUP_MARGIN, control_word, verdict
+from nla.explain.trust import COS_MARGIN, FVE_MARGIN, LOOKUP_MARGIN, control_word, verdict
 
 
 def _get(rec: Any, name: str, default: Any = None) -> Any:
@@ -98,7 +98,10 @@ def legend_lines(records: Sequence[Any]) -> list[str]:
     worth = sum(_get(r, "worth_reading") is True for r in records)
     has_lookup = any(_get(r, "lookup_fve") is not None for r in records)
     above = f"+{LOOKUP_MARGIN:.2f} " if LOOKUP_MARGIN else ""
-    bar = f"above 0 fve and {above}above lookup" if has_lookup else f"above 0 fve and {FVE_MARGIN:.2f} above ctrl"
+    if fve:
+        bar = f"above 0 fve and {above}above lookup" if has_lookup else f"above 0 fve and {FVE_MARGIN:.2f} above ctrl"
+    else:  # no baseline: cosine only
+        bar = "cosine above the lookup's" if has_lookup else f"at least {COS_MARGIN:.2f} cosine above ctrl"
     lines = [
         f"ctrl: the AR's score for an EMPTY explanation of the same token ({'fve' if fve else 'cosine'}); "
         "lookup: the fve of the token's mean training activation (what the token alone tells)",
