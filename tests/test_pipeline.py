@@ -165,7 +165,7 @@ def test_presets_and_errors(tmp_path, capsys) -> None:
     assert {"smollm2", "cpu-smollm2", "gpu", "tiny"} <= set(preset_names())
     smol = load_pipeline_config("smollm2", run_dir=str(tmp_path / "x"))
     assert load_pipeline_config("cpu-smollm2", run_dir=str(tmp_path / "x")) == smol  # the old name, an alias
-    assert smol.model == "smollm2-135m" and smol.layer is None and smol.teach.style == "rich" and smol.bf16 == "false"
+    assert smol.model == "smollm2-135m" and smol.layer is None and smol.teach.style == "open" and smol.bf16 == "false"
     assert smol.teach.tail_tokens == 0 and smol.selftext.greedy_rows > 0 and not smol.run_rl
     assert smol.corpora.wanted() == ["locale", "topics", "topic_prose", "scenes"]
     gpu = load_pipeline_config("gpu")
