@@ -36,33 +36,11 @@ MARGINS = (0.0, 0.05, 0.10, 0.20)
 
 
 def build(args: argparse.Namespace) -> None:
-    from nla.core.metrics import unit
-    from nla.evaluate.lookup import last_token_ids, table_rows
-    from nla.explain.trust import TokenLookup
-    from nla.models.target import load_tokenizer
+    from nla.explain.trust import build_token_lookup
 
-    rows = table_rows(args.data)
-    tok = load_tokenizer(args.model)
-    ids = [t[-1] for t in last_token_ids(tok, rows.contexts or [], k=1)]
-    vecs = unit(rows.vectors.float())  # (N, d)
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
-    for t, v in zip(ids, vecs, strict=True):
-        sums[t] = sums[t] + v if t in sums else v.clone()
-        counts[t] = counts.get(t, 0) + 1
-    kept = sorted((t for t in counts if counts[t] >= args.min_count), key=lambda t: (-counts[t], t))[: args.top]
-    means = torch.stack([sums[t] / counts[t] for t in kept])  # (K, d)
-    meta = {
-        "source": str(args.data),
-        "rows": str(len(ids)),
-        "tokens": str(len(kept)),
-        "rows_covered": str(sum(counts[t] for t in kept)),
-        "min_count": str(args.min_count),
-        "layer": str(args.layer),
-        "target": args.model,
-    }
-    TokenLookup(torch.tensor(kept, dtype=torch.int64), means, vecs.mean(0), meta).save(args.out)
-    print(json.dumps({**meta, "bytes": Path(args.out).stat().st_size}, indent=2))
+    table = build_token_lookup(args.data, args.model, min_count=args.min_count, top=args.top, layer=args.layer)
+    table.save(args.out)
+    print(json.dumps({**table.meta, "bytes": Path(args.out).stat().st_size}, indent=2))
 
 
 def _rates(kept: list[bool], correct: list[bool], fves: list[float]) -> dict[str, float]:

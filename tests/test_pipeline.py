@@ -16,6 +16,7 @@ import yaml
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.data.documents import Document, write_jsonl
+from nla.explain.trust import find_lookup
 from nla.pipeline import (
     STAGES,
     PipelineConfig,
@@ -93,7 +94,8 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
     report = json.loads((run / "faithfulness" / "greedy" / "report.json").read_text())
     assert report  # the faithfulness suite ran on the final pair
     ship = run / "ship" / "nla"
-    assert sorted(p.name for p in ship.iterdir()) == ["ar", "av", "card.json"]
+    assert sorted(p.name for p in ship.iterdir()) == ["ar", "av", "card.json", "token_lookup.safetensors"]
+    assert find_lookup(ship / "av") == ship / "token_lookup.safetensors"  # the verdict's reference is found
     assert (ship / "ar" / "adapter_model.safetensors").exists() and (ship / "ar" / "value_head.safetensors").exists()
     assert not (ship / "ar" / "tokenizer.json").exists() and not (ship / "av" / "model.safetensors").exists()
     explain = ["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]
@@ -271,8 +273,8 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     assert (main_ex["corpus"], main_ex["layer"], main_ex["model"]) == (f"{r}/corpora/main.jsonl", None, "smollm2-135m")
     assert [e["split_fractions"] for e in supp] == [[0.5, 0.5, 0.0, 0.0]] * 4
     taught = {(c["out"], c["limit"], c["style"], c["tail_tokens"]) for c in fake_stages["teach"]}
-    assert (f"{t}/eval.parquet", 512, "rich", 0) in taught and (f"{t}/ar_sft.parquet", 2000, "rich", 0) in taught
-    assert (f"{t}/topics_ar_sft.parquet", 0, "rich", 0) not in taught  # no mix names it: not taught
+    assert (f"{t}/eval.parquet", 512, "open", 0) in taught and (f"{t}/ar_sft.parquet", 2000, "open", 0) in taught
+    assert (f"{t}/topics_ar_sft.parquet", 0, "open", 0) not in taught  # no mix names it: not taught
     ar_sft, *repeats = fake_stages["train_ar"]
     assert ar_sft["data"].split(",") == [f"{t}/{s}.parquet" for s in ("ar_sft", "locale_ar_sft", "scenes_ar_sft",
                                                                         "topic_prose_ar_sft")]  # fmt: skip

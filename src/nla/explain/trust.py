@@ -126,6 +126,37 @@ class TokenLookup:
         return cls(t["ids"], t["means"], t["overall"], meta)
 
 
+def build_token_lookup(
+    data: str | Path, model: str, *, min_count: int = 2, top: int = 2000, layer: int | None = None
+) -> TokenLookup:
+    """The table from TRAINING rows: the training splits (av_sft, ar_sft, rl) of an ``nla extract`` directory,
+    or a parquet of rows with their context text. Each row's final token id comes from its context, as the
+    card's token lookup does (:func:`nla.evaluate.lookup.last_token_ids`); the ``top`` most frequent tokens
+    seen at least ``min_count`` times keep their mean normalised vector, every other token gets the overall
+    mean. ``nla train pipeline`` writes it beside the NLA it ships; ``bench/verdict.py build`` for any data."""
+    from nla.core.metrics import unit
+    from nla.evaluate.lookup import last_token_ids, table_rows
+    from nla.models.target import load_tokenizer
+
+    rows = table_rows(data)
+    ids = [t[-1] for t in last_token_ids(load_tokenizer(model), rows.contexts or [], k=1)]
+    vecs = unit(rows.vectors.float())  # (N, d)
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    for t, v in zip(ids, vecs, strict=True):
+        sums[t] = sums[t] + v if t in sums else v.clone()
+        counts[t] = counts.get(t, 0) + 1
+    kept = sorted((t for t in counts if counts[t] >= min_count), key=lambda t: (-counts[t], t))[:top]
+    d = vecs.shape[1]
+    means = torch.stack([sums[t] / counts[t] for t in kept]) if kept else torch.zeros(0, d)  # (K, d)
+    meta = {
+        "source": str(data), "rows": str(len(ids)), "tokens": str(len(kept)),
+        "rows_covered": str(sum(counts[t] for t in kept)), "min_count": str(min_count),
+        "layer": str(layer), "target": model,
+    }  # fmt: skip
+    return TokenLookup(torch.tensor(kept, dtype=torch.int64), means, vecs.mean(0), meta)
+
+
 def lookup_scores(
     lookup: TokenLookup | None,
     vectors: torch.Tensor,  # (N, d)
@@ -147,24 +178,16 @@ def lookup_scores(
 
 
 def find_lookup(av_dir: str | Path | None) -> Path | None:
-    """The token lookup of an AV checkpoint: ``token_lookup.safetensors`` in its directory; for the NLA
-    shipped with nla, the one beside its card."""
+    """The token lookup of an AV checkpoint: ``token_lookup.safetensors`` in its directory, or beside it in
+    an NLA directory (``{av,ar,card.json,token_lookup.safetensors}``, as the package's default NLA and
+    ``nla train pipeline``'s ``ship/nla`` are laid out)."""
     if av_dir is None:
         return None
-    from nla.resources import default_nla_dir
-
     p = Path(av_dir)
-    for cand in (p / LOOKUP_FILE, *([default_nla_dir() / LOOKUP_FILE] if _same(p, default_nla_dir() / "av") else [])):
+    for cand in (p / LOOKUP_FILE, p.parent / LOOKUP_FILE):
         if cand.is_file():
             return cand
     return None
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 __all__ = [
@@ -180,6 +203,7 @@ __all__ = [
     "beats_control",
     "control_fve",
     "control_word",
+    "build_token_lookup",
     "find_lookup",
     "lookup_scores",
     "verdict",

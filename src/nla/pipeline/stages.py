@@ -25,6 +25,7 @@ from nla.data.documents import write_jsonl
 from nla.data.extract import extract
 from nla.data.supplementary import build_supplementary
 from nla.evaluate.card import evaluation_card, format_card
+from nla.explain.trust import LOOKUP_FILE, build_token_lookup
 from nla.export import drop_tokenizer_files, export_nla
 from nla.faithfulness.suite import run_faithfulness
 from nla.pipeline.config import GENERATED, PipelineConfig, parse_mix, parse_schedule, source_kind
@@ -383,6 +384,8 @@ class Stages:
                 drop_tokenizer_files(tmp / role)
             shutil.rmtree(tmp / "pair")
             shutil.copy(self.dir("card") / "card.json", tmp / "card.json")
+            # the verdict's reference (nla.explain.trust): each final token's mean training activation
+            build_token_lookup(self.acts, self.cfg.model).save(tmp / LOOKUP_FILE)
         nla, size = self.nla_dir, dir_size_mib(self.nla_dir)
         log.info("the compact NLA is in %s (%.1f MiB); nla explain --av %s/av --ar %s/ar uses it", nla, size, nla, nla)
         return {"dir": str(nla), "size_mib": round(size, 2), "rank": rep.rank}
