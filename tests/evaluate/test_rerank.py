@@ -11,19 +11,19 @@ from nla.models.sequences import Responses
 
 
 class FakeAV:
-    """Greedy answers 'g<i>', samples 's<i>.<j>'; records the sampling arguments."""
+    """Greedy answers 'g<i>', the j-th sampled slot 's<i>.<j>'; records the decoding arguments."""
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
-    def sample(self, vectors: torch.Tensor, *, num_samples: int = 1, do_sample: bool = False, **kw) -> Responses:
-        self.calls.append(dict(num_samples=num_samples, do_sample=do_sample, **kw))
-        n = vectors.shape[0]
-        texts = (
-            [f"g{i}" for i in range(n)]
-            if not do_sample
-            else [f"s{i}.{j}" for i in range(n) for j in range(num_samples)]
-        )
+    def sample_slots(self, vectors: torch.Tensor, slots, **kw) -> Responses:
+        self.calls.append(dict(slots=list(slots), **kw))
+        texts = []
+        for i in range(vectors.shape[0]):
+            drawn = 0
+            for slot in slots:
+                texts.append(f"g{i}" if slot.greedy else f"s{i}.{drawn}")
+                drawn += not slot.greedy
         return Responses([[len(t)] for t in texts], texts, [False] * len(texts))
 
 
@@ -43,7 +43,9 @@ def test_candidates_put_greedy_first_then_the_samples_of_the_same_vector() -> No
     c = candidates(av, torch.zeros(2, 3), 3, temperature=0.5, max_new_tokens=7, seed=4)
     assert c.texts == ["g0", "s0.0", "s0.1", "g1", "s1.0", "s1.1"]
     assert c.ids[1] == [4] and len(c.truncated) == 6
-    assert av.calls[1]["temperature"] == 0.5 and av.calls[1]["num_samples"] == 2 and av.calls[1]["seed"] == 4
+    call = av.calls[0]  # one generation: greedy + 2 samples per vector, sharing each vector's prefill
+    assert [s.temperature for s in call["slots"]] == [0.0, 0.5, 0.5] and call["seed"] == 4
+    assert call["max_new_tokens"] == 7 and call["batch_size"] == 16 * 3  # batch_size counts vectors
     assert candidates(FakeAV(), torch.zeros(2, 3), 1).texts == ["g0", "g1"]  # k = 1 is plain greedy
     with pytest.raises(NLAError):
         candidates(av, torch.zeros(1, 3), 0)
@@ -114,8 +116,9 @@ class TopicAV:
     def __init__(self, greedy: str, samples: list[str]) -> None:
         self.greedy, self.samples = greedy, samples
 
-    def sample(self, vectors: torch.Tensor, *, num_samples: int = 1, do_sample: bool = False, **kw) -> Responses:
-        texts = self.samples[:num_samples] if do_sample else [self.greedy]
+    def sample_slots(self, vectors: torch.Tensor, slots, **kw) -> Responses:
+        drawn = iter(self.samples)
+        texts = [self.greedy if slot.greedy else next(drawn) for slot in slots]
         return Responses([[ord(c) for c in t] + [0] for t in texts], texts, [False] * len(texts))
 
 

@@ -11,9 +11,10 @@ from nla.models.sequences import generation_progress
 
 def test_plan_counts_batches_of_greedy_and_samples() -> None:
     p = Plan(items=8, candidates=4, batch_size=16, max_new_tokens=150, best_of=True)
-    assert (p.generations, p.batches) == (32, 3)  # 8 greedy in one batch, then 24 samples in two
+    assert (p.generations, p.batches) == (32, 1)  # 8 activations with their 4 candidates: one batch
     assert Plan(items=40, candidates=1, batch_size=16, max_new_tokens=150).batches == 3
-    assert p.seconds(prefill=1.0, step=0.1) == pytest.approx(3 * (1.0 + TYPICAL_BATCH_STEPS * 0.1))
+    assert Plan(items=40, candidates=4, batch_size=16, max_new_tokens=150, best_of=True).batches == 3
+    assert p.seconds(prefill=1.0, step=0.1) == pytest.approx(1.0 + TYPICAL_BATCH_STEPS * 0.1)
     assert Plan(1, 1, 16, 20).seconds(0.0, 1.0) == 20  # capped by max_new_tokens
     line = estimate_line(p, 5400)
     assert "8 positions x 4 candidate(s) = 32 explanations" in line and "1 h 30 min" in line

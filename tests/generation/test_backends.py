@@ -174,3 +174,36 @@ def test_vllm_prompt_embeds_refuse_add_mode() -> None:
 def test_request_rows() -> None:
     r = Request(torch.zeros(3, 4), (GREEDY, Slot(1.0)), 5, (1,), 8, None)
     assert r.rows == 6
+
+
+def test_for_inference_merges_lora_and_keeps_greedy_answers() -> None:
+    from nla.models.lora import apply_lora, is_lora
+
+    av = _av()
+    av.model = apply_lora(av.model, r=4, alpha=8)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in av.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)  # a non-zero adapter
+    v = torch.randn(4, av.d_model) * 3
+    before = av.sample(v, max_new_tokens=8).ids
+    assert av.for_inference() is av and not is_lora(av.model)
+    assert av.sample(v, max_new_tokens=8).ids == before
+
+
+def test_rl_rollouts_sync_the_weights_into_the_vllm_engine_and_sample_through_it() -> None:
+    from contextlib import nullcontext
+
+    from nla.train.rl.config import RLConfig
+    from nla.train.rl.rollout import sample_rollouts
+
+    av = _av()
+    engine = FakeEngine(av.eot_id)
+    loaded: list[str] = []
+    engine.load_weights = lambda named: loaded.extend(name for name, _ in named)
+    av.backend = VLLMBackend(engine=engine, params_factory=lambda **kw: SimpleNamespace(**kw))
+    cfg = RLConfig(group_size=3, max_new_tokens=5, temperature=1.0, gen_batch_size=8)
+    ro = sample_rollouts(av, torch.randn(2, av.d_model), cfg, seed=1, amp=nullcontext())
+    assert loaded and len(ro.responses.ids) == 6 and engine.calls
+    assert all(p.temperature == 1.0 for p in engine.calls[0][1])

@@ -188,6 +188,7 @@ class NLA:
         self.layer = int(av.layer)
         self.baseline = baseline
         self.lookup = lookup  # the token-lookup reference of the verdict (nla.explain.trust)
+        self._empty: tuple[ActivationReconstructor, torch.Tensor] | None = None  # AR("") for the control
         self._check()
         if ar is not None and baseline is None:
             log.info(
@@ -239,7 +240,7 @@ class NLA:
 
         av_path, av_meta = local_checkpoint(av)
         ar_path, ar_meta = local_checkpoint(ar) if ar is not None else (None, None)
-        verbalizer = ActivationVerbalizer.from_pretrained(av_path, device=device, dtype=dtype)
+        verbalizer = ActivationVerbalizer.from_pretrained(av_path, device=device, dtype=dtype).for_inference()
         reconstructor = None
         if ar is not None:
             reconstructor = ActivationReconstructor.from_pretrained(ar_path, device=device, dtype=dtype)
@@ -334,7 +335,9 @@ class NLA:
         """cos(AR(""), v) for each vector: what the AR gets from no explanation at all."""
         if self.ar is None:
             return [None] * vectors.shape[0]
-        empty = self.ar.predict([""], batch_size=1).float().cpu()  # (1, d)
+        if self._empty is None or self._empty[0] is not self.ar:  # once per AR, not per batch
+            self._empty = (self.ar, self.ar.predict([""], batch_size=1).float().cpu())  # (1, d)
+        empty = self._empty[1]
         return [float(c) for c in cosine(empty.expand_as(vectors), vectors)]
 
     def _trust(self, row: list[Sample], control: float | None, lookup: tuple[Any, Any] = (None, None)) -> dict:
@@ -443,7 +446,7 @@ class NLA:
             temperature=1.0 if dec.temperature is None else dec.temperature,
             top_p=dec.top_p,
             num_samples=dec.num_samples,
-            batch_size=dec.batch_size,
+            batch_size=dec.batch_size * dec.num_samples,  # batch_size counts activations, each with its samples
             seed=dec.seed,
         )
         return self._score(vectors, answers, dec.batch_size), self._control(vectors)

@@ -1,19 +1,20 @@
 """How long explaining will take: a quick calibration, an estimate before the run, and a progress bar.
 
-Generation dominates the cost of ``nla explain``: each batch of up to ``batch_size`` answers runs one
-prefill of the AV prompt, then one decoding step per token until its longest answer stops. So
+Generation dominates the cost of ``nla explain``: each batch of up to ``batch_size`` activations (with all
+their candidates) runs one prefill of the AV prompt, then one decoding step per token until its longest
+answer stops. So
 
     seconds ~= batches * (prefill + steps * step)
 
-where ``prefill`` and ``step`` are timed on this machine, now, by :func:`calibrate` (three tiny generations
-of a full batch, a warm-up and two timed ones: a few seconds on 2 cores), and ``steps`` is the typical
+where ``prefill`` and ``step`` are timed on this machine, now, by :func:`calibrate` (one tiny generation of
+a full batch, its forwards timed one by one: a second or two on 2 cores), and ``steps`` is the typical
 length of a batch's longest answer, :data:`TYPICAL_BATCH_STEPS` (measured on the shipped NLA; capped by
-``max_new_tokens``). Best of K
-decodes the greedy answers and then K-1 samples per position, so it costs about K times the greedy run.
+``max_new_tokens``). Best of K decodes the greedy answer and K-1 samples of each activation in the same
+batch (:mod:`nla.generation.hf`: they share its prefill), so a batch holds K times more answers.
 
 >>> plan = Plan(items=8, candidates=4, batch_size=16, max_new_tokens=150, best_of=True)
 >>> plan.generations, plan.batches
-(32, 3)
+(32, 1)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Plan:
     candidates: int  # best-of K, or num_samples
     batch_size: int
     max_new_tokens: int
-    best_of: bool = False  # candidates = greedy pass + (K-1) samples per item, in two passes
+    best_of: bool = False  # candidates = the greedy answer + (K-1) samples per item
 
     @property
     def generations(self) -> int:
@@ -51,10 +52,7 @@ class Plan:
 
     @property
     def batches(self) -> int:
-        if self.best_of and self.candidates > 1:
-            greedy = math.ceil(self.items / self.batch_size)
-            return greedy + math.ceil(self.items * (self.candidates - 1) / self.batch_size)
-        return math.ceil(self.generations / self.batch_size)
+        return math.ceil(self.items / self.batch_size)
 
     def seconds(self, prefill: float, step: float) -> float:
         steps = min(self.max_new_tokens, TYPICAL_BATCH_STEPS)
@@ -62,21 +60,25 @@ class Plan:
 
 
 def calibrate(av: ActivationVerbalizer, rows: int) -> tuple[float, float]:
-    """(prefill seconds, seconds per decoding step) of a batch of ``rows`` answers, timed here and now."""
+    """(prefill seconds, seconds per decoding step) of a batch of ``rows`` answers, timed here and now: one
+    generation of 6 tokens whose forwards are timed one by one (the slowest decoding step, usually the first,
+    which pays one-time costs of its shapes, is left out). A backend whose forwards cannot be seen gives
+    (its time, 0)."""
     g = torch.Generator().manual_seed(0)
     vectors = torch.randn(max(1, rows), int(av.d_model), generator=g)  # (rows, d): any direction will do
-
-    def timed(n: int, v: torch.Tensor) -> float:
-        t0 = time.perf_counter()
-        av.sample(v, max_new_tokens=n, batch_size=v.shape[0])
-        return time.perf_counter() - t0
-
-    # warm-up at the full batch shape: the first call of a shape pays one-time costs larger than five decoding
-    # steps (seen: 3.6 s against 2.4 s for a batch of 16 on 2 AMD cores), which made the step time 0 and the
-    # estimate 4x too short when the warm-up used one row
-    timed(1, vectors)
-    one, six = timed(1, vectors), timed(6, vectors)
-    return one, max(0.0, six - one) / 5
+    starts: list[float] = []
+    hook = av.model.get_input_embeddings().register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+    t0 = time.perf_counter()
+    try:
+        av.sample(vectors, max_new_tokens=6, batch_size=vectors.shape[0])
+    finally:
+        hook.remove()
+    end = time.perf_counter()
+    if len(starts) < 3:  # no visible forwards (another backend), or the prompt had no prefix
+        return end - t0, 0.0
+    marks = [*starts[2:], end]  # forwards 0 and 1: the prompt's prefix and the rest of it (the prefill)
+    steps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))[: max(1, len(marks) - 2)]
+    return starts[2] - t0, steps[len(steps) // 2] if steps else 0.0
 
 
 def human_seconds(s: float) -> str:

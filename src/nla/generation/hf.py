@@ -38,14 +38,85 @@ def _cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _new_cache(model: nn.Module) -> Any:
+def _preallocated_layer_class() -> type | None:
+    """A ``DynamicLayer`` that writes new keys/values into a buffer allocated once (``capacity`` positions)
+    and returns views of it, instead of concatenating the whole cache at every step (an O(T) copy per
+    step and layer). None where this transformers version has no per-layer caches."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class PreallocatedLayer(DynamicLayer):
+        capacity = 0  # positions to allocate at the first update (at least what it brings)
+
+        def _views(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+            self.length = length
+            self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+            return self.keys, self.values
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.length = 0
+            end = self.length + key_states.shape[-2]
+            if self.length == 0 or end > self._k.shape[-2]:  # first write, or past the buffer: grow it
+                cap = max(end, self.capacity, 2 * self.length)
+                k = key_states.new_empty((*key_states.shape[:2], cap, key_states.shape[-1]))
+                v = value_states.new_empty((*value_states.shape[:2], cap, value_states.shape[-1]))
+                if self.length:
+                    k[:, :, : self.length], v[:, :, : self.length] = self.keys, self.values
+                self._k, self._v = k, v
+            self._k[:, :, self.length : end] = key_states
+            self._v[:, :, self.length : end] = value_states
+            return self._views(end)
+
+        def _rebuild(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            """New buffers holding ``keys``/``values`` (B', H, length, D) first; the rest stays unwritten
+            (untouched pages cost no memory)."""
+            k, v = (
+                keys.new_empty((keys.shape[0], *self._k.shape[1:])),
+                values.new_empty((values.shape[0], *self._v.shape[1:])),
+            )
+            k[:, :, : self.length], v[:, :, : self.length] = keys, values
+            self._k, self._v = k, v
+            self._views(self.length)
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized and self.length:
+                self._rebuild(
+                    self.keys.repeat_interleave(repeats, dim=0), self.values.repeat_interleave(repeats, dim=0)
+                )
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized and self.length:
+                self._rebuild(self.keys[indices], self.values[indices])
+
+    return PreallocatedLayer
+
+
+_PREALLOCATED = _preallocated_layer_class()
+
+
+def _new_cache(model: nn.Module, capacity: int = 0) -> Any:
+    """A KV cache for ``model``; its full-attention layers preallocate ``capacity`` positions (sliding-window
+    layers, e.g. Gemma's, keep transformers' own class)."""
     from transformers import DynamicCache
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return DynamicCache(config=base.config)
+        cache = DynamicCache(config=base.config)
     except TypeError:  # older transformers: no config argument
         return DynamicCache()
+    layers = getattr(cache, "layers", None)
+    if _PREALLOCATED is not None and layers:
+        from transformers.cache_utils import DynamicLayer
+
+        for i, layer in enumerate(layers):
+            if type(layer) is DynamicLayer:
+                layers[i] = _PREALLOCATED()
+                layers[i].capacity = capacity
+    return cache
 
 
 class HFBackend:
@@ -67,7 +138,7 @@ class HFBackend:
         base_seed = request.seed
         if base_seed is None and not all(sl.greedy for sl in request.slots):
             base_seed = int(torch.randint(0, 2**62, ()))
-        prefix = _new_cache(model)  # the prompt before the marker, once per request (batch 1)
+        prefix = _new_cache(model, len(prompt) + request.max_new_tokens)  # the prompt before the marker, batch 1
         self._forward(model, torch.tensor([prompt[:m]], device=device), prefix)
         out: list[list[int]] = []
         for group in group_batches(request.vectors.shape[0], s, request.batch_size):

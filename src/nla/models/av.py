@@ -173,6 +173,16 @@ class ActivationVerbalizer:
         return vectors.to(self.device, torch.float32)
 
     # ------------------------------------------------------------------------------ generation
+    def for_inference(self) -> ActivationVerbalizer:
+        """Merge a LoRA adapter into the weights, in place, for generation only (no training after this):
+        one matrix per linear map instead of three, 10-15% faster decoding on CPU. The merged weights round
+        differently in the last bits, which could flip a greedy token at a floating-point tie (as batching
+        can); none did on 64 held-out vectors (docs/throughput.md). Returns ``self``."""
+        if is_lora(self.model):
+            self.model = self.model.merge_and_unload()
+            self.model.eval()
+        return self
+
     def stop_ids(self) -> tuple[int, ...]:
         """Tokens that end an answer: the end-of-turn token and EOS."""
         eos = self.tokenizer.eos_token_id

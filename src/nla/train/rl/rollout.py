@@ -58,7 +58,11 @@ def sample_rollouts(
     seed: int,
     amp: AbstractContextManager,
 ) -> Rollouts:  # N * group_size rows
-    """``cfg.group_size`` sampled responses per vector (under the autocast context ``amp``), flagged valid or not."""
+    """``cfg.group_size`` sampled responses per vector (under the autocast context ``amp``), flagged valid or not.
+    A backend that serves a copy of the weights (vLLM) gets the AV's current ones first."""
+    sync = getattr(getattr(av, "backend", None), "sync", None)
+    if sync is not None:
+        sync(av)
     with amp:
         resp = av.sample(
             vectors,
