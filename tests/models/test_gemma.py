@@ -64,7 +64,7 @@ def test_gemma_av_without_chat_template_injects_at_block0_with_the_intended_norm
     prefill = next(h for h in seen if h.shape[0] == 2)
     train, clean = seen[-2], seen[-1]
     for h in (prefill, train):
-        off = len(prompt) - h.shape[1]  # prompt positions this forward did not run (a shared prefix)
+        off = max(0, len(prompt) - h.shape[1])  # prompt positions this forward did not run (a shared prefix)
         assert 0 <= off <= p
         got = h[:, p - off]  # (2, d)
         torch.testing.assert_close(got.norm(dim=-1), torch.full((2,), SCALE), rtol=1e-5, atol=1e-4)
