@@ -9,12 +9,13 @@ own folder); ``tests/test_layers.py`` enforces this rule on every import, top-le
 
     common, resources      errors, paths, config dataclasses, the nla_meta.yaml contract; shipped files
     core                   pure math and hooks on stock modules (metrics, text rules, injection, GRPO)
+    generation             decoding backends for the AV (a hand-rolled HF loop; vLLM with prompt_embeds)
     models                 the target LM, the AV, the AR, LoRA helpers
     data                   documents, corpora, extraction, the activation dataset (the one parquet reader)
     teach                  warm-start teachers and the ``nla teach`` stage
     evaluate               round trip with controls, best-of-K reranking, the evaluation card
     train                  the shared SFT loop, AR-SFT, AV-SFT, joint RL
-    export, verbalize      stages after training: LoRA export, the AV as a teacher
+    export, export_official, verbalize   after training: LoRA / official-layout export, the AV as a teacher
     explain                the NLA inference API, inputs, positions, reports
     faithfulness, audit    suites and jobs built on the API and the stages
     pipeline               the whole recipe as one command, its card and faithfulness report the last stages
