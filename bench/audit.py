@@ -75,16 +75,20 @@ def main() -> None:
                 "JOIN documents d USING (doc_key)"
             ).fetchall()
     assert summary["positions"]["stored"] == n, (summary, n)
+    print(
+        f"nla audit (batch {args.batch_size}): {n / audit_s:.3f} explanations/s ({audit_s:.1f} s wall, "
+        f"{audit_cpu:.1f} s CPU; load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    if args.skip_baseline:
+        print("greedy answers: " + json.dumps([raw for _, _, raw in sorted(stored)]))
+        return
     base_raw = {(d.doc_id, r.position): r.raw for d, recs in zip(docs, single, strict=True) for r in recs}
     same = sum(base_raw.get((doc, idx)) == raw for doc, idx, raw in stored)
 
     load = os.getloadavg()
     print(f"shipped NLA, greedy, {len(docs)} sample chats x {args.sample} assistant tokens = {n} positions")
     print(f"torch threads {args.threads}; machine load average {load[0]:.1f} on {os.cpu_count()} CPUs (shared)")
-    print(f"nla audit (batch {args.batch_size}):        {n / audit_s:.3f} explanations/s ({audit_s:.1f} s)")
-    if args.skip_baseline:
-        print("greedy answers: " + json.dumps([raw for _, _, raw in sorted(stored)]))
-        return
     print(f"NLA.explain one text at a time: {n / base_s:.3f} explanations/s ({base_s:.1f} s)")
     print(f"speed-up: {base_s / audit_s:.2f}x")
     print(

@@ -68,13 +68,14 @@ def main() -> None:
     ap.add_argument("--new", type=Path, required=True, help="src directory of the new checkout")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-warmup", action="store_true", help="Skip the untimed runs (caches already warm).")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More `nla explain` options (last).")
     args = ap.parse_args()
     old, new = args.old.resolve(), args.new.resolve()
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="nla-readme-ab-") as tmp:
         html = Path(tmp) / "explain.html"
-        for name, src in (("old", old), ("new", new)):
+        for name, src in () if args.no_warmup else (("old", old), ("new", new)):
             print(f"warm-up {name}: {run(src, html, args.extra)['wall_s']} s", flush=True)
         for _ in range(args.repeats):
             for name, src in (("old", old), ("new", new)):

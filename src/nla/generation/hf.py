@@ -20,6 +20,7 @@ matrix shapes differ, so the last bits of a logit can): ``bench/same_greedy.py``
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ def _cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+@functools.cache
 def _preallocated_layer_class() -> type | None:
     """A ``DynamicLayer`` that writes new keys/values into a buffer allocated once (``capacity`` positions)
     and returns views of it, instead of concatenating the whole cache at every step (an O(T) copy per
@@ -95,9 +97,6 @@ def _preallocated_layer_class() -> type | None:
     return PreallocatedLayer
 
 
-_PREALLOCATED = _preallocated_layer_class()
-
-
 def _new_cache(model: nn.Module, capacity: int = 0) -> Any:
     """A KV cache for ``model``; its full-attention layers preallocate ``capacity`` positions (sliding-window
     layers, e.g. Gemma's, keep transformers' own class)."""
@@ -109,12 +108,13 @@ def _new_cache(model: nn.Module, capacity: int = 0) -> Any:
     except TypeError:  # older transformers: no config argument
         return DynamicCache()
     layers = getattr(cache, "layers", None)
-    if _PREALLOCATED is not None and layers:
+    preallocated = _preallocated_layer_class()
+    if preallocated is not None and layers:
         from transformers.cache_utils import DynamicLayer
 
         for i, layer in enumerate(layers):
             if type(layer) is DynamicLayer:
-                layers[i] = _PREALLOCATED()
+                layers[i] = preallocated()
                 layers[i].capacity = capacity
     return cache
 
