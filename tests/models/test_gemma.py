@@ -235,7 +235,10 @@ def test_embedded_gemma_facts_and_injection(gemma) -> None:
         texts = av.generate(v, max_new_tokens=8)
     finally:
         hook.remove()
-    got = seen[0][0, prompt.index(av.marker.token_id)]
+    m = prompt.index(av.marker.token_id)
+    prefills = [x for x in seen if x.shape[1] > 1]  # the whole prompt, or the part before the marker then the rest
+    h = prefills[0] if prefills[0].shape[1] == len(prompt) else prefills[1]
+    got = h[0, m - (len(prompt) - h.shape[1])]  # the backend may have run the prompt before the marker apart
     assert float(got.norm()) == pytest.approx(200.0, rel=1e-4)
     assert float(torch.nn.functional.cosine_similarity(got, v[0], dim=0)) == pytest.approx(1.0, abs=1e-5)
     assert texts[0][0]  # an untrained base model writes something

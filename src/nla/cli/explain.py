@@ -284,7 +284,8 @@ def generate(nla: Any, cfg: NLAOptions, items: int, what: str, call: Callable[[]
         records = call()
     took = time.perf_counter() - t0
     note = (
-        f"{plan.generations} explanations in {plan.batches} batches took {human_seconds(took)} "
+        f"{plan.generations} explanations in {plan.batches} batch{'' if plan.batches == 1 else 'es'} took "
+        f"{human_seconds(took)} "
         f"(estimated {human_seconds(estimate)})"
     )
     return records, note
