@@ -72,6 +72,8 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
     folder, cfg = finished_run
     run = folder / "run"
     assert all((run / s / "DONE").exists() for s in STAGES)
+    # finished stages keep their final weights, not their resume checkpoints (keep_checkpoints: false)
+    assert (run / "ar_sft" / "final").exists() and not list(run.rglob("checkpoint"))
     # corpora: frozen files whose hash is the one extract recorded in its sidecar
     corpora = json.loads((run / "corpora" / "corpora.json").read_text())
     assert sorted(corpora) == ["main", "scenes", "topics"]

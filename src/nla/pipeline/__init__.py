@@ -34,7 +34,7 @@ import yaml
 
 from nla.common.config import config_to_dict
 from nla.common.errors import NLAError
-from nla.common.paths import atomic_write_text
+from nla.common.paths import atomic_write_text, dir_size_mib
 from nla.pipeline.config import (
     PipelineConfig,
     load_pipeline_config,
@@ -44,6 +44,7 @@ from nla.pipeline.config import (
     preset_names,
 )
 from nla.pipeline.stages import DONE, STAGE_HELP, STAGES, Stages
+from nla.train.loop import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def run_pipeline(
             summary = getattr(stages, name)()
             summary = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), **summary}
             atomic_write_text(marker, json.dumps(summary, indent=2, default=str) + "\n")
+            if not cfg.keep_checkpoints:
+                _drop_checkpoints(stages.dir(name))
             status[name] = "ran"
             log.info("stage %s: done in %.0f s", name, summary["seconds"])
         if name == stop_after:
@@ -131,6 +134,17 @@ def run_pipeline(
     card_path = stages.dir("card") / "card.json"
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else None
     return PipelineResult(run, status, card)
+
+
+def _drop_checkpoints(stage_dir: Path) -> None:
+    """Delete the resume checkpoints under a finished stage (its DONE marker makes them useless)."""
+    folders = [p for p in stage_dir.rglob(CHECKPOINT) if p.is_dir()]
+    if folders:
+        freed = sum(dir_size_mib(p) for p in folders)
+        for p in folders:
+            shutil.rmtree(p)
+        log.info("%s: deleted %d resume checkpoint(s), %.0f MiB (keep_checkpoints: true keeps them)",
+                 stage_dir.name, len(folders), freed)  # fmt: skip
 
 
 __all__ = [
