@@ -54,6 +54,18 @@ class Marker:
     left_neighbor_id: int
     right_neighbor_id: int
 
+    @classmethod
+    def from_tokens(cls, toks: dict) -> Marker:
+        """From a sidecar's ``tokens`` block (``injection_char``, ``injection_token_id``,
+        ``injection_left_neighbor_id``, ``injection_right_neighbor_id``); KeyError / TypeError / ValueError when
+        one is missing or malformed."""
+        return cls(
+            str(toks["injection_char"]),
+            int(toks["injection_token_id"]),
+            int(toks["injection_left_neighbor_id"]),
+            int(toks["injection_right_neighbor_id"]),
+        )
+
 
 def inject(
     embeds: torch.Tensor,  # (B, T, d)

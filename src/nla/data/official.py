@@ -105,12 +105,7 @@ def av_contract(table: pa.Table, sidecar: dict[str, Any], where: str = "") -> tu
     marker = None
     if toks.get("injection_char") is not None:
         try:
-            marker = Marker(
-                str(toks["injection_char"]),
-                int(toks["injection_token_id"]),
-                int(toks["injection_left_neighbor_id"]),
-                int(toks["injection_right_neighbor_id"]),
-            )
+            marker = Marker.from_tokens(toks)
         except (KeyError, TypeError, ValueError) as e:
             raise NLAError(f"{where}: the sidecar's tokens block is incomplete: {e}") from e
     return tmpl, marker

@@ -386,12 +386,7 @@ class ActivationVerbalizer:
         toks = meta.get("tokens") or {}
         try:
             d_model = int(meta["d_model"])
-            marker = Marker(
-                str(toks["injection_char"]),
-                int(toks["injection_token_id"]),
-                int(toks["injection_left_neighbor_id"]),
-                int(toks["injection_right_neighbor_id"]),
-            )
+            marker = Marker.from_tokens(toks)
         except (KeyError, TypeError, ValueError) as e:
             raise NLAError(f"{path}/{MODEL_SIDECAR} lacks a valid d_model or tokens.* entry: {e}") from e
         if isinstance(dtype, str):
