@@ -15,7 +15,8 @@ own folder); ``tests/test_layers.py`` enforces this rule on every import, top-le
     teach                  warm-start teachers and the ``nla teach`` stage
     evaluate               round trip with controls, best-of-K reranking, the evaluation card
     train                  the shared SFT loop, AR-SFT, AV-SFT, joint RL
-    export, export_official, verbalize   after training: LoRA / official-layout export, the AV as a teacher
+    export, verbalize      stages after training: LoRA export, the AV as a teacher
+    export_official        merged checkpoints in the official layout (built on export)
     explain                the NLA inference API, inputs, positions, reports
     faithfulness, audit    suites and jobs built on the API and the stages
     pipeline               the whole recipe as one command, its card and faithfulness report the last stages

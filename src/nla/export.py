@@ -19,6 +19,7 @@ full checkpoints.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 
+
+
+def progress_step(progress: Any) -> Callable[[str], None]:
+    """``step(desc)`` for an optional tqdm-like bar: shows ``desc`` and advances the bar by one (no-op without)."""
+
+    def step(desc: str) -> None:
+        if progress is not None:
+            progress.set_postfix_str(desc)
+            progress.update(1)
+
+    return step
 
 def lowrank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Best rank-``rank`` factorisation of ``delta`` (out, in): ``B (out, r) @ A (r, in)``.
@@ -216,10 +228,7 @@ def export_nla(
     """
     import shutil
 
-    def step(desc: str) -> None:
-        if progress is not None:
-            progress.set_postfix_str(desc)
-            progress.update(1)
+    step = progress_step(progress)
 
     av = ActivationVerbalizer.from_pretrained(av_dir)
     step("loaded the AV")

@@ -32,6 +32,7 @@ from typing import Any
 from nla.common import meta
 from nla.common.errors import NLAError
 from nla.common.paths import atomic_dir, atomic_write_text, dir_size_mib
+from nla.export import progress_step
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 
@@ -167,10 +168,7 @@ def export_official(av_dir: str | Path, ar_dir: str | Path, out: str | Path, *, 
     """
     bar = progress if progress is not None else nullcontext()
 
-    def step(desc: str) -> None:
-        if progress is not None:
-            progress.set_postfix_str(desc)
-            progress.update(1)
+    step = progress_step(progress)
 
     av = ActivationVerbalizer.from_pretrained(av_dir)
     step("loaded the AV")
