@@ -54,7 +54,9 @@ def _inputs(folder: Path) -> tuple[Path, Path]:
 
 def _tiny(folder: Path, run: Path) -> PipelineConfig:
     corpus, model = _inputs(folder)
-    return load_pipeline_config("tiny", run_dir=str(run), model=str(model), layer=1, extract={"corpus": str(corpus)})
+    return load_pipeline_config(
+        "tiny", run_dir=str(run), model=str(model), layer=1, keep_last=2, extract={"corpus": str(corpus)}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,8 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
     folder, cfg = finished_run
     run = folder / "run"
     assert all((run / s / "DONE").exists() for s in STAGES)
-    # finished stages keep their final weights, not their resume checkpoints (keep_checkpoints: false)
-    assert (run / "ar_sft" / "final").exists() and not list(run.rglob("checkpoint"))
+    # finished stages keep their final weights, not their resume checkpoints nor the keep_last snapshots
+    assert (run / "ar_sft" / "final").exists() and not [p for p in run.rglob("checkpoint*") if p.is_dir()]
     # corpora: frozen files whose hash is the one extract recorded in its sidecar
     corpora = json.loads((run / "corpora" / "corpora.json").read_text())
     assert sorted(corpora) == ["main", "scenes", "topics"]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from nla.explain.progress import TYPICAL_BATCH_STEPS, Plan, calibrate, estimate_line, human_seconds, progress_bar
+from nla.explain.progress import (
+    TYPICAL_BATCH_STEPS,
+    Calibration,
+    Plan,
+    calibrate,
+    estimate_line,
+    human_seconds,
+    progress_bar,
+)
+from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import generation_progress
 
@@ -14,8 +23,10 @@ def test_plan_counts_batches_of_greedy_and_samples() -> None:
     assert (p.generations, p.batches) == (32, 1)  # 8 activations with their 4 candidates: one batch
     assert Plan(items=40, candidates=1, batch_size=16, max_new_tokens=150).batches == 3
     assert Plan(items=40, candidates=4, batch_size=16, max_new_tokens=150, best_of=True).batches == 3
-    assert p.seconds(prefill=1.0, step=0.1) == pytest.approx(1.0 + TYPICAL_BATCH_STEPS * 0.1)
-    assert Plan(1, 1, 16, 20).seconds(0.0, 1.0) == 20  # capped by max_new_tokens
+    assert p.batch_shape == (8, 4) and Plan(40, 4, 16, 150, best_of=True).batch_shape == (16, 4)
+    assert p.seconds(Calibration(1.0, 0.1)) == pytest.approx(1.0 + TYPICAL_BATCH_STEPS * 0.1)
+    assert p.seconds(Calibration(1.0, 0.1, score=0.5)) == pytest.approx(1.0 + TYPICAL_BATCH_STEPS * 0.1 + 32 * 0.5)
+    assert Plan(1, 1, 16, 20).seconds(Calibration(0.0, 1.0)) == 20  # capped by max_new_tokens
     line = estimate_line(p, 5400)
     assert "8 positions x 4 candidate(s) = 32 explanations" in line and "1 h 30 min" in line
     assert "--positions" in line and "--best-of 1 (4x fewer)" in line
@@ -32,8 +43,11 @@ def test_generation_reports_every_batch_and_calibration_is_positive(tiny_target)
     assert seen == [2, 2, 2, 2, 2]  # 10 answers in batches of 2
     av.sample(torch.randn(2, 64), max_new_tokens=1)  # outside the block: nothing reported
     assert len(seen) == 5
-    prefill, step = calibrate(av, 4)
-    assert prefill > 0 and step >= 0
+    cal = calibrate(av, (2, 2))
+    assert cal.prefill > 0 and cal.step >= 0 and cal.score == 0
+    with generation_progress(seen.append):  # calibrating times a batch of the run's shape: 2 x 2 answers
+        calibrate(av, (2, 2), ActivationReconstructor.from_target(tiny_target, layer=1))
+    assert seen[5:] == [4]
     with progress_bar(6, desc="t") as bar:
         av.sample(torch.randn(3, 64), max_new_tokens=1, num_samples=2, batch_size=4)
         assert bar.n == 6

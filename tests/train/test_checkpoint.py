@@ -64,3 +64,23 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
     with pytest.raises(NLAError, match="does not match"):
         Checkpoint(tmp_path / "checkpoint", {"a.safetensors": nn.Linear(3, 3)}, {}).load()
+
+
+def test_keep_last_snapshots(tmp_path: Path) -> None:
+    accel = Accelerator(cpu=True)
+    a, b, opt = models()
+    ckpt = Checkpoint(tmp_path / "checkpoint", {"a.safetensors": a}, {"opt": opt}, keep=2)
+    weights = {}
+    for step in (5, 10, 15):
+        with torch.no_grad():
+            a.weight.fill_(step)
+        ckpt.save(accel, step=step, elapsed=0.0)
+        weights[step] = load_file(str(tmp_path / "checkpoint" / "a.safetensors"))["weight"]
+    assert [p.name for p in ckpt.snapshots()] == ["checkpoint-0000010", "checkpoint-0000015"]
+    for snap, step in zip(ckpt.snapshots(), (10, 15), strict=True):  # each snapshot holds its own step's bytes
+        assert torch.equal(load_file(str(snap / "a.safetensors"))["weight"], weights[step])
+        assert torch.load(snap / STATE, weights_only=True)["step"] == step
+    # resume reads checkpoint/ (the last save); a snapshot put in its place resumes from that step
+    assert Checkpoint(tmp_path / "checkpoint", {"a.safetensors": a}, {"opt": opt}).load()["step"] == 15
+    with pytest.raises(NLAError, match="keep_last"):
+        Checkpoint(tmp_path / "x", {}, {}, keep=0)

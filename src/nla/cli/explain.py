@@ -274,15 +274,17 @@ def generate(nla: Any, cfg: NLAOptions, items: int, what: str, call: Callable[[]
     best_of = resolve_best_of(cfg.best_of, has_ar=nla.ar is not None, sampling=sampling)
     k = best_of if best_of > 1 else cfg.num_samples
     plan = Plan(items, k, cfg.batch_size, cfg.max_new_tokens, best_of=best_of > 1)
-    prefill, step = calibrate(nla.av, min(cfg.batch_size, plan.generations))
-    estimate = plan.seconds(prefill, step)
-    log.debug("calibrated: prefill %.3f s, %.4f s per decoding step; estimate %.1f s", prefill, step, estimate)
+    cal = calibrate(nla.av, plan.batch_shape, nla.ar)
+    estimate = plan.seconds(cal)
+    log.debug("calibrated %s: %s; estimate %.1f s", plan.batch_shape, cal, estimate)
     if estimate > WARN_SECONDS:
         sys.stderr.write(f"nla: {estimate_line(plan, estimate, what=what)}\n")
     t0 = time.perf_counter()
     with progress_bar(plan.generations, desc=f"explain {items} {what[:-1] if items == 1 else what}"):
         records = call()
     took = time.perf_counter() - t0
+    off = 100 * (estimate / took - 1)
+    log.debug("generation and scoring took %.1f s; estimate %.1f s (%+.0f%%)", took, estimate, off)
     note = (
         f"{plan.generations} explanations in {plan.batches} batch{'' if plan.batches == 1 else 'es'} took "
         f"{human_seconds(took)} "

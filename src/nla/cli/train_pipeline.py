@@ -9,8 +9,8 @@
 Stages (each writes <run>/<stage>/ and a DONE marker):
 {stages}
 
-Options: defaults < --preset < --config YAML < flags, merged key by key. A few options are shared by the
-stages (--run-dir, --model, --layer, --seed, --bf16, --save-every, --threads, --held-out-rows, --teach-rows);
+Options: defaults < --preset < --config YAML < flags, merged key by key. A few options are shared by the stages
+(--run-dir, --model, --layer, --seed, --bf16, --save-every, --keep-last, --threads, --held-out-rows, --teach-rows);
 every other option belongs to one stage and is spelled --<stage>.<option> (--ar-sft.max-steps 300,
 --selftext.ar.batch-size 8), in YAML a mapping per stage (rl: {{kl_coef: 0.02}}). Data mixes are mappings of
 source: weight (YAML) or SOURCE=WEIGHT,... (flags: --mix.ar-sft ar_sft=1,locale/ar_sft=1). The paths that

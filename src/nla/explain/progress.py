@@ -1,20 +1,21 @@
 """How long explaining will take: a quick calibration, an estimate before the run, and a progress bar.
 
-Generation dominates the cost of ``nla explain``: each batch of up to ``batch_size`` activations (with all
-their candidates) runs one prefill of the AV prompt, then one decoding step per token until its longest
-answer stops. So
+Generation and scoring make the cost of ``nla explain``: each batch of up to ``batch_size`` activations
+(with all their candidates) runs one prefill of the AV prompt per activation, then one decoding step per
+token until its longest answer stops; then the AR reads every answer. So
 
-    seconds ~= batches * (prefill + steps * step)
+    seconds ~= batches * (prefill + steps * step) + answers * score
 
-where ``prefill`` and ``step`` are timed on this machine, now, by :func:`calibrate` (one tiny generation of
-a full batch, its forwards timed one by one: a second or two on 2 cores), and ``steps`` is the typical
-length of a batch's longest answer, :data:`TYPICAL_BATCH_STEPS` (measured on the shipped NLA; capped by
+where ``prefill``, ``step`` and ``score`` are timed on this machine, now, at the shape of the run's largest
+batch, by :func:`calibrate` (one tiny generation of that batch, its forwards timed one by one, and one AR
+pass over a few typical answers: a few seconds on 2 cores), and ``steps`` is the typical length of a
+batch's longest answer, :data:`TYPICAL_BATCH_STEPS` (measured on the shipped NLA; capped by
 ``max_new_tokens``). Best of K decodes the greedy answer and K-1 samples of each activation in the same
 batch (:mod:`nla.generation.hf`: they share its prefill), so a batch holds K times more answers.
 
 >>> plan = Plan(items=8, candidates=4, batch_size=16, max_new_tokens=150, best_of=True)
->>> plan.generations, plan.batches
-(32, 1)
+>>> plan.generations, plan.batches, plan.batch_shape
+(32, 1, (8, 4))
 """
 
 from __future__ import annotations
@@ -29,11 +30,27 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import generation_progress
 
 TYPICAL_BATCH_STEPS = 96  # a batch's longest answer, shipped NLA: 87-106 steps, mean 94 (docs/explain.md)
 WARN_SECONDS = 60.0  # runs estimated longer than this get a line saying so, and how to go faster
+# what the AR reads per answer when calibrating: an answer of the shipped NLA's form and typical length
+TYPICAL_ANSWER = (
+    'Final token: " Tower", the start of a word. Next: " and" 61%, "," 33%, " was" 14%. Topic: history; words: '
+    "tower, city. Language: English. Setting: chat, the assistant answers a request for an explanation. Next "
+    "comes a new word (98%)."
+)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Seconds of one batch's prefill, of one decoding step of that batch, and of the AR per answer."""
+
+    prefill: float
+    step: float
+    score: float = 0.0  # 0: no AR (the answers are not scored)
 
 
 @dataclass
@@ -54,31 +71,47 @@ class Plan:
     def batches(self) -> int:
         return math.ceil(self.items / self.batch_size)
 
-    def seconds(self, prefill: float, step: float) -> float:
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        """(activations, answers per activation) of the largest batch: what :func:`calibrate` times."""
+        return min(self.items, self.batch_size), self.candidates
+
+    def seconds(self, cal: Calibration) -> float:
         steps = min(self.max_new_tokens, TYPICAL_BATCH_STEPS)
-        return self.batches * (prefill + steps * step)
+        return self.batches * (cal.prefill + steps * cal.step) + self.generations * cal.score
 
 
-def calibrate(av: ActivationVerbalizer, rows: int) -> tuple[float, float]:
-    """(prefill seconds, seconds per decoding step) of a batch of ``rows`` answers, timed here and now: one
-    generation of 6 tokens whose forwards are timed one by one (the slowest decoding step, usually the first,
-    which pays one-time costs of its shapes, is left out). A backend whose forwards cannot be seen gives
-    (its time, 0)."""
-    g = torch.Generator().manual_seed(0)
-    vectors = torch.randn(max(1, rows), int(av.d_model), generator=g)  # (rows, d): any direction will do
+def calibrate(
+    av: ActivationVerbalizer, shape: tuple[int, int], ar: ActivationReconstructor | None = None
+) -> Calibration:
+    """Time a batch of ``shape`` = (activations, answers per activation) here and now: one generation of 6
+    tokens whose forwards are timed one by one (the slowest decoding step, usually the first, which pays
+    one-time costs of its shapes, is left out), then, with an AR, one pass over 4 typical answers. A backend
+    whose forwards cannot be seen gives (its time, 0)."""
+    n, k = max(1, shape[0]), max(1, shape[1])
+    vectors = torch.randn(n, int(av.d_model), generator=torch.Generator().manual_seed(0))  # any direction will do
     starts: list[float] = []
     hook = av.model.get_input_embeddings().register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
     t0 = time.perf_counter()
     try:
-        av.sample(vectors, max_new_tokens=6, batch_size=vectors.shape[0])
+        av.sample(vectors, max_new_tokens=6, num_samples=k, batch_size=n * k)
     finally:
         hook.remove()
     end = time.perf_counter()
+    score = _score_seconds(ar) if ar is not None else 0.0
     if len(starts) < 3:  # no visible forwards (another backend), or the prompt had no prefix
-        return end - t0, 0.0
+        return Calibration(end - t0, 0.0, score)
     marks = [*starts[2:], end]  # forwards 0 and 1: the prompt's prefix and the rest of it (the prefill)
     steps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))[: max(1, len(marks) - 2)]
-    return starts[2] - t0, steps[len(steps) // 2] if steps else 0.0
+    return Calibration(starts[2] - t0, steps[len(steps) // 2] if steps else 0.0, score)
+
+
+def _score_seconds(ar: ActivationReconstructor, answers: int = 4) -> float:
+    """Seconds the AR takes per typical answer (after a one-answer warm-up of its shapes)."""
+    ar.predict(["warm-up"], batch_size=1)
+    t0 = time.perf_counter()
+    ar.predict([TYPICAL_ANSWER] * answers, batch_size=answers)
+    return (time.perf_counter() - t0) / answers
 
 
 def human_seconds(s: float) -> str:
@@ -113,4 +146,14 @@ def progress_bar(total: int, desc: str = "explain", **kw: Any) -> Iterator[Any]:
         bar.close()
 
 
-__all__ = ["TYPICAL_BATCH_STEPS", "WARN_SECONDS", "Plan", "calibrate", "estimate_line", "human_seconds", "progress_bar"]
+__all__ = [
+    "TYPICAL_ANSWER",
+    "TYPICAL_BATCH_STEPS",
+    "WARN_SECONDS",
+    "Calibration",
+    "Plan",
+    "calibrate",
+    "estimate_line",
+    "human_seconds",
+    "progress_bar",
+]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import time
@@ -138,7 +139,8 @@ def run_pipeline(
 
 def _drop_checkpoints(stage_dir: Path) -> None:
     """Delete the resume checkpoints under a finished stage (its DONE marker makes them useless)."""
-    folders = [p for p in stage_dir.rglob(CHECKPOINT) if p.is_dir()]
+    snapshot = re.compile(rf"{CHECKPOINT}(-\d+)?")  # checkpoint/ and its keep_last snapshots checkpoint-<step>/
+    folders = [p for p in stage_dir.rglob(CHECKPOINT + "*") if p.is_dir() and snapshot.fullmatch(p.name)]
     if folders:
         freed = sum(dir_size_mib(p) for p in folders)
         for p in folders:

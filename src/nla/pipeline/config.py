@@ -39,7 +39,7 @@ def _managed(paths: str, shared: str = "", **other: str) -> dict[str, str]:
 
 
 def _trainer(paths: str, **other: str) -> dict[str, str]:
-    return _managed(paths, "model seed bf16 save_every", layer=_SIDECAR, **other)
+    return _managed(paths, "model seed bf16 save_every keep_last", layer=_SIDECAR, **other)
 
 
 def _verbalizer(**other: str) -> dict[str, str]:
@@ -165,6 +165,7 @@ class PipelineConfig:
     seed: int = option(0, "Seed of every stage.")
     bf16: str = option("auto", "bf16 autocast in the training stages.", choices=["auto", "true", "false"])
     save_every: int = option(25, "Checkpoint every this many steps in the training stages.")
+    keep_last: int = option(1, "Checkpoints the training stages keep while they run: the last N as checkpoint-<step>/.")
     threads: int = option(0, "torch threads of every stage (0 = leave as set, e.g. by OMP_NUM_THREADS).")
     held_out_rows: int = option(
         64, "Rows of the eval split the teacher explains (teach/eval.parquet): the held-out pool of every evaluation."
@@ -195,7 +196,7 @@ class PipelineConfig:
     )  # fmt: skip
     rl: RLConfig = section(
         RLConfig, "Joint GRPO of the AV and AR (nla train rl); off with run_rl: false.",
-        managed=_managed("av ar data split eval_data out_dir", "seed bf16 save_every"),
+        managed=_managed("av ar data split eval_data out_dir", "seed bf16 save_every keep_last"),
         steps=60, prompts_per_step=4, max_new_tokens=100,
     )  # fmt: skip
     run_rl: bool = option(True, "Run the rl stage (false: skip it; the SFT pair goes on to the next stage).")

@@ -166,8 +166,8 @@ class Stages:
 
     def trainer(self, out_dir: Path, data: str, **paths: Any) -> dict[str, Any]:
         """What the pipeline fills in for a trainer: its paths and the shared options (layer: the sidecar's)."""
-        return {"out_dir": out_dir, "data": data, **paths, **self.shared("model", "seed", "bf16", "save_every"),
-                "layer": None}  # fmt: skip
+        shared = self.shared("model", "seed", "bf16", "save_every", "keep_last")
+        return {"out_dir": out_dir, "data": data, **paths, **shared, "layer": None}
 
     # ------------------------------------------------------------------ stages
     def corpora(self) -> dict[str, Any]:
@@ -277,7 +277,7 @@ class Stages:
             return {"skipped": "run_rl is false"}
         rc = fill_section(
             self.cfg, "rl", av=self.av(), ar=self.ar(), data=self.acts, split="rl", eval_data=self.eval_data,
-            out_dir=self.dir("rl"), **self.shared("seed", "bf16", "save_every"),
+            out_dir=self.dir("rl"), **self.shared("seed", "bf16", "save_every", "keep_last"),
         )  # fmt: skip
         res = train_rl(rc)
         last = res.last.record() if res.last is not None else None

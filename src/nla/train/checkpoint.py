@@ -8,12 +8,19 @@ with the same weights as one that was never interrupted.
 >>> ckpt = Checkpoint(Path("runs/x/checkpoint"), {"trainable.safetensors": model}, {"optimizer": opt})  # doctest: +SKIP
 >>> state = ckpt.load()  # None on a fresh run, else the saved counters (weights and RNG already restored)
 >>> ckpt.save(accel, step=10)                                                                         # doctest: +SKIP
+
+With ``keep=N > 1`` every save also leaves a snapshot ``checkpoint-<step>/`` (hard links to the files just
+written, so the newest costs no extra disk) and the oldest snapshots beyond the last N are deleted; resume
+always reads ``checkpoint/``. To go back to an earlier step, replace ``checkpoint/`` with a snapshot and run
+again (metrics logged after that step are dropped on resume).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,10 +111,13 @@ def load_trainable_state(model: nn.Module, weights: dict[str, torch.Tensor], whe
 class Checkpoint:
     """A resumable checkpoint directory, written atomically by the main process: the trainable weights of each
     model in its own safetensors file (``models``: file name -> module) and ``state.pt`` with the optimizer
-    states (``optimizers``: key -> optimizer or None), the RNG streams and the caller's counters."""
+    states (``optimizers``: key -> optimizer or None), the RNG streams and the caller's counters; ``keep``: how
+    many of the last saves stay as ``<path>-<step>/`` snapshots besides ``path`` (1 = none)."""
 
-    def __init__(self, path: Path, models: dict[str, nn.Module], optimizers: dict[str, Any]) -> None:
-        self.path, self.models, self.optimizers = Path(path), models, optimizers
+    def __init__(self, path: Path, models: dict[str, nn.Module], optimizers: dict[str, Any], keep: int = 1) -> None:
+        if keep < 1:
+            raise NLAError(f"keep_last must be >= 1 (got {keep}): the checkpoint resume reads is always kept")
+        self.path, self.models, self.optimizers, self.keep = Path(path), models, optimizers, keep
 
     def save(self, accel: Any, **counters: Any) -> None:
         from safetensors.torch import save_file
@@ -120,7 +130,25 @@ class Checkpoint:
                 for file, model in self.models.items():
                     save_file(trainable_state(accel.unwrap_model(model)), str(tmp / file))
                 torch.save(state, tmp / STATE)
+            if self.keep > 1:
+                self._snapshot(int(counters.get("step", 0)))
         accel.wait_for_everyone()
+
+    def snapshots(self) -> list[Path]:
+        """The ``<path>-<step>/`` snapshots, oldest first."""
+        prefix = self.path.name + "-"
+        found = [p for p in self.path.parent.glob(prefix + "*") if p.is_dir() and p.name[len(prefix) :].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(prefix) :]))
+
+    def _snapshot(self, step: int) -> None:
+        with atomic_dir(self.path.with_name(f"{self.path.name}-{step:07d}")) as tmp:
+            for f in self.path.iterdir():
+                try:
+                    os.link(f, tmp / f.name)  # the next save writes new files, so the link keeps these bytes
+                except OSError:  # a file system without hard links
+                    shutil.copy2(f, tmp / f.name)
+        for old in self.snapshots()[: -self.keep]:
+            shutil.rmtree(old)
 
     def load(self) -> dict[str, Any] | None:
         """Restore weights, optimizer states and RNG streams; returns the saved state (None: no checkpoint)."""

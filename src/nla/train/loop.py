@@ -63,6 +63,7 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     eval_every: int = option(100, "Evaluate every this many steps (0 = only at the end).")
     save_every: int = option(200, "Write a resumable checkpoint every this many steps (0 = only at the end).")
+    keep_last: int = option(1, "Keep the last N saves as checkpoint-<step>/ snapshots (1 = only checkpoint/).")
     seed: int = option(0, "Random seed (data order, dropout, init of new weights).")
     bf16: str = option(
         "auto",
@@ -72,7 +73,7 @@ class TrainConfig:
     log_with: str = option("none", "Experiment tracker (imported only when chosen).", choices=LOG_WITH)
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum"):
+        for name in ("max_steps", "batch_size", "grad_accum", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -197,7 +198,7 @@ def fit(
     optimizer = _make_optimizer(model, cfg)
     wrapped, optimizer = accel.prepare(model, optimizer)
     step, epoch, batch_index, skipped, elapsed_before = 0, 0, 0, 0, 0.0
-    checkpoint = Checkpoint(out_dir / CHECKPOINT, {WEIGHTS: model}, {"optimizer": optimizer})
+    checkpoint = Checkpoint(out_dir / CHECKPOINT, {WEIGHTS: model}, {"optimizer": optimizer}, keep=cfg.keep_last)
     state = checkpoint.load()
     resumed_from: int | None = None
     if state is not None:

@@ -43,6 +43,7 @@ class RLConfig:
     eval_every: int = option(25, "Held-out evaluation every this many steps (0 = only at the end).")
     eval_rows: int = option(64, "Held-out activations scored at each evaluation.")
     save_every: int = option(25, "Resumable checkpoint every this many steps (and at the end).")
+    keep_last: int = option(1, "Keep the last N saves as checkpoint-<step>/ snapshots (1 = only checkpoint/).")
     seed: int = option(0, "Seed of the data order and of the sampling.")
     lora: bool = option(False, "Train LoRA adapters on the AV (ref = adapter disabled). Ignored if the SFT AV is LoRA.")
     lora_r: int = option(16, "LoRA rank.")
@@ -63,6 +64,7 @@ class RLConfig:
             "ppo_epochs",
             "train_batch_size",
             "gen_batch_size",
+            "keep_last",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -195,6 +195,7 @@ class RLTrainer:
             self.out_dir / CHECKPOINT,
             {"av.safetensors": av.model, "ar.safetensors": self.ar},
             {"av_opt": self.av_opt, "ar_opt": self.ar_opt},
+            keep=cfg.keep_last,
         )
 
     # ------------------------------------------------------------------------------ phases
