@@ -190,6 +190,25 @@ def test_for_inference_merges_lora_and_keeps_greedy_answers() -> None:
     before = av.sample(v, max_new_tokens=8).ids
     assert av.for_inference() is av and not is_lora(av.model)
     assert av.sample(v, max_new_tokens=8).ids == before
+    # ... and stores the linear weights column-major for decoding (same values, same answers)
+    layers = [m for m in av.model.modules() if isinstance(m, torch.nn.Linear)]
+    head = av.model.get_output_embeddings()
+    assert all(m.weight.t().is_contiguous() for m in layers if m is not head)
+
+
+def test_column_major_linears_give_the_same_logits_bit_for_bit() -> None:
+    from nla.generation.hf import column_major_linears
+
+    model = tiny_target("llama").model.eval()  # its LM head is tied to the input embeddings
+    ids = torch.randint(0, 50, (3, 7))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        moved = column_major_linears(model)
+        after = model(input_ids=ids).logits
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert moved == len(linears) - 1  # all but the LM head tied to the input embeddings
+    assert model.get_input_embeddings().weight.is_contiguous()  # the embedding still looks up rows
+    assert torch.equal(before, after)
 
 
 def test_rl_rollouts_sync_the_weights_into_the_vllm_engine_and_sample_through_it() -> None:
