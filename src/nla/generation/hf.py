@@ -127,18 +127,23 @@ def column_major_linears(model: nn.Module) -> int:
     """Store every ``nn.Linear`` weight of ``model`` (on CPU) as the transpose of a contiguous (in, out)
     matrix: the same values and shape, so ``F.linear`` gives the same result, but its GEMM reads ``W.T``
     row by row. Weights shared with another module (a LM head tied to the input embeddings, which looks up
-    rows) are left as they are. For inference only (an optimizer step would not care, but a ``.view`` of
-    the weight would fail). Returns how many weights were relaid."""
+    rows) keep their layout. Every other CPU parameter is copied too, so that no tensor is left in the
+    checkpoint's memory map: the map is then released (after a LoRA merge its pages are private copies,
+    which would otherwise stay resident beside the new layout). For inference only. Returns how many
+    weights were relaid."""
     shared = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    moved = 0
+    relaid: set[int] = set()
     for module in model.modules():
         w = getattr(module, "weight", None)
         if not isinstance(module, nn.Linear) or w is None or w.device.type != "cpu" or id(w) in shared:
             continue
         if w.dim() == 2 and w.is_floating_point() and w.is_contiguous():
             w.data = w.data.t().contiguous().t()
-            moved += 1
-    return moved
+            relaid.add(id(w))
+    for p in model.parameters():
+        if id(p) not in relaid and p.device.type == "cpu":
+            p.data = p.data.clone()
+    return len(relaid)
 
 
 class HFBackend:
