@@ -122,6 +122,19 @@ def test_next_tokens_greedy_rows_take_the_argmax_and_top_p_keeps_the_nucleus() -
     assert draws == {1}  # top-p 0.6 leaves only the argmax (p = 0.84)
 
 
+def test_sampled_rows_follow_their_distribution_and_their_own_generator() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.1, 0.1, 0.7]]))  # token 3 of row 0: p = 0
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4)
+    for _ in range(3000):
+        counts[next_tokens(logits[:1], [1.0], [1.0], [g])[0]] += 1
+    assert counts[3] == 0 and torch.allclose(counts / 3000, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.03)
+    # a row's draw depends on its generator and its logits only, not on the rows beside it
+    alone = next_tokens(logits[1:], [0.7], [1.0], [torch.Generator().manual_seed(5)])
+    both = next_tokens(logits, [0.0, 0.7], [1.0, 1.0], [None, torch.Generator().manual_seed(5)])
+    assert both.tolist() == [0, int(alone[0])]
+
+
 def test_unknown_backend_is_one_clear_error() -> None:
     with pytest.raises(NLAError, match="unknown generation backend"):
         get_backend("nope")

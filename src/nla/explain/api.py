@@ -243,7 +243,7 @@ class NLA:
         verbalizer = ActivationVerbalizer.from_pretrained(av_path, device=device, dtype=dtype).for_inference()
         reconstructor = None
         if ar is not None:
-            reconstructor = ActivationReconstructor.from_pretrained(ar_path, device=device, dtype=dtype)
+            reconstructor = ActivationReconstructor.from_pretrained(ar_path, device=device, dtype=dtype).for_inference()
         tgt: Target | None
         if isinstance(target, Target) or not with_target:
             tgt = target if isinstance(target, Target) else None

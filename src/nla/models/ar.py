@@ -158,6 +158,14 @@ class ActivationReconstructor(nn.Module):
         self.backbone = lora.apply_lora(self.backbone, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
         self.head.requires_grad_(True)
 
+    def for_inference(self) -> ActivationReconstructor:
+        """Merge a LoRA adapter into the backbone, in place, for scoring only (no training after this): one
+        matrix per linear map instead of three, about half the AR's time when the README job scores its
+        answers. Predictions move in the last bits only. Returns ``self``."""
+        if self.has_lora:
+            self.backbone = self.backbone.merge_and_unload()
+        return self.eval()
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
