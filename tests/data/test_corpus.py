@@ -361,3 +361,19 @@ def test_corpus_build_cli_makes_the_supplementary_corpora(tmp_path, capsys) -> N
     assert [d.text for d in load_corpus(str(out))] == ["A."]
     assert main(["corpus", "build", "--locale", "fr"]) == 2  # where to write it is required
     assert "nla: error: --locale and --answers-of need --out" in capsys.readouterr().err
+
+
+def test_a_base_model_answers_a_plain_transcript_and_stops_at_the_next_turn(monkeypatch) -> None:
+    t = tiny_target("llama")
+    t.tokenizer.chat_template = None  # a base model (Gemma 3 270M has no chat template)
+    reply = t.tokenizer.encode(" Sure thing.\nUser: and you?", add_special_tokens=False)
+    seen: list[str] = []
+
+    def generate(input_ids, attention_mask, **kw):  # the model "goes on" with the next user turn
+        seen.append(t.tokenizer.decode(input_ids[0]))
+        return torch.cat([input_ids, torch.tensor([reply] * input_ids.shape[0])], dim=1)
+
+    monkeypatch.setattr(t.model, "generate", generate)
+    [(text, truncated)] = cd.generate_answers(t, [[{"role": "user", "content": "Hi?"}]], max_new_tokens=20)
+    assert seen[0].endswith("User: Hi?\n\nAssistant:")
+    assert text == "Sure thing." and not truncated

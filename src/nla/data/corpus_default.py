@@ -40,6 +40,7 @@ from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.paths import atomic_write_text, cache_dir
 from nla.data.documents import Document, document_from_record, write_jsonl
+from nla.data.positions import plain_transcript
 from nla.data.prose import digest, web_passages
 from nla.models.target import DEFAULT_TARGET, Target, load_target
 from nla.resources import resource
@@ -170,6 +171,10 @@ def _tidy(text: str, truncated: bool) -> str:
     return text
 
 
+PLAIN_ASSISTANT = "Assistant:"  # a template-less chat: the generation prompt after the plain transcript
+PLAIN_USER = "\nUser:"  # ... and where a base model's answer ends (it starts the next turn)
+
+
 @torch.no_grad()
 def generate_answers(
     target: Target,
@@ -182,9 +187,16 @@ def generate_answers(
     """Greedy answers (text, truncated_at_cap) to chat conversations, batched with left padding.
 
     Batches are formed by prompt length within this call only, so the result depends on the list alone.
+    A base model without a chat template reads each conversation as the plain transcript extraction reads
+    (:func:`nla.data.positions.plain_transcript`) followed by ``Assistant:``; its answer ends where it
+    starts the next ``User:`` turn.
     """
     tok = target.tokenizer
-    texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    plain = not getattr(tok, "chat_template", None)
+    if plain:
+        texts = [(tok.bos_token or "") + plain_transcript(c)[0] + f"\n\n{PLAIN_ASSISTANT}" for c in conversations]
+    else:
+        texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     results: list[tuple[str, bool]] = [("", False)] * len(texts)
@@ -205,7 +217,10 @@ def generate_answers(
             new = out[:, enc["input_ids"].shape[1] :]  # (b, new)
             for row, i in zip(new, idx, strict=True):
                 truncated = not bool((row == tok.eos_token_id).any())
-                results[i] = (_tidy(tok.decode(row, skip_special_tokens=True), truncated), truncated)
+                text = tok.decode(row, skip_special_tokens=True)
+                if plain and PLAIN_USER in text:  # a base model goes on with the next turn: its answer ends here
+                    text, truncated = text.split(PLAIN_USER, 1)[0], False
+                results[i] = (_tidy(text, truncated), truncated)
     finally:
         tok.padding_side = side
     return results
