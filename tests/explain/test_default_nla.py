@@ -65,3 +65,24 @@ def test_default_explains_offline_and_differs_across_inputs(tmp_path, smollm2, c
     a = nla.explain("def add(a, b):\n    return a + b", positions="last", max_new_tokens=40, best_of=1)[0]
     b = nla.explain("My grandmother baked bread every Sunday", positions="last", max_new_tokens=40, best_of=1)[0]
     assert a.raw != b.raw and a.cosine is not None and b.cosine is not None
+
+
+def test_the_nla_shipped_for_the_target_is_found_by_its_name(tmp_path, monkeypatch, capsys) -> None:
+    import nla.explain.api as api
+    from nla.common.errors import NLAError
+
+    default = str(default_nla_dir() / "av")
+    assert api.resolve_nla_paths(None, None)[0] == default
+    assert api.resolve_nla_paths(None, None, "smollm2")[0] == default  # an alias of the default target
+    assert api.resolve_nla_paths(None, None, "Qwen/Qwen2.5-0.5B")[0] == default  # any other: d_model decides
+    assert api.resolve_nla_paths("my/av", "my/ar", "gemma3-270m") == ("my/av", "my/ar")
+    monkeypatch.setattr(api, "shipped_nla_dir", lambda name: tmp_path / name)
+    with pytest.raises(NLAError, match="no NLA is shipped for gemma3-270m yet.*--preset gemma3-270m"):
+        api.resolve_nla_paths(None, None, "gemma-3-270m")
+    assert main(["explain", "--model", "gemma3-270m", "hi"]) == 2  # --model is --target
+    assert "no NLA is shipped for gemma3-270m" in capsys.readouterr().err
+    for role in ("av", "ar"):
+        (tmp_path / "gemma3-270m" / role).mkdir(parents=True)
+        (tmp_path / "gemma3-270m" / role / "nla_meta.yaml").write_text("{}\n")
+    av, ar = api.resolve_nla_paths(None, None, "gemma3")
+    assert (av, ar) == (str(tmp_path / "gemma3-270m" / "av"), str(tmp_path / "gemma3-270m" / "ar"))

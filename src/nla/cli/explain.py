@@ -48,7 +48,12 @@ class NLAOptions:
     ar: str | None = option(
         None, "AR checkpoint directory for round-trip scores; default: the shipped one with the default AV."
     )
-    target: str | None = option(None, "Target model (explain only); default: the AV sidecar's extraction.base_model.")
+    target: str | None = option(
+        None,
+        "Target model (explain only; alias --model): an embedded name (smollm2-135m, gemma3-270m), an HF id or a "
+        "local directory. Default: the AV sidecar's extraction.base_model; with no --av, the NLA shipped for it.",
+        aliases=("--model",),
+    )
     max_new_tokens: int = option(150, "Longest explanation, in tokens.")
     num_samples: int = option(1, "Explanations per activation (> 1 samples; the first is shown, all are saved).")
     do_sample: bool = option(False, "Sample instead of greedy decoding (implied by --num-samples > 1).")
@@ -217,7 +222,7 @@ def check_checkpoints(cfg: NLAOptions) -> tuple[str, str | None, dict[str, Any]]
     from nla.evaluate.rerank import resolve_best_of
     from nla.explain.api import local_checkpoint, resolve_nla_paths
 
-    av, ar = resolve_nla_paths(cfg.av, cfg.ar)
+    av, ar = resolve_nla_paths(cfg.av, cfg.ar, cfg.target)
     _, av_meta = local_checkpoint(av)
     if ar is not None:
         local_checkpoint(ar)
@@ -251,7 +256,7 @@ def prepare_text(cfg: ExplainConfig, source: str | list[dict[str, str]], av_meta
 def load_nla(cfg: NLAOptions, *, with_target: bool = True) -> Any:
     from nla.explain.api import NLA, resolve_nla_paths
 
-    av, ar = resolve_nla_paths(cfg.av, cfg.ar)
+    av, ar = resolve_nla_paths(cfg.av, cfg.ar, cfg.target)
     return NLA.from_pretrained(
         av,
         ar,

@@ -44,9 +44,12 @@ from nla.common.errors import NLAError
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, *, choices: list[Any] | None = None, flag: str | None = None) -> Any:
-    """A documented dataclass field. ``flag`` overrides the CLI name (default ``--field-name``)."""
-    meta = {"help": help, "choices": choices, "flag": flag}
+def option(
+    default: Any, help: str, *, choices: list[Any] | None = None, flag: str | None = None, aliases: tuple[str, ...] = ()
+) -> Any:
+    """A documented dataclass field. ``flag`` overrides the CLI name (default ``--field-name``); ``aliases``
+    are more names of the same flag (top-level options only)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "aliases": tuple(aliases)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -134,7 +137,8 @@ def _add_fields(
             kwargs.update(type=scalar, nargs="*")
         else:
             kwargs.update(type=scalar if scalar in (int, float, str) else str)
-        group.add_argument("--" + prefix.replace("_", "-") + own_flag, **kwargs)
+        names = ["--" + prefix.replace("_", "-") + own_flag, *([] if prefix else f.metadata.get("aliases", ()))]
+        group.add_argument(*names, **kwargs)
     for f in sections:
         sub, dotted = f.metadata["section"], prefix + f.name
         sub_defaults = getattr(defaults, f.name) if defaults is not None else f.default_factory()  # type: ignore[misc]

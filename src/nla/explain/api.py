@@ -42,8 +42,8 @@ from nla.explain.inputs import Encoded, as_vectors, encode_input, select_tokens
 from nla.explain.trust import TokenLookup, beats_control, control_fve, find_lookup, lookup_scores, worth_reading
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import CJK_FAILURE_THRESHOLD, ActivationVerbalizer
-from nla.models.target import Target, hub_offline, is_hub_id, load_target
-from nla.resources import default_nla_dir
+from nla.models.target import DEFAULT_TARGET, Target, embedded_name, hub_offline, is_hub_id, load_target
+from nla.resources import default_nla_dir, shipped_nla_dir
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,22 @@ class Decoding:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def resolve_nla_paths(av: str | None, ar: str | None) -> tuple[str, str | None]:
-    """The AV/AR to use: the given ones, else the NLA shipped under ``nla/data/default_nla/{av,ar}``."""
+def resolve_nla_paths(av: str | None, ar: str | None, target: str | None = None) -> tuple[str, str | None]:
+    """The AV/AR to use: the given ones, else the NLA shipped for ``target``: another embedded model's under
+    ``nla/resources/nla/<name>``, else (any other target, or none) the default one, ``resources/default_nla``
+    (whose d_model the target must then share)."""
     if av is not None:
         return av, ar
-    shipped = default_nla_dir()
+    name = embedded_name(target) if target else None
+    shipped = shipped_nla_dir(name) if name not in (None, DEFAULT_TARGET) else default_nla_dir()
     if (shipped / "av" / MODEL_SIDECAR).exists():
         shipped_ar = shipped / "ar"
         return str(shipped / "av"), ar or (str(shipped_ar) if (shipped_ar / MODEL_SIDECAR).exists() else None)
+    if name not in (None, DEFAULT_TARGET):
+        raise NLAError(
+            f"no NLA is shipped for {name} yet: pass --av PATH (and --ar PATH), or train one with "
+            f"`nla train pipeline --preset {name} --run-dir runs/{name}`"
+        )
     raise NLAError(
         "no trained NLA is available: pass --av PATH (and --ar PATH) to a trained checkpoint, "
         "or train one with `nla train pipeline` (its av/ and ar/ directories)"
@@ -236,7 +244,8 @@ class NLA:
         """
 
         if av is None:
-            av, ar = resolve_nla_paths(None, None if ar is None else str(ar))
+            name = target if isinstance(target, str) else None
+            av, ar = resolve_nla_paths(None, None if ar is None else str(ar), name)
 
         av_path, av_meta = local_checkpoint(av)
         ar_path, ar_meta = local_checkpoint(ar) if ar is not None else (None, None)

@@ -19,3 +19,9 @@ def resource(*parts: str) -> Traversable:
 def default_nla_dir() -> Path:
     """The NLA shipped with the package (``av/``, ``ar/``, ``card.json``)."""
     return Path(__file__).parent / "default_nla"
+
+
+def shipped_nla_dir(model: str) -> Path:
+    """Where the NLA shipped for embedded model ``model`` other than the default one lives (``nla/<model>``;
+    it may not exist)."""
+    return Path(__file__).parent / "nla" / model
