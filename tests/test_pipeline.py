@@ -340,7 +340,8 @@ def test_dotted_flags_nested_yaml_and_precedence(tmp_path, fake_stages) -> None:
     ar_sft, *repeats = fake_stages["train_ar"]
     teach = str(tmp_path / "r" / "teach")
     assert ar_sft["max_steps"] == 300 and ar_sft["data"].split(",") == [f"{teach}/ar_sft.parquet"] * 3 + [
-        f"{teach}/{s}_ar_sft.parquet" for s in ("locale", "scenes", "topic_prose")]  # merged over the preset's mix
+        f"{teach}/{s}_ar_sft.parquet" for s in ("locale", "scenes", "topic_prose")
+    ]  # merged over the preset's mix
     got = [(x["max_steps"], x["lr"], x["batch_size"], x["seed"]) for x in repeats]
     assert got == [(5, 1e-3, 4, 4), (5, 1e-3, 4, 5)]
     assert repeats[0]["init"] == str(tmp_path / "r/rl/final/ar") or repeats[0]["init"].endswith("ar_sft/final")

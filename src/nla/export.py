@@ -50,7 +50,6 @@ TOKENIZER_FILES = (
 )
 
 
-
 def progress_step(progress: Any) -> Callable[[str], None]:
     """``step(desc)`` for an optional tqdm-like bar: shows ``desc`` and advances the bar by one (no-op without)."""
 
@@ -60,6 +59,7 @@ def progress_step(progress: Any) -> Callable[[str], None]:
             progress.update(1)
 
     return step
+
 
 def lowrank_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Best rank-``rank`` factorisation of ``delta`` (out, in): ``B (out, r) @ A (r, in)``.

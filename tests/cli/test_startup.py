@@ -48,6 +48,7 @@ def test_help_bad_options_and_bad_paths_do_not_load_torch(argv: list[str]) -> No
 def test_command_list_matches_the_full_parser() -> None:
     full = build_parser()
     light = build_parser(only="")
+
     def names(p) -> list[str]:
         return sorted(next(a for a in p._actions if a.dest == "command").choices)
 

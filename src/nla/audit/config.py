@@ -45,8 +45,9 @@ class AuditConfig:
         "auto", "Tokens to explain: auto (assistant tokens of chats, all tokens of text), all, assistant, last, 10:20."
     )
     max_tokens: int | None = option(
-        None, "Keep only the last N tokens of each document (as nla explain does); default: skip positions past "
-        "the target's context window, with a reason stored in the DB."
+        None,
+        "Keep only the last N tokens of each document (as nla explain does); default: skip positions past "
+        "the target's context window, with a reason stored in the DB.",
     )
     every: int = option(1, "Keep every k-th of the selected tokens.")
     sample: int | None = option(None, "Keep a random sample of at most this many tokens per document (seeded).")

@@ -39,9 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         usage="nla train pipeline [--preset P] [--config YAML] [--from STAGE] [--stop-after STAGE] [--OPTION V ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--preset", default=None, help="A bundled preset (smollm2, gemma3-270m, gpu, tiny) or a YAML file."
-    )
+    p.add_argument("--preset", default=None, help="A bundled preset (smollm2, gemma3-270m, gpu, tiny) or a YAML file.")
     p.add_argument("--from", dest="start", choices=STAGES, default=None, help="Redo this stage and every later one.")
     p.add_argument("--stop-after", choices=STAGES, default=None, help="Stop after this stage.")
     add_config_args(p, PipelineConfig)

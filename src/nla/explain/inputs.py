@@ -148,6 +148,7 @@ def as_vectors(array: Any, d_model: int) -> torch.Tensor:  # (N, d) or (d,) -> (
     """Validate arbitrary directions: 1-D or 2-D, width ``d_model``, finite, non-zero rows."""
     import numpy as np
     import torch
+
     if isinstance(array, np.ndarray):
         if not np.issubdtype(array.dtype, np.number):
             raise NLAError(f"vectors must be numeric, got dtype {array.dtype}")

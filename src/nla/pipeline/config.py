@@ -207,16 +207,19 @@ class PipelineConfig:
         managed=_managed("av ar sft_av sft_ar data train_data lookup_data out compute stage", "seed"),
     )  # fmt: skip
     keep_shipped_rows: bool = option(
-        False, "Keep the package's shipped NLA's card rows on the card for comparison, when that card was scored on "
+        False,
+        "Keep the package's shipped NLA's card rows on the card for comparison, when that card was scored on "
         "the same held-out rows (same corpus, extraction and B); else a warning and a card without them.",
     )
     keep_checkpoints: bool = option(
-        False, "Keep a finished stage's resume checkpoints (checkpoint/ folders: trainable weights, optimizer "
+        False,
+        "Keep a finished stage's resume checkpoints (checkpoint/ folders: trainable weights, optimizer "
         "state, RNG); by default they are deleted once the stage's DONE marker is written (2/3 of a run's disk).",
     )
     faithfulness: FaithStageConfig = section(FaithStageConfig, "The faithfulness report(s) of the final NLA.")
     export: ExportConfig = section(
-        ExportConfig, "How the final pair ships (nla export): adapters are cast to dtype, full checkpoints exported.",
+        ExportConfig,
+        "How the final pair ships (nla export): adapters are cast to dtype, full checkpoints exported.",
         managed=_managed("av ar out"),
     )
 
