@@ -149,6 +149,18 @@ def test_offline_teacher_names_a_turn_whose_role_is_still_being_written() -> Non
     assert expl.endswith("Setting: chat, at the start of a new turn.")
 
 
+def test_offline_teacher_reads_a_base_models_plain_transcript_as_a_chat() -> None:
+    t = tiny_target("llama")  # the chats of a model without a chat template (Gemma 3 270M base)
+    teacher = OfflineTeacher(TeacherOptions(tail_tokens=0, top_k=2, style="rich"), target=t)
+    ctx = "<bos>User: Give me a recipe for lentil soup.\n\nAssistant: First, boil the lentils"
+    setting = parse_answer(teacher.answer([ctx])[0])[0].split("\n")[2]
+    assert setting.startswith("Setting: chat, the assistant answers a request for how-to instructions.")
+    start = parse_answer(teacher.answer(["<bos>User:"])[0])[0].split("\n")[2]
+    assert start.startswith("Setting: chat, at the start of a new turn.")
+    prose = parse_answer(teacher.answer(["The User: field of the form was empty, so"])[0])[0].split("\n")[2]
+    assert prose.startswith("Setting: prose.")  # a label inside a sentence is no turn
+
+
 def test_offline_teacher_shares_one_forward_per_document_prefix() -> None:
     t = tiny_target("llama")
     doc = "Paris is the capital of France. Berlin is the capital of Germany."

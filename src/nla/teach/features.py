@@ -20,8 +20,12 @@ from nla.resources import resource
 
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
 _SYSTEM = re.compile(r"<\|im_start\|>\s*system.*?(?:<\|im_end\|>|$)", re.DOTALL)
+# a base model without a chat template reads chats as plain transcripts (nla.data.positions.plain_transcript):
+# "User: ..." blocks apart by blank lines, the first after <bos>
+PLAIN_ROLE = r"(?:\A(?:<[a-z_]+>)?|\n\n)(User|Assistant|System):"
 _ROLE = re.compile(
-    r"<\|im_start\|>\s*(\w+)\s*|<\|start_header_id\|>\s*(\w+)\s*<\|end_header_id\|>|<start_of_turn>(\w+)"
+    r"<\|im_start\|>\s*(\w+)\s*|<\|start_header_id\|>\s*(\w+)\s*<\|end_header_id\|>|<start_of_turn>(\w+)|"
+    + PLAIN_ROLE
 )
 _SPECIAL = re.compile(r"<\|[^|>]{1,40}\|>|<(?:start|end)_of_turn>|\[/?INST\]")
 
@@ -142,7 +146,7 @@ def chat_turns(context: str) -> list[tuple[str, str]]:
     out = []
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(context)
-        role = next(g for g in m.groups() if g)
+        role = next(g for g in m.groups() if g).lower()
         out.append((role, _SPECIAL.sub(" ", context[m.end() : end]).strip()))
     return out
 

@@ -18,7 +18,8 @@ from nla.teach.local import LocalTeacher, special_ids, special_strings
 
 log = logging.getLogger(__name__)
 
-OFFLINE_VERSION = "offline-v4"  # v2: turn start inside a role name; v3: the rich style; v4: intents name no topic
+# v2: turn start inside a role name; v3: the rich style; v4: intents name no topic; v5: plain transcripts are chats
+OFFLINE_VERSION = "offline-v5"
 STYLES = ("full", "compact", "rich", "open")
 OPEN_VERSION = "open-v1"  # the open style's topic rule (nla.teach.lexicon.field_of), part of its cache key
 _STOP = frozenset(
@@ -29,7 +30,9 @@ _STOP = frozenset(
     until upon very want well were what when where which while whom whose will with within without would
     your yours yourself user assistant system model""".split()
 )
-_TURN = re.compile(r"<\|im_start\|>\s*(\w+)|<\|start_header_id\|>\s*(\w+)|<start_of_turn>\s*(\w+)")
+_TURN = re.compile(
+    r"<\|im_start\|>\s*(\w+)|<\|start_header_id\|>\s*(\w+)|<start_of_turn>\s*(\w+)|" + features.PLAIN_ROLE
+)
 _TURN_END = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<end_of_turn>")
 _CODE = re.compile(r"^\s*(?:def|class|import|return|function|const|let|var|public|#include)\b|[;{}]\s*$", re.M)
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]{3,}")
@@ -232,7 +235,7 @@ class OfflineTeacher(LocalTeacher):
         turns = list(_TURN.finditer(context))
         where = ""
         if turns:
-            role = next(g for g in turns[-1].groups() if g)
+            role = next(g for g in turns[-1].groups() if g).lower()
             if turns[-1].end() == len(context.rstrip(" ")):  # the role name itself is still being written
                 where = "at the start of a new turn"
             elif _TURN_END.search(context, turns[-1].end()):
