@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import subprocess
 import time
@@ -45,6 +44,7 @@ from nla.pipeline.config import (
     preset_names,
 )
 from nla.pipeline.stages import DONE, STAGE_HELP, STAGES, Stages
+from nla.train.checkpoint import checkpoint_dirs
 from nla.train.loop import CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,7 @@ def run_pipeline(
 
 def _drop_checkpoints(stage_dir: Path) -> None:
     """Delete the resume checkpoints under a finished stage (its DONE marker makes them useless)."""
-    snapshot = re.compile(rf"{CHECKPOINT}(-\d+)?")  # checkpoint/ and its keep_last snapshots checkpoint-<step>/
-    folders = [p for p in stage_dir.rglob(CHECKPOINT + "*") if p.is_dir() and snapshot.fullmatch(p.name)]
+    folders = checkpoint_dirs(stage_dir, CHECKPOINT)  # checkpoint/ and its keep_last snapshots checkpoint-<step>/
     if folders:
         freed = sum(dir_size_mib(p) for p in folders)
         for p in folders:

@@ -24,8 +24,7 @@ _SYSTEM = re.compile(r"<\|im_start\|>\s*system.*?(?:<\|im_end\|>|$)", re.DOTALL)
 # "User: ..." blocks apart by blank lines, the first after <bos>
 PLAIN_ROLE = r"(?:\A(?:<[a-z_]+>)?|\n\n)(User|Assistant|System):"
 _ROLE = re.compile(
-    r"<\|im_start\|>\s*(\w+)\s*|<\|start_header_id\|>\s*(\w+)\s*<\|end_header_id\|>|<start_of_turn>(\w+)|"
-    + PLAIN_ROLE
+    r"<\|im_start\|>\s*(\w+)\s*|<\|start_header_id\|>\s*(\w+)\s*<\|end_header_id\|>|<start_of_turn>(\w+)|" + PLAIN_ROLE
 )
 _SPECIAL = re.compile(r"<\|[^|>]{1,40}\|>|<(?:start|end)_of_turn>|\[/?INST\]")
 

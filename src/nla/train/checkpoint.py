@@ -136,9 +136,8 @@ class Checkpoint:
 
     def snapshots(self) -> list[Path]:
         """The ``<path>-<step>/`` snapshots, oldest first."""
-        prefix = self.path.name + "-"
-        found = [p for p in self.path.parent.glob(prefix + "*") if p.is_dir() and p.name[len(prefix) :].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[len(prefix) :]))
+        steps = {p: _snapshot_step(p, self.path.name) for p in self.path.parent.glob(self.path.name + "-*")}
+        return sorted((p for p, step in steps.items() if step is not None), key=lambda p: steps[p] or 0)
 
     def _snapshot(self, step: int) -> None:
         with atomic_dir(self.path.with_name(f"{self.path.name}-{step:07d}")) as tmp:
@@ -166,9 +165,21 @@ class Checkpoint:
         return state
 
 
+def _snapshot_step(path: Path, name: str) -> int | None:
+    """The step of a ``<name>-<step>/`` snapshot folder (None for anything else)."""
+    step = path.name.removeprefix(name + "-")
+    return int(step) if path.is_dir() and step != path.name and step.isdigit() else None
+
+
+def checkpoint_dirs(folder: Path, name: str) -> list[Path]:
+    """Every resume checkpoint ``<name>/`` under ``folder`` and its ``keep`` snapshots ``<name>-<step>/``."""
+    return [p for p in Path(folder).rglob(name + "*") if p.is_dir() and (p.name == name or _snapshot_step(p, name))]
+
+
 __all__ = [
     "STATE",
     "Checkpoint",
+    "checkpoint_dirs",
     "load_trainable_state",
     "rng_isolated",
     "rng_state",
