@@ -40,7 +40,7 @@ from nla.common.config import option
 from nla.common.errors import NLAError
 from nla.common.paths import atomic_write_text, cache_dir
 from nla.data.documents import Document, document_from_record, write_jsonl
-from nla.data.positions import plain_transcript
+from nla.data.positions import plain_label, plain_transcript
 from nla.data.prose import digest, web_passages
 from nla.models.target import DEFAULT_TARGET, Target, load_target
 from nla.resources import resource
@@ -171,8 +171,8 @@ def _tidy(text: str, truncated: bool) -> str:
     return text
 
 
-PLAIN_ASSISTANT = "Assistant:"  # a template-less chat: the generation prompt after the plain transcript
-PLAIN_USER = "\nUser:"  # ... and where a base model's answer ends (it starts the next turn)
+PLAIN_ASSISTANT = plain_label("assistant")  # a template-less chat: the generation prompt after the transcript
+PLAIN_USER = "\n" + plain_label("user")  # ... and where a base model's answer ends (it starts the next turn)
 
 
 @torch.no_grad()

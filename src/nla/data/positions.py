@@ -45,13 +45,18 @@ def _chat_prefix_len(tokenizer: Any, messages: list[dict[str, str]], ids: list[i
     return n
 
 
+def plain_label(role: str) -> str:
+    """The label that opens a ``role`` turn in a plain transcript, e.g. ``User:``."""
+    return f"{role.capitalize()}:"
+
+
 def plain_transcript(messages: Sequence[dict[str, str]]) -> tuple[str, str]:
     """(a chat as plain text, ``Role: content`` blocks apart by blank lines; the text before the first
     non-system message's content, up to its ``Role:`` label): how a chat reaches a base model that has no
     chat template."""
     parts, head = [], None
     for m in messages:
-        label = f"{str(m.get('role', '')).capitalize()}: "
+        label = plain_label(str(m.get("role", ""))) + " "
         if head is None and m.get("role") != "system":
             head = "\n\n".join([*parts, label.rstrip()])
         parts.append(label + str(m.get("content", "")))
