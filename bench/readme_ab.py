@@ -91,6 +91,8 @@ def main() -> None:
             f"{statistics.median(r['user_s'] for r in rs):.1f} s, peak {max(r['peak_mb'] for r in rs):.0f} MB"
         )
     print(f"median ratio old/new: {med['old'] / med['new']:.2f}x")
+    a, b = runs["old"][0]["explanations"], runs["new"][0]["explanations"]
+    print(f"chosen explanations identical old vs new: {sum(x == y for x, y in zip(a, b, strict=False))}/{len(a)}")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "medians": med, "cpu": cpu_model()}, indent=2) + "\n")
 

@@ -99,10 +99,10 @@ def verbalize(cfg: VerbalizeConfig) -> Path:
     table, meta_in = inp.table.take(rows), inp.sidecar
     whole = table_vectors(inp.table)  # (rows of the split, d)
     vectors = whole[rows]  # (N, d)
-    av = ActivationVerbalizer.from_pretrained(cfg.av, device=cfg.device).for_inference()
+    av = ActivationVerbalizer.from_pretrained(cfg.av, device=cfg.device, merged=True).for_inference()
     if vectors.shape[1] != av.d_model:
         raise NLAError(f"the AV has d_model {av.d_model} but {data}/{cfg.split} has {vectors.shape[1]}-d vectors")
-    ar = ActivationReconstructor.from_pretrained(cfg.ar, device=cfg.device) if cfg.best_of > 1 else None
+    ar = ActivationReconstructor.from_pretrained(cfg.ar, device=cfg.device, merged=True) if cfg.best_of > 1 else None
     if ar is not None and ar.d_model != av.d_model:
         raise NLAError(f"the AR has d_model {ar.d_model} but the AV {av.d_model}")
     n = vectors.shape[0]

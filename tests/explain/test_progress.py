@@ -1,4 +1,4 @@
-"""The run plan, the estimate line, calibration and the progress callbacks of generation."""
+"""The run plan, the estimate line, the estimate timed on the run, and the progress callbacks of generation."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import pytest
 
 from nla.explain.progress import (
     TYPICAL_BATCH_STEPS,
+    CALIBRATION_STEPS,
     Calibration,
+    LiveEstimate,
     Plan,
-    calibrate,
     estimate_line,
     human_seconds,
     progress_bar,
+    score_seconds,
 )
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
@@ -33,7 +35,7 @@ def test_plan_counts_batches_of_greedy_and_samples() -> None:
     assert [human_seconds(s) for s in (42, 300)] == ["42 s", "5 min"]
 
 
-def test_generation_reports_every_batch_and_calibration_is_positive(tiny_target) -> None:
+def test_generation_reports_every_batch_and_the_run_times_its_own_estimate(tiny_target) -> None:
     import torch
 
     av = ActivationVerbalizer.from_target(tiny_target, injection_scale=8.0, layer=1)
@@ -43,11 +45,21 @@ def test_generation_reports_every_batch_and_calibration_is_positive(tiny_target)
     assert seen == [2, 2, 2, 2, 2]  # 10 answers in batches of 2
     av.sample(torch.randn(2, 64), max_new_tokens=1)  # outside the block: nothing reported
     assert len(seen) == 5
-    cal = calibrate(av, (2, 2))
-    assert cal.prefill > 0 and cal.step >= 0 and cal.score == 0
-    with generation_progress(seen.append):  # calibrating times a batch of the run's shape: 2 x 2 answers
-        calibrate(av, (2, 2), ActivationReconstructor.from_target(tiny_target, layer=1))
-    assert seen[5:] == [4]
+    assert score_seconds(None) == 0 and score_seconds(ActivationReconstructor.from_target(tiny_target, layer=1)) > 0
+    plan = Plan(items=4, candidates=2, batch_size=2, max_new_tokens=20)
+    told: list[float] = []
+    est = LiveEstimate(av, plan, score=0.5, on_ready=told.append)
+    with progress_bar(plan.generations, estimate=est):
+        av.sample(torch.randn(4, 64), max_new_tokens=20, num_samples=2, batch_size=4, seed=0)
+    assert len(told) == 1 and told[0] == est.seconds  # once, during the first batch
+    cal = est.calibration
+    assert cal is not None and cal.prefill > 0 and cal.step > 0 and cal.score == 0.5
+    assert est.seconds == pytest.approx(plan.batches * (cal.prefill + 20 * cal.step) + 8 * 0.5)
+    assert len(est._starts) == 3 + CALIBRATION_STEPS  # the hook stopped timing once the estimate was made
+    short = LiveEstimate(av, plan)  # answers shorter than the timed steps: settled when the batch ends
+    with progress_bar(plan.generations, estimate=short):
+        av.sample(torch.randn(2, 64), max_new_tokens=1, num_samples=2, batch_size=4)
+    assert short.calibration is not None and short.calibration.prefill > 0 and short.calibration.step == 0
     with progress_bar(6, desc="t") as bar:
         av.sample(torch.randn(3, 64), max_new_tokens=1, num_samples=2, batch_size=4)
         assert bar.n == 6

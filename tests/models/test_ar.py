@@ -108,6 +108,8 @@ def test_lora_trains_only_adapters_and_head_and_round_trips(tmp_path: Path) -> N
     torch.testing.assert_close(adapter.predict(TEXTS), want, rtol=1e-5, atol=1e-5)
     assert adapter.for_inference() is adapter and not adapter.has_lora  # merged for scoring only
     torch.testing.assert_close(adapter.predict(TEXTS), want, rtol=1e-5, atol=1e-5)
+    on_load = ActivationReconstructor.from_pretrained(tmp_path / "adapter", merged=True)  # merged as it loads
+    assert not on_load.has_lora and torch.equal(on_load.predict(TEXTS), adapter.predict(TEXTS))
     assert not any(p.requires_grad for p in adapter.parameters())
     again = ActivationReconstructor.from_pretrained(tmp_path / "adapter", trainable=True)
     assert {n for n, p in again.named_parameters() if p.requires_grad} == set(trainable)

@@ -68,3 +68,20 @@ def test_embedded_smollm2_loads_fast_from_cache(smollm2) -> None:
     again = load_target("smollm2-135m")
     assert time.perf_counter() - t0 < 5.0  # issue asks < 2 s; slack for a loaded CI machine
     assert again.chat_template and "<|im_start|>" in again.chat_template
+
+
+def test_tokenizer_loads_once_and_each_caller_gets_its_own_copy(tmp_path) -> None:
+    from nla.models.target import _loaded_tokenizer, load_tokenizer
+
+    path = save_tiny_target(tmp_path / "m", "llama")
+    _loaded_tokenizer.cache_clear()
+    a, b = load_tokenizer(str(path)), load_tokenizer(str(path))
+    assert _loaded_tokenizer.cache_info().misses == 1 and a is not b
+    a.padding_side = "left" if b.padding_side == "right" else "right"
+    assert load_tokenizer(str(path)).padding_side == b.padding_side  # a change to one copy stays there
+    assert a.encode("hello world") == b.encode("hello world")
+    a.add_tokens(["<new-token>"])
+    assert len(load_tokenizer(str(path))) == len(b) == len(a) - 1
+    a.save_pretrained(str(path))  # the directory's tokenizer is rewritten: it loads again
+    assert len(load_tokenizer(str(path))) == len(a)
+    assert _loaded_tokenizer.cache_info().misses == 2

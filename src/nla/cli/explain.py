@@ -269,32 +269,45 @@ def load_nla(cfg: NLAOptions, *, with_target: bool = True) -> Any:
 
 
 def generate(nla: Any, cfg: NLAOptions, items: int, what: str, call: Callable[[], list[Any]]) -> tuple[list, str]:
-    """Run ``call`` (which generates ``items`` x K explanations) under a progress bar, after a quick
-    calibration and, for a run estimated over a minute, one line saying how long and how to go faster.
-    Returns the records and a note comparing the estimate with the time taken."""
+    """Run ``call`` (which generates ``items`` x K explanations) under a progress bar; an estimate timed on
+    its first batch (:class:`nla.explain.progress.LiveEstimate`) adds, for a run estimated over a minute,
+    one line saying how long and how to go faster. Returns the records and a note comparing the estimate
+    with the time taken."""
+    from tqdm.auto import tqdm
+
     from nla.evaluate.rerank import resolve_best_of
-    from nla.explain.progress import WARN_SECONDS, Plan, calibrate, estimate_line, human_seconds, progress_bar
+    from nla.explain.progress import (
+        WARN_SECONDS,
+        LiveEstimate,
+        Plan,
+        estimate_line,
+        human_seconds,
+        progress_bar,
+        score_seconds,
+    )
 
     sampling = cfg.num_samples > 1 or cfg.do_sample
     best_of = resolve_best_of(cfg.best_of, has_ar=nla.ar is not None, sampling=sampling)
     k = best_of if best_of > 1 else cfg.num_samples
     plan = Plan(items, k, cfg.batch_size, cfg.max_new_tokens, best_of=best_of > 1)
-    cal = calibrate(nla.av, plan.batch_shape, nla.ar)
-    estimate = plan.seconds(cal)
-    log.debug("calibrated %s: %s; estimate %.1f s", plan.batch_shape, cal, estimate)
-    if estimate > WARN_SECONDS:
-        sys.stderr.write(f"nla: {estimate_line(plan, estimate, what=what)}\n")
+
+    def ready(seconds: float) -> None:
+        log.debug("calibrated on the first batch %s: %s; estimate %.1f s", plan.batch_shape, est.calibration, seconds)
+        if seconds > WARN_SECONDS:
+            tqdm.write(f"nla: {estimate_line(plan, seconds, what=what)}", file=sys.stderr)
+
+    est = LiveEstimate(nla.av, plan, score_seconds(nla.ar), on_ready=ready)
     t0 = time.perf_counter()
-    with progress_bar(plan.generations, desc=f"explain {items} {what[:-1] if items == 1 else what}"):
+    with progress_bar(plan.generations, desc=f"explain {items} {what[:-1] if items == 1 else what}", estimate=est):
         records = call()
     took = time.perf_counter() - t0
-    off = 100 * (estimate / took - 1)
-    log.debug("generation and scoring took %.1f s; estimate %.1f s (%+.0f%%)", took, estimate, off)
-    note = (
-        f"{plan.generations} explanations in {plan.batches} batch{'' if plan.batches == 1 else 'es'} took "
-        f"{human_seconds(took)} "
-        f"(estimated {human_seconds(estimate)})"
-    )
+    batches = f"{plan.generations} explanations in {plan.batches} batch{'' if plan.batches == 1 else 'es'}"
+    if est.seconds is None:
+        log.debug("generation and scoring took %.1f s; no estimate (the backend's forwards are not visible)", took)
+        return records, f"{batches} took {human_seconds(took)}"
+    off = 100 * (est.seconds / took - 1)
+    log.debug("generation and scoring took %.1f s; estimate %.1f s (%+.0f%%)", took, est.seconds, off)
+    note = f"{batches} took {human_seconds(took)} (estimated {human_seconds(est.seconds)})"
     return records, note
 
 

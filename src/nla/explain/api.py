@@ -249,10 +249,14 @@ class NLA:
 
         av_path, av_meta = local_checkpoint(av)
         ar_path, ar_meta = local_checkpoint(ar) if ar is not None else (None, None)
-        verbalizer = ActivationVerbalizer.from_pretrained(av_path, device=device, dtype=dtype).for_inference()
+        verbalizer = ActivationVerbalizer.from_pretrained(
+            av_path, device=device, dtype=dtype, merged=True
+        ).for_inference()
         reconstructor = None
         if ar is not None:
-            reconstructor = ActivationReconstructor.from_pretrained(ar_path, device=device, dtype=dtype).for_inference()
+            reconstructor = ActivationReconstructor.from_pretrained(
+                ar_path, device=device, dtype=dtype, merged=True
+            ).for_inference()
         tgt: Target | None
         if isinstance(target, Target) or not with_target:
             tgt = target if isinstance(target, Target) else None

@@ -1,4 +1,4 @@
-"""How long explaining will take: a quick calibration, an estimate before the run, and a progress bar.
+"""How long explaining will take: an estimate timed on the run itself, and a progress bar.
 
 Generation and scoring make the cost of ``nla explain``: each batch of up to ``batch_size`` activations
 (with all their candidates) runs one prefill of the AV prompt per activation, then one decoding step per
@@ -6,12 +6,13 @@ token until its longest answer stops; then the AR reads every answer. So
 
     seconds ~= batches * (prefill + steps * step) + answers * score
 
-where ``prefill``, ``step`` and ``score`` are timed on this machine, now, at the shape of the run's largest
-batch, by :func:`calibrate` (one tiny generation of that batch, its forwards timed one by one, and one AR
-pass over a few typical answers: a few seconds on 2 cores), and ``steps`` is the typical length of a
-batch's longest answer, :data:`TYPICAL_BATCH_STEPS` (measured on the shipped NLA; capped by
-``max_new_tokens``). Best of K decodes the greedy answer and K-1 samples of each activation in the same
-batch (:mod:`nla.generation.hf`: they share its prefill), so a batch holds K times more answers.
+where ``prefill``, ``step`` and ``score`` are timed on this machine, now: the first two on the run's own
+first batch as it decodes (:class:`LiveEstimate`: its prefill and first decoding steps, so the estimate
+comes a second or two into the run and costs nothing), ``score`` by one AR pass over a few typical answers
+before it (:func:`score_seconds`); ``steps`` is the typical length of a batch's longest answer,
+:data:`TYPICAL_BATCH_STEPS` (measured on the shipped NLA; capped by ``max_new_tokens``). Best of K decodes
+the greedy answer and K-1 samples of each activation in the same batch (:mod:`nla.generation.hf`: they
+share its prefill), so a batch holds K times more answers.
 
 >>> plan = Plan(items=8, candidates=4, batch_size=16, max_new_tokens=150, best_of=True)
 >>> plan.generations, plan.batches, plan.batch_shape
@@ -23,17 +24,17 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import generation_progress
 
+CALIBRATION_STEPS = 5  # decoding steps of the first batch timed for the estimate
 TYPICAL_BATCH_STEPS = 96  # a batch's longest answer, shipped NLA: 87-106 steps, mean 94 (docs/explain.md)
 WARN_SECONDS = 60.0  # runs estimated longer than this get a line saying so, and how to go faster
 # what the AR reads per answer when calibrating: an answer of the shipped NLA's form and typical length
@@ -81,33 +82,54 @@ class Plan:
         return self.batches * (cal.prefill + steps * cal.step) + self.generations * cal.score
 
 
-def calibrate(
-    av: ActivationVerbalizer, shape: tuple[int, int], ar: ActivationReconstructor | None = None
-) -> Calibration:
-    """Time a batch of ``shape`` = (activations, answers per activation) here and now: one generation of 6
-    tokens whose forwards are timed one by one (the slowest decoding step, usually the first, which pays
-    one-time costs of its shapes, is left out), then, with an AR, one pass over 4 typical answers. A backend
-    whose forwards cannot be seen gives (its time, 0)."""
-    n, k = max(1, shape[0]), max(1, shape[1])
-    vectors = torch.randn(n, int(av.d_model), generator=torch.Generator().manual_seed(0))  # any direction will do
-    starts: list[float] = []
-    hook = av.model.get_input_embeddings().register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
-    t0 = time.perf_counter()
-    try:
-        av.sample(vectors, max_new_tokens=6, num_samples=k, batch_size=n * k)
-    finally:
-        hook.remove()
-    end = time.perf_counter()
-    score = _score_seconds(ar) if ar is not None else 0.0
-    if len(starts) < 3:  # no visible forwards (another backend), or the prompt had no prefix
-        return Calibration(end - t0, 0.0, score)
-    marks = [*starts[2:], end]  # forwards 0 and 1: the prompt's prefix and the rest of it (the prefill)
-    steps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))[: max(1, len(marks) - 2)]
-    return Calibration(starts[2] - t0, steps[len(steps) // 2] if steps else 0.0, score)
+class LiveEstimate:
+    """The run's estimate, timed on its own first batch while it decodes (no separate calibration run):
+    the prefill (the prompt's prefix and the batch's prefill forwards) and the median of the first
+    :data:`CALIBRATION_STEPS` decoding steps (the slowest, usually the first, which pays one-time costs of
+    its shapes, left out), plus ``score`` seconds of the AR per answer. :attr:`seconds` is set, and
+    ``on_ready(seconds)`` called once, as soon as those steps have run, or when the first batch ends if
+    its answers stop sooner. A backend whose forwards cannot be seen gives no estimate (None)."""
+
+    def __init__(
+        self, av: ActivationVerbalizer, plan: Plan, score: float = 0.0, on_ready: Callable[[float], None] | None = None
+    ) -> None:
+        self.plan, self.score, self.on_ready = plan, score, on_ready
+        self.calibration: Calibration | None = None
+        self._starts: list[float] = []
+        self._hook = av.model.get_input_embeddings().register_forward_pre_hook(self._forward)
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.calibration is None else self.plan.seconds(self.calibration)
+
+    def _forward(self, *_: Any) -> None:
+        if self.calibration is None:
+            self._starts.append(time.perf_counter())
+            if len(self._starts) > 2 + CALIBRATION_STEPS:  # prefix, prefill, then the steps, each one timed
+                self._settle()
+
+    def batch_done(self) -> None:
+        """The first batch (or a later one) finished: settle the estimate if its steps were too few."""
+        if self.calibration is None and self._starts:
+            self._settle(time.perf_counter())
+
+    def _settle(self, end: float | None = None) -> None:
+        marks = self._starts[2:] + ([end] if end is not None else [])
+        steps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))
+        steps = steps[: max(1, len(steps) - 1)]
+        prefill = (marks[0] if marks else (end or self._starts[-1])) - self._starts[0]
+        self.calibration = Calibration(prefill, steps[len(steps) // 2] if steps else 0.0, self.score)
+        if self.on_ready is not None:
+            self.on_ready(self.plan.seconds(self.calibration))
+
+    def close(self) -> None:
+        self._hook.remove()
 
 
-def _score_seconds(ar: ActivationReconstructor, answers: int = 4) -> float:
-    """Seconds the AR takes per typical answer (after a one-answer warm-up of its shapes)."""
+def score_seconds(ar: ActivationReconstructor | None, answers: int = 4) -> float:
+    """Seconds the AR takes per typical answer (after a one-answer warm-up of its shapes); 0 without an AR."""
+    if ar is None:
+        return 0.0
     ar.predict(["warm-up"], batch_size=1)
     t0 = time.perf_counter()
     ar.predict([TYPICAL_ANSWER] * answers, batch_size=answers)
@@ -136,24 +158,35 @@ def estimate_line(plan: Plan, seconds: float, *, what: str = "positions") -> str
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, desc: str = "explain", **kw: Any) -> Iterator[Any]:
-    """A tqdm bar (with ETA) over ``total`` generated answers, fed by every generation inside the block."""
+def progress_bar(total: int, desc: str = "explain", estimate: LiveEstimate | None = None, **kw: Any) -> Iterator[Any]:
+    """A tqdm bar (with ETA) over ``total`` generated answers, fed by every generation inside the block
+    (which also tells ``estimate`` when a batch ends)."""
     bar = tqdm(total=total, desc=desc, unit="expl", dynamic_ncols=True, **kw)
+
+    def done(rows: int) -> None:
+        if estimate is not None:
+            estimate.batch_done()
+        bar.update(rows)
+
     try:
-        with generation_progress(bar.update):
+        with generation_progress(done):
             yield bar
     finally:
         bar.close()
+        if estimate is not None:
+            estimate.close()
 
 
 __all__ = [
     "TYPICAL_ANSWER",
     "TYPICAL_BATCH_STEPS",
     "WARN_SECONDS",
+    "CALIBRATION_STEPS",
     "Calibration",
+    "LiveEstimate",
     "Plan",
-    "calibrate",
     "estimate_line",
     "human_seconds",
     "progress_bar",
+    "score_seconds",
 ]

@@ -279,11 +279,13 @@ class ActivationReconstructor(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
         trainable: bool = False,
+        merged: bool = False,
     ) -> ActivationReconstructor:
         """Load an AR checkpoint (ours, full or adapter-only, or an official ``role: ar|critic`` one).
 
         The AR comes back in eval mode and frozen unless ``trainable`` (then all weights train, or only
-        the adapters + head for an adapter-only checkpoint)."""
+        the adapters + head for an adapter-only checkpoint). ``merged`` (not with ``trainable``): an adapter
+        is merged into the backbone as it loads (:func:`nla.models.lora.merge_adapter`), for inference."""
         from safetensors.torch import load_file
         from transformers import AutoModel
 
@@ -313,7 +315,10 @@ class ActivationReconstructor(nn.Module):
             target = load_target(base_model, dtype=dtype, device=device)
             ar = cls.from_target(target, int(layer), template=template)
             del target
-            ar.backbone = lora.load_adapter(ar.backbone, path, trainable=trainable)
+            if merged and not trainable:
+                ar.backbone = lora.merge_adapter(ar.backbone, path)
+            else:
+                ar.backbone = lora.load_adapter(ar.backbone, path, trainable=trainable)
         else:
             try:
                 backbone = AutoModel.from_pretrained(str(path), dtype=dtype)

@@ -41,7 +41,7 @@ from nla.core.inject import Injector, Marker, chat_prompt_ids, choose_marker, fi
 from nla.core.modules import text_config
 from nla.core.text import cjk_fraction
 from nla.generation import GREEDY, Backend, Request, Slot, get_backend
-from nla.models.lora import ADAPTER_CONFIG, is_lora, load_adapter, merged_copy, save_adapter
+from nla.models.lora import ADAPTER_CONFIG, is_lora, load_adapter, merge_adapter, merged_copy, save_adapter
 from nla.models.sequences import (
     AVBatch,
     Responses,
@@ -373,9 +373,16 @@ class ActivationVerbalizer:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        merged: bool = False,
     ) -> ActivationVerbalizer:
-        """Load an AV checkpoint (ours or official; ``role: av|actor``); token ids are asserted."""
+        """Load an AV checkpoint (ours or official; ``role: av|actor``); token ids are asserted. ``merged``:
+        a LoRA adapter is merged into the weights as it loads (:func:`nla.models.lora.merge_adapter`; for
+        inference: nothing left to train), else it stays a peft adapter."""
         from transformers import AutoModelForCausalLM
 
         path = Path(path)
@@ -404,7 +411,8 @@ class ActivationVerbalizer:
             base = ext.get("base_model")
             if not base:
                 raise NLAError(f"{path} is a LoRA adapter but its sidecar names no extraction.base_model")
-            model = load_adapter(load_target(str(base), dtype=dtype, device=device).model, path)
+            attach = merge_adapter if merged else load_adapter
+            model = attach(load_target(str(base), dtype=dtype, device=device).model, path)
         else:
             try:
                 model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)

@@ -13,11 +13,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import re
+import sys
 import warnings
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from nla.common.errors import NLAError
@@ -93,9 +97,8 @@ def apply_lora(
 
 
 def is_lora(model: nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    peft = sys.modules.get("peft")  # a model can only be peft's if peft was imported (importing it costs ~1 s)
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> None:
@@ -139,6 +142,55 @@ def load_adapter(model: nn.Module, path: str | Path, *, trainable: bool = False)
     return wrapped
 
 
+# adapter_config.json entries under which merging is W += B @ A * scale plus copies of modules_to_save
+_PLAIN = {"bias": "none", "fan_in_fan_out": False, "use_dora": False, "lora_bias": False}
+_EMPTY = ("rank_pattern", "alpha_pattern", "layer_replication", "trainable_token_indices", "target_parameters")
+_PREFIX = "base_model.model."
+
+
+@torch.no_grad()
+def merge_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """``model`` with the LoRA adapter saved in ``path`` merged into its weights, in place, for inference:
+    each adapted linear map gets ``W += (B @ A) * alpha / r`` (``/ sqrt(r)`` with rsLoRA) and each
+    ``modules_to_save`` module the adapter's weights, as peft's ``merge_and_unload`` does, to the bit, but
+    without building peft's wrapper (or importing peft: about 2 s less for ``nla explain``). Adapters with
+    other features (DoRA, per-module ranks, biases ...) go through peft. Returns the plain model."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / ADAPTER_CONFIG).exists() or not (path / ADAPTER_WEIGHTS).exists():
+        raise NLAError(f"{path} holds no LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})")
+    config = json.loads((path / ADAPTER_CONFIG).read_text())
+    plain = all(config.get(k, v) == v for k, v in _PLAIN.items()) and not any(config.get(k) for k in _EMPTY)
+    if config.get("peft_type", "LORA") != "LORA" or not plain:
+        return load_adapter(model, path).merge_and_unload()
+    r = int(config["r"])
+    scale = float(config["lora_alpha"]) / (math.sqrt(r) if config.get("use_rslora") else r)
+    params = dict(model.named_parameters())
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path / ADAPTER_WEIGHTS)).items():
+        name = key.removeprefix(_PREFIX)
+        lora_part = re.fullmatch(r"(.+)\.(lora_[AB])\.weight", name)
+        if lora_part:
+            pairs.setdefault(lora_part[1], {})[lora_part[2]] = value
+        elif name in params and params[name].shape == value.shape:
+            params[name].copy_(value)  # a module trained in full (modules_to_save)
+        else:
+            raise NLAError(
+                f"adapter in {path} does not fit the model: no parameter {name} of shape {tuple(value.shape)}"
+            )
+    for module, ab in pairs.items():
+        weight = params.get(f"{module}.weight")
+        if (
+            weight is None
+            or set(ab) != {"lora_A", "lora_B"}
+            or weight.shape != (ab["lora_B"].shape[0], ab["lora_A"].shape[1])
+        ):
+            raise NLAError(f"adapter in {path} does not fit the model at {module}")
+        weight += (ab["lora_B"].to(weight.device) @ ab["lora_A"].to(weight.device)) * scale
+    return model
+
+
 def merged_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with LoRA merged into the base weights (the original keeps its adapters)."""
     if not is_lora(model):
@@ -152,6 +204,7 @@ __all__ = [
     "default_target_modules",
     "is_lora",
     "load_adapter",
+    "merge_adapter",
     "merged_copy",
     "save_adapter",
 ]

@@ -18,6 +18,7 @@ torch.Size([1, 2, 576])
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.metadata
 import logging
@@ -363,11 +364,31 @@ def token_ids(out: Any) -> list[int]:
 
 
 def load_tokenizer(name_or_path: str) -> Any:
-    from transformers import AutoTokenizer
-
+    """The tokenizer of a model (an embedded name, Hub id or local directory), with a pad token. Each call
+    returns its own copy (callers may change it), of one load per directory and process: the AV, AR and
+    target of ``nla explain`` share a tokenizer, and copying it costs half of loading it."""
     path = resolve_model_path(name_or_path)
     if not os.path.isdir(path) and not is_hub_id(path):
         raise NLAError(f"unknown model {name_or_path!r}: no such directory (nor an HF Hub id like owner/name)")
+    key = os.path.realpath(path) if os.path.isdir(path) else path
+    return copy.deepcopy(_loaded_tokenizer(key, _tokenizer_stamp(key), name_or_path))
+
+
+def _tokenizer_stamp(path: str) -> tuple:
+    """The modification times of a directory's tokenizer files (so a rewritten tokenizer loads again)."""
+    if not os.path.isdir(path):
+        return ()
+    return tuple(
+        sorted(
+            (f, os.stat(os.path.join(path, f)).st_mtime_ns) for f in os.listdir(path) if "token" in f or "template" in f
+        )
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded_tokenizer(path: str, stamp: tuple, name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
     except (OSError, ValueError) as e:
