@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nla.explain.progress import (
-    TYPICAL_BATCH_STEPS,
     CALIBRATION_STEPS,
+    TYPICAL_BATCH_STEPS,
     Calibration,
     LiveEstimate,
     Plan,
