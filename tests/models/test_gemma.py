@@ -123,7 +123,16 @@ def test_gemma_preset_is_the_shipped_recipe_with_the_documented_changes() -> Non
 
     gemma, smol = _flat(load_preset("gemma3-270m")), _flat(load_preset("smollm2"))
     differ = {k for k in gemma.keys() | smol.keys() if gemma.get(k) != smol.get(k)}
-    assert differ == {"model", "layer", "keep_shipped_rows", "av_sft.batch_size", "av_sft.grad_accum", "bf16"}
+    assert differ == {
+        "model",
+        "layer",
+        "keep_shipped_rows",
+        "av_sft.batch_size",
+        "av_sft.grad_accum",
+        "bf16",
+        "selftext.verbalize.batch_size",
+        "selftext.verbalize.chunk_size",
+    }
     # a smaller micro-batch, the same optimizer step
     assert gemma["av_sft.batch_size"] * gemma["av_sft.grad_accum"] == smol["av_sft.batch_size"]
     cfg = load_pipeline_config("gemma3-270m")
