@@ -8,7 +8,7 @@ positions at a time across chats and also writes every row to SQLite. Prints exp
 speed-up, seconds and CPU-seconds per 1k positions, and how many of the audit's explanations equal the
 baseline's (greedy: batching should not change them, up to floating-point ties).
 
-    python bench/audit.py                          # 16 chats x 4 tokens, batch 32, 1 thread
+    python bench/audit.py                          # 16 chats x 4 tokens, batch 64, 1 thread
     python bench/audit.py --docs 8 --sample 8 --batch-size 64
 """
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=16, help="Sample chats to audit.")
     ap.add_argument("--sample", type=int, default=4, help="Random assistant tokens per chat.")
-    ap.add_argument("--batch-size", type=int, default=32, help="Positions per audit batch.")
+    ap.add_argument("--batch-size", type=int, default=64, help="Positions per audit batch (nla audit's default).")
     ap.add_argument("--max-new-tokens", type=int, default=150)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the dev machine is shared).")
     ap.add_argument("--skip-baseline", action="store_true", help="Time the audit only (no one-at-a-time run).")

@@ -95,8 +95,14 @@ def _preallocated_layer_class() -> type | None:
                 )
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep the rows ``indices`` (finished answers leave): they are gathered (a copy of the written
+            positions only) and written back to the front of the SAME buffers, so no second buffer is
+            allocated beside the first (which set the peak memory of a batch of 64)."""
             if self.is_initialized and self.length:
-                self._rebuild(self.keys[indices], self.values[indices])
+                n, keys, values = indices.shape[0], self.keys[indices], self.values[indices]
+                self._k, self._v = self._k[:n], self._v[:n]
+                self._k[:, :, : self.length], self._v[:, :, : self.length] = keys, values
+                self._views(self.length)
 
     return PreallocatedLayer
 
