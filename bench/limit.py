@@ -8,13 +8,13 @@ decoding step, recorded during the run: rows that finish early lower it) and at 
 touched per token) FLOPs per generated token, the ceiling at batch b is ``gemm_rate(b) / F`` tokens/s, and the
 table prints ``tokens/s / ceiling`` at the batch used and at batch 128. Attention and sampling are left out of
 F, so the ratio is what the matrix unit allows, not an exact roofline. ``--json`` also keeps every answer, so
-two checkouts' greedy answers (audit + verbalize: 64 vectors) can be compared.
+two checkouts' greedy answers (audit + verbalize: 96 vectors) can be compared.
 
 Workloads (the shipped NLA, vectors = layer-20 activations of the shipped sample chats, from token 8 on):
 
 - explain        best-of-4 on 8 vectors (the README job: 8 tokens), batch_size 16, 150 new tokens
 - explain-vector best-of-4 on 16 vectors, batch_size 16
-- audit          greedy on 32 vectors, batch 32 (``nla audit`` decodes a work batch of 32 positions at once)
+- audit          greedy on 64 vectors, batch 64 (``nla audit`` decodes a work batch of 64 positions at once)
 - verbalize      greedy on 32 other vectors, batch_size 16
 - rl             8 vectors x group 4 sampled at T 1.0, gen_batch_size 32
 
@@ -112,8 +112,8 @@ def workloads(av: Any, vectors: torch.Tensor, n_new: int) -> dict[str, Callable[
     return {
         "explain": lambda: candidates(av, vectors[:8], 4, max_new_tokens=n_new, batch_size=16, seed=0),
         "explain-vector": lambda: candidates(av, vectors[:16], 4, max_new_tokens=n_new, batch_size=16, seed=0),
-        "audit": lambda: av.sample(vectors[:32], max_new_tokens=n_new, batch_size=32),
-        "verbalize": lambda: av.sample(vectors[32:64], max_new_tokens=n_new, batch_size=16),
+        "audit": lambda: av.sample(vectors[:64], max_new_tokens=n_new, batch_size=64),
+        "verbalize": lambda: av.sample(vectors[64:96], max_new_tokens=n_new, batch_size=16),
         "rl": lambda: sample_rollouts(av, vectors[:8], rl, 0, nullcontext()).responses,
     }
 
@@ -124,13 +124,16 @@ def sample_chat_vectors(device: str) -> torch.Tensor:  # (N, d)
     from nla.models.target import load_target
 
     target = load_target("smollm2-135m", device=device)
-    docs, _ = read_documents(SAMPLE_CHATS, limit=34)
+    docs, _ = read_documents(SAMPLE_CHATS)
     vecs = []
     for d in docs:
         enc = encode_input(target.tokenizer, content_of(d))
         ids = torch.tensor([enc.input_ids], device=device)
         vecs.append(target.hidden_at(ids, None, 20)[0, 8::7].float())  # every 7th token from token 8 on
-    return torch.cat(vecs)[:64]
+    vecs = torch.cat(vecs)
+    if vecs.shape[0] < 96:
+        raise SystemExit(f"the sample chats give {vecs.shape[0]} vectors; the workloads need 96")
+    return vecs[:96]
 
 
 def main() -> None:
