@@ -109,7 +109,7 @@ class ExpertConfig:
         VerbalizeConfig, "The best-of-K answers (nla verbalize --best-of; its `ar` is the pipeline's current AR).",
         managed=_verbalizer(ar=_PATH, limit="it is expert.rows", every="it is expert.every",
                             best_of="it is expert.best_of", temperature="it is expert.temperature"),
-        max_new_tokens=144, chunk_size=32,
+        max_new_tokens=144, batch_size=16, chunk_size=32,
     )  # fmt: skip
     av: AVTrainConfig = section(
         AVTrainConfig, "The AV fine-tuned on its chosen answers (nla train av --init).",
@@ -134,7 +134,7 @@ class SelfTextConfig:
     verbalize: VerbalizeConfig = section(
         VerbalizeConfig, "The AV's text (nla verbalize).",
         managed=_verbalizer(limit=_PATH, every=_PATH, do_sample=_PATH, temperature=_PATH),
-        max_new_tokens=144, chunk_size=32,
+        max_new_tokens=144, batch_size=16, chunk_size=32,
     )  # fmt: skip
     ar: ARTrainConfig = section(
         ARTrainConfig, "Each repeat of the AR (nla train ar --init); steps and lr come from the schedule.",
