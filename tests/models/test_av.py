@@ -71,6 +71,7 @@ def test_logprobs_match_manual_injection_and_mask_covers_response(arch: str) -> 
         logits = av.model(inputs_embeds=inject(emb, pos, v, 4.0), attention_mask=batch.attention_mask).logits
     ref = torch.log_softmax(logits.float(), -1)[:, p - 1 : -1].gather(-1, batch.input_ids[:, p:, None]).squeeze(-1)
     torch.testing.assert_close(logp[mask], ref[mask], atol=1e-4, rtol=1e-4)
+    assert (~mask).any() and (logp[~mask] == 0).all()  # padding: no log-prob (the responses differ in length)
     assert mask.sum(-1).tolist() == [int(batch.response_mask[i].sum()) for i in range(2)]
     nll = av.nll(v, RESPONSES)
     torch.testing.assert_close(nll, -(ref * mask).sum(-1) / mask.sum(-1), atol=1e-4, rtol=1e-4)
