@@ -371,7 +371,10 @@ def load_tokenizer(name_or_path: str) -> Any:
     if not os.path.isdir(path) and not is_hub_id(path):
         raise NLAError(f"unknown model {name_or_path!r}: no such directory (nor an HF Hub id like owner/name)")
     key = os.path.realpath(path) if os.path.isdir(path) else path
-    return copy.deepcopy(_loaded_tokenizer(key, _tokenizer_stamp(key), name_or_path))
+    try:
+        return copy.deepcopy(_loaded_tokenizer(key, _tokenizer_stamp(key)))
+    except (OSError, ValueError) as e:
+        raise hub_error(name_or_path, "the tokenizer of", e) from e
 
 
 def _tokenizer_stamp(path: str) -> tuple:
@@ -386,13 +389,10 @@ def _tokenizer_stamp(path: str) -> tuple:
 
 
 @functools.lru_cache(maxsize=8)
-def _loaded_tokenizer(path: str, stamp: tuple, name_or_path: str) -> Any:
+def _loaded_tokenizer(path: str, stamp: tuple) -> Any:
     from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
-    except (OSError, ValueError) as e:
-        raise hub_error(name_or_path, "the tokenizer of", e) from e
+    tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
