@@ -24,15 +24,16 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2-135m,gemma3-270m")
     ap.add_argument("--new", type=int, default=64, help="new tokens per sequence")
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--dtypes", default="float32", help="comma-separated torch dtypes, e.g. float32,bfloat16")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    for name in args.models.split(","):
+    for name, dtype in ((m, d) for m in args.models.split(",") for d in args.dtypes.split(",")):
         t0 = time.perf_counter()
-        t = load_target(name)
+        t = load_target(name, dtype=getattr(torch, dtype))
         load = time.perf_counter() - t0
         tok = t.tokenizer
         n_prompt = len(tok(PROMPT)["input_ids"])
-        print(f"{name}: loaded in {load:.1f} s wall; prompt {n_prompt} tokens", flush=True)
+        print(f"{name} ({dtype}): loaded in {load:.1f} s wall; prompt {n_prompt} tokens", flush=True)
         for bs in (int(b) for b in args.batches.split(",")):
             ids = tok([PROMPT] * bs, return_tensors="pt")
             common = dict(do_sample=False, pad_token_id=tok.pad_token_id)

@@ -239,3 +239,30 @@ def test_rl_rollouts_sync_the_weights_into_the_vllm_engine_and_sample_through_it
     ro = sample_rollouts(av, torch.randn(2, av.d_model), cfg, seed=1, amp=nullcontext())
     assert loaded and len(ro.responses.ids) == 6 and engine.calls
     assert all(p.temperature == 1.0 for p in engine.calls[0][1])
+
+
+@pytest.mark.parametrize("n_vectors", [1, 3])
+def test_the_lm_head_multiplies_dense_rows_in_bf16_and_the_same_logits_in_fp32(n_vectors: int) -> None:
+    """The prefill's last position is a strided slice; in bf16 on CPU torch multiplied such a slice by a
+    batch-expanded copy of the whole head. The backend hands the head a dense copy (also for a batch of one,
+    whose slice ``.contiguous()`` keeps strided), and that changes no fp32 answer."""
+    from nla.generation.hf import contiguous_head_input
+
+    av = _av("gemma3")
+    v = torch.randn(n_vectors, av.d_model) * 3
+    fp32 = av.sample(v, max_new_tokens=5, batch_size=4).ids
+    seen: list[tuple[int, ...]] = []
+    head = av.model.get_output_embeddings()
+    spy = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].stride()))
+    try:
+        av.model.to(torch.bfloat16)
+        av.sample(v, max_new_tokens=5, batch_size=4)
+        hidden = torch.randn(n_vectors, 7, av.d_model, dtype=torch.bfloat16)
+        with contiguous_head_input(av.model):
+            head(hidden[:, -1:, :])
+    finally:
+        spy.remove()
+        av.model.to(torch.float32)
+    dense = [s for s in seen if s[-2:] == (av.d_model, 1) and s[0] in (av.d_model, 0)]
+    assert seen and dense == seen, f"strided head inputs: {seen}"
+    assert av.sample(v, max_new_tokens=5, batch_size=4).ids == fp32
