@@ -19,10 +19,13 @@ Workloads (the shipped NLA, vectors = layer-20 activations of the shipped sample
 - rl             8 vectors x group 4 sampled at T 1.0, gen_batch_size 32
 
 It uses only library calls older checkouts also have, so the same script measures another checkout:
-``PYTHONPATH=/other/src python bench/limit.py``. CPU by default; ``--device cuda`` on a GPU.
+``PYTHONPATH=/other/src python bench/limit.py``. CPU by default; ``--device cuda`` on a GPU. ``--av`` takes
+another AV (its target and layer give the vectors: e.g. a Gemma 3 AV); ``--dtype bfloat16`` loads its weights
+in bf16, and the GEMM rate is then measured in bf16 too (the ratio is against the same dtype's limit).
 
     python bench/limit.py                        # all commands, 1 thread
     python bench/limit.py --only audit rl --max-new-tokens 80
+    python bench/limit.py --only verbalize --av runs/gemma/av_sft/final --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -118,18 +121,23 @@ def workloads(av: Any, vectors: torch.Tensor, n_new: int) -> dict[str, Callable[
     }
 
 
-def sample_chat_vectors(device: str) -> torch.Tensor:  # (N, d)
+def sample_chat_vectors(device: str, model: str = "smollm2-135m", layer: int = 20) -> torch.Tensor:  # (N, d)
     from nla.audit.plan import SAMPLE_CHATS, content_of, read_documents
     from nla.explain.inputs import encode_input
     from nla.models.target import load_target
 
-    target = load_target("smollm2-135m", device=device)
+    target = load_target(model, device=device)
     docs, _ = read_documents(SAMPLE_CHATS)
     vecs = []
     for d in docs:
-        enc = encode_input(target.tokenizer, content_of(d))
+        content = content_of(d)
+        if not isinstance(content, str) and not getattr(target.tokenizer, "chat_template", None):
+            from nla.data.positions import plain_transcript  # a base model (Gemma 3 270M) reads the chat as text
+
+            content = plain_transcript(content)[0]
+        enc = encode_input(target.tokenizer, content)
         ids = torch.tensor([enc.input_ids], device=device)
-        vecs.append(target.hidden_at(ids, None, 20)[0, 8::7].float())  # every 7th token from token 8 on
+        vecs.append(target.hidden_at(ids, None, layer)[0, 8::7].float())  # every 7th token from token 8 on
     vecs = torch.cat(vecs)
     if vecs.shape[0] < 96:
         raise SystemExit(f"the sample chats give {vecs.shape[0]} vectors; the workloads need 96")
@@ -143,21 +151,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None, help="Also write the table here.")
+    ap.add_argument("--av", default=None, help="An AV checkpoint (default: the shipped SmolLM2 NLA's).")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     from nla.models.av import ActivationVerbalizer
     from nla.resources import default_nla_dir
 
-    av = ActivationVerbalizer.from_pretrained(default_nla_dir() / "av", device=args.device)
+    dtype = getattr(torch, args.dtype)
+    av = ActivationVerbalizer.from_pretrained(args.av or default_nla_dir() / "av", device=args.device, dtype=dtype)
     av = getattr(av, "for_inference", lambda: av)()  # what NLA.from_pretrained and verbalize do (newer code)
-    vectors = sample_chat_vectors(args.device)
+    if args.av:
+        vectors = sample_chat_vectors(args.device, av.base_model, av.layer)
+    else:
+        vectors = sample_chat_vectors(args.device)  # the default's names, which older checkouts also resolve
     weights = linear_weights(av.model)
     flops_per_token = sum(2 * w.shape[0] * w.shape[1] for w in weights)
     jobs = workloads(av, vectors, args.max_new_tokens)
     av.sample(vectors[:2], max_new_tokens=2, batch_size=2)  # warm-up
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU thread(s)"
-    print(f"AV {av.base_model}: {flops_per_token / 1e9:.3f} GFLOP per generated token; {where}", flush=True)
+    print(f"AV {av.base_model} ({args.dtype}): {flops_per_token / 1e9:.3f} GFLOP per generated token; {where}")
     rows = []
     for name in args.only:
         counter = StepCounter(av.model)

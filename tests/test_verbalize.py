@@ -132,3 +132,15 @@ def test_verbalize_best_of_keeps_the_answer_the_ar_reads_best(tmp_path: Path) ->
         VerbalizeConfig(best_of=2)
     with pytest.raises(NLAError, match="--offset 6"):
         verbalize(VerbalizeConfig(av=str(av), data=str(acts), out=str(tmp_path / "o.parquet"), offset=6))
+
+
+def test_verbalize_in_bfloat16_writes_every_row_and_records_its_dtype(tmp_path: Path) -> None:
+    av, acts = _setup(tmp_path, n=5)
+    cfg = _cfg(av, acts, tmp_path / "bf16.parquet")
+    cfg.dtype = "bfloat16"
+    table = pq.read_table(verbalize(cfg))
+    assert table.num_rows == 5 and all(isinstance(r, str) for r in table.column("response").to_pylist())
+    meta = yaml.safe_load(Path(str(cfg.out) + ".nla_meta.yaml").read_text())["verbalize"]
+    assert meta["dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be float32 or bfloat16"):
+        VerbalizeConfig(dtype="float16")

@@ -132,6 +132,7 @@ def test_gemma_preset_is_the_shipped_recipe_with_the_documented_changes() -> Non
         "bf16",
         "selftext.verbalize.batch_size",
         "selftext.verbalize.chunk_size",
+        "selftext.verbalize.dtype",
     }
     # a smaller micro-batch, the same optimizer step
     assert gemma["av_sft.batch_size"] * gemma["av_sft.grad_accum"] == smol["av_sft.batch_size"]
