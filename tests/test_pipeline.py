@@ -160,6 +160,8 @@ def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp
     assert killed_in[0] == ("av_sft", False)  # the first kill landed inside the stage
     resumed_stages = run_pipeline(_tiny(folder, run)).stages  # the same command, here in-process
     assert resumed_stages["corpora"] == "skipped" and resumed_stages["selftext"] == "ran"
+    av_done = json.loads((run / "av_sft" / "DONE").read_text())  # its time counts the killed attempt too
+    assert av_done["attempts"] == 2 and av_done["seconds"] >= av_done["seconds_last_attempt"]
     assert json.loads((run / "selftext" / "DONE").read_text())["repeats"][0] == {"repeat": 1, "steps": 1, "lr": 1e-4}
     resumed = json.loads((run / "card" / "card.json").read_text())
     reference = json.loads((folder / "run" / "card" / "card.json").read_text())
@@ -380,3 +382,19 @@ def test_unknown_and_pipeline_owned_keys_are_one_clear_error(tmp_path, capsys) -
         main(["train", "pipeline", "--rl.out-dir", "x"])
     with pytest.raises(SystemExit):
         main(["train", "pipeline", "--rl.kl-coeff", "0.1"])
+
+
+def test_a_stage_clock_adds_up_its_attempts_and_forgets_redone_stages(tmp_path) -> None:
+    from nla.pipeline.clock import StageClock, read_clock, reset_clock
+
+    with StageClock(tmp_path, "teach", every=0.01) as first:
+        time.sleep(0.3)
+        assert read_clock(tmp_path)["teach"]["seconds"] >= 0.1  # saved while it runs: a SIGKILL keeps this much
+    with StageClock(tmp_path, "teach", every=0.01) as second:
+        time.sleep(0.02)
+    assert second.attempts == 2 and second.seconds() >= first.seconds() + 0.02
+    assert read_clock(tmp_path)["teach"] == {"seconds": round(second.seconds(), 1), "attempts": 2}
+    with StageClock(tmp_path, "card"):
+        pass
+    reset_clock(tmp_path, ["card", "faithfulness"])
+    assert set(read_clock(tmp_path)) == {"teach"}

@@ -35,6 +35,7 @@ import yaml
 from nla.common.config import config_to_dict
 from nla.common.errors import NLAError
 from nla.common.paths import atomic_write_text, dir_size_mib
+from nla.pipeline.clock import StageClock, reset_clock
 from nla.pipeline.config import (
     PipelineConfig,
     load_pipeline_config,
@@ -112,6 +113,7 @@ def run_pipeline(
             if stages.dir(name).exists():
                 log.info("--from %s: clearing %s", start, stages.dir(name))
                 shutil.rmtree(stages.dir(name))
+        reset_clock(run, list(STAGES[STAGES.index(start) :]))
     status = {name: "not run" for name in STAGES}
     for name in STAGES:
         marker = stages.dir(name) / DONE
@@ -122,14 +124,18 @@ def run_pipeline(
             log.info("stage %s: running (%s)", name, STAGE_HELP[name])
             if on_stage is not None:
                 on_stage(name)
-            t0 = time.perf_counter()
-            summary = getattr(stages, name)()
-            summary = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), **summary}
+            with StageClock(run, name) as clock:
+                t0 = time.perf_counter()
+                summary = getattr(stages, name)()
+            this_attempt = round(time.perf_counter() - t0, 1)
+            summary = {"stage": name, "seconds": round(clock.seconds(), 1), "attempts": clock.attempts,
+                       "seconds_last_attempt": this_attempt, **summary}  # fmt: skip
             atomic_write_text(marker, json.dumps(summary, indent=2, default=str) + "\n")
             if not cfg.keep_checkpoints:
                 _drop_checkpoints(stages.dir(name))
             status[name] = "ran"
-            log.info("stage %s: done in %.0f s", name, summary["seconds"])
+            log.info("stage %s: done in %.0f s (%d attempt(s); this one %.0f s)", name, summary["seconds"],
+                     clock.attempts, this_attempt)  # fmt: skip
         if name == stop_after:
             break
     card_path = stages.dir("card") / "card.json"
