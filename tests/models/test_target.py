@@ -70,7 +70,7 @@ def test_embedded_smollm2_loads_fast_from_cache(smollm2) -> None:
     assert again.chat_template and "<|im_start|>" in again.chat_template
 
 
-def test_tokenizer_loads_once_and_each_caller_gets_its_own_copy(tmp_path) -> None:
+def test_tokenizer_loads_once_and_each_caller_gets_its_own_settings(tmp_path) -> None:
     from nla.models.target import _loaded_tokenizer, load_tokenizer
 
     path = save_tiny_target(tmp_path / "m", "llama")
@@ -80,8 +80,12 @@ def test_tokenizer_loads_once_and_each_caller_gets_its_own_copy(tmp_path) -> Non
     a.padding_side = "left" if b.padding_side == "right" else "right"
     assert load_tokenizer(str(path)).padding_side == b.padding_side  # a change to one copy stays there
     assert a.encode("hello world") == b.encode("hello world")
+    a.pad_token = a.bos_token
+    assert load_tokenizer(str(path)).pad_token == b.pad_token != a.pad_token
+    assert a._tokenizer is b._tokenizer  # the vocabulary is shared (deep copies took seconds for Gemma's)
+    padded = a(["hello", "hello world"], padding=True).input_ids  # padding set on the shared backend ...
+    assert b("hello").input_ids == a("hello").input_ids and len(padded[0]) == len(padded[1])  # ... per call
     a.add_tokens(["<new-token>"])
-    assert len(load_tokenizer(str(path))) == len(b) == len(a) - 1
     a.save_pretrained(str(path))  # the directory's tokenizer is rewritten: it loads again
     assert len(load_tokenizer(str(path))) == len(a)
     assert _loaded_tokenizer.cache_info().misses == 2
