@@ -42,6 +42,15 @@ def test_untrained_ar_returns_the_target_activation(arch: str) -> None:
     assert len(t.layers) == n_before and t.model.config.num_hidden_layers == n_before
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_an_ar_that_takes_its_target_equals_one_that_copies_it(arch: str) -> None:
+    copied = ActivationReconstructor.from_target(tiny_target(arch), 1)
+    t = tiny_target(arch)
+    taken = ActivationReconstructor.from_target(t, 1, take=True)  # from_pretrained's way: no copy of the weights
+    assert taken.backbone is t.model.model and len(taken.backbone.layers) == 2
+    torch.testing.assert_close(taken.predict(TEXTS), copied.predict(TEXTS), rtol=0, atol=0)
+
+
 def test_training_the_ar_leaves_the_target_untouched() -> None:
     t = tiny_target("llama")
     before = {k: v.clone() for k, v in t.model.state_dict().items()}

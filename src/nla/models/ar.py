@@ -39,7 +39,7 @@ from nla.common.errors import NLAError
 from nla.common.paths import atomic_dir
 from nla.core.modules import find_decoder_layers, text_config
 from nla.models import lora
-from nla.models.target import Target, load_target, load_tokenizer
+from nla.models.target import Target, copy_tokenizer, load_target, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +114,27 @@ class ActivationReconstructor(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_target(
-        cls, target: Target, layer: int, *, template: str = meta.DEFAULT_AR_TEMPLATE
+        cls, target: Target, layer: int, *, template: str = meta.DEFAULT_AR_TEMPLATE, take: bool = False
     ) -> ActivationReconstructor:
-        """Copy the first ``layer + 1`` blocks of ``target`` (the target itself is left unchanged)."""
+        """Copy the first ``layer + 1`` blocks of ``target`` (the target itself is left unchanged), or with
+        ``take`` truncate the target's own model and keep it (for a target loaded only to build the AR: no
+        copy of its weights, 671 MB of embeddings for Gemma 3)."""
         target.check_layer(layer)
         text, attr = _text_model(target.model)
         full = getattr(text, attr)
         setattr(text, attr, nn.ModuleList(list(full)[: layer + 1]))
-        try:
-            backbone = copy.deepcopy(text)  # copies only the kept blocks
-        finally:
-            setattr(text, attr, full)
+        if take:
+            backbone, tokenizer = text, target.tokenizer
+        else:
+            try:
+                backbone = copy.deepcopy(text)  # copies only the kept blocks
+            finally:
+                setattr(text, attr, full)
+            tokenizer = copy_tokenizer(target.tokenizer)
         _set_n_layers(backbone.config, layer + 1)
         backbone.requires_grad_(True)
         backbone.eval()
-        return cls(backbone, copy.deepcopy(target.tokenizer), layer=layer, template=template, base_model=target.name)
+        return cls(backbone, tokenizer, layer=layer, template=template, base_model=target.name)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -312,9 +318,8 @@ class ActivationReconstructor(nn.Module):
                 raise NLAError(f"{path} has neither a config.json backbone nor a LoRA adapter")
             if not base_model:
                 raise NLAError(f"{path} is an adapter-only AR but its sidecar names no extraction.base_model")
-            target = load_target(base_model, dtype=dtype, device=device)
-            ar = cls.from_target(target, int(layer), template=template)
-            del target
+            ar = cls.from_target(load_target(base_model, dtype=dtype, device=device), int(layer), template=template,
+                                 take=True)  # fmt: skip
             if merged and not trainable:
                 ar.backbone = lora.merge_adapter(ar.backbone, path)
             else:

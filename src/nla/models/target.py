@@ -382,6 +382,11 @@ def load_tokenizer(name_or_path: str) -> Any:
         tok = _loaded_tokenizer(key, _tokenizer_stamp(key))
     except (OSError, ValueError) as e:
         raise hub_error(name_or_path, "the tokenizer of", e) from e
+    return copy_tokenizer(tok)
+
+
+def copy_tokenizer(tok: Any) -> Any:
+    """A copy of ``tok`` with settings of its own and the vocabulary shared (:data:`SHARED_TOKENIZER_PARTS`)."""
     shared = (getattr(tok, name, None) for name in SHARED_TOKENIZER_PARTS)
     return copy.deepcopy(tok, {id(part): part for part in shared if part is not None})
 
