@@ -166,7 +166,6 @@ def contiguous_head_input(model: nn.Module) -> Iterator[None]:
         yield
         return
     dense = torch.contiguous_format  # .contiguous() keeps the strided view of a batch of one
-
     handle = head.register_forward_pre_hook(lambda _m, args: (args[0].clone(memory_format=dense), *args[1:]))
     try:
         yield
