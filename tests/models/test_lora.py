@@ -24,8 +24,15 @@ def _trained_adapter(path: Path, **kw) -> Path:
     return path
 
 
-def test_merge_adapter_equals_peft_merge_bit_for_bit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_merge_adapter_equals_peft_merge_bit_for_bit(tmp_path: Path, dtype: torch.dtype) -> None:
+    """Also for an adapter saved in float16 (what `nla export` ships): peft loads it into the fp32 model's
+    adapter weights and multiplies B @ A in fp32, so the merge must upcast before the product too."""
+    from safetensors.torch import load_file, save_file
+
     path = _trained_adapter(tmp_path / "adapter")
+    weights = path / "adapter_model.safetensors"
+    save_file({k: v.to(dtype) for k, v in load_file(str(weights)).items()}, str(weights))
     want = load_adapter(tiny_model("llama", seed=1), path).merge_and_unload().state_dict()
     got = merge_adapter(tiny_model("llama", seed=1), path)
     assert not is_lora(got)

@@ -187,7 +187,8 @@ def merge_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             or weight.shape != (ab["lora_B"].shape[0], ab["lora_A"].shape[1])
         ):
             raise NLAError(f"adapter in {path} does not fit the model at {module}")
-        weight += (ab["lora_B"].to(weight.device) @ ab["lora_A"].to(weight.device)) * scale
+        b, a = (ab[k].to(device=weight.device, dtype=weight.dtype) for k in ("lora_B", "lora_A"))
+        weight += (b @ a) * scale  # in the weight's dtype, as peft (which loads fp16 adapters into fp32 ones)
     return model
 
 
