@@ -67,5 +67,5 @@ class StageClock:
     def _save(self) -> None:
         with self._lock:  # the ticking thread and the stage's own thread
             clock = read_clock(self.path.parent)
-            clock[self.stage] = {"seconds": round(self.seconds(), 1), "attempts": self.attempts}
+            clock[self.stage] = {"seconds": round(self.seconds(), 3), "attempts": self.attempts}
             atomic_write_text(self.path, json.dumps(clock, indent=2) + "\n")
