@@ -253,3 +253,21 @@ def test_several_data_files_are_concatenated(tmp_path) -> None:
     other = _write(tmp_path / "o.parquet", vecs[2:], ["w"], layer=2)
     with pytest.raises(NLAError, match="one model and layer"):
         load_av_data(f"{a},{other}")
+
+
+def test_a_resumed_run_does_not_evaluate_the_untrained_av_again(tiny_dir, tmp_path, monkeypatch) -> None:
+    import nla.train.av as av_mod
+
+    vecs, expl = _two_clusters(24)
+    train = _write(tmp_path / "train.parquet", vecs[:16], expl[:16])
+    held = _write(tmp_path / "eval.parquet", vecs[16:], expl[16:], doc_ids=[f"e{i}" for i in range(8)])
+    cfg = AVTrainConfig(out_dir=str(tmp_path / "run"), data=str(train), eval_data=str(held), model=str(tiny_dir),
+                        max_steps=2, batch_size=4, save_every=2, eval_every=0, samples=0)  # fmt: skip
+    calls = []
+    real = av_mod.eval_nll_gap
+    monkeypatch.setattr(av_mod, "eval_nll_gap", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    _, first = train_av(cfg)
+    assert len(calls) == 2  # before training and at the end
+    cfg.max_steps = 4  # the same run, longer: it resumes from its step-2 checkpoint
+    _, again = train_av(cfg)
+    assert len(calls) == 3 and again.extra["initial_eval"] == first.extra["initial_eval"]

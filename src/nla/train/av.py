@@ -16,6 +16,7 @@ SHUFFLED ones (official: ~0.21 nats at 7B): a gap near 0 means the AV ignores th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from nla.common.errors import NLAError
 from nla.common.meta import base_model as base_model_of
 from nla.common.meta import d_model as d_model_of
 from nla.common.meta import layer_index
+from nla.common.paths import atomic_write_text
 from nla.core.inject import Marker
 from nla.core.metrics import mean_baseline, shuffled
 from nla.core.text import wrap_explanation
@@ -41,9 +43,11 @@ from nla.models.av import DEFAULT_AV_TEMPLATE, ActivationVerbalizer, default_inj
 from nla.models.lora import apply_lora, is_lora
 from nla.models.sequences import AVBatch
 from nla.models.target import DEFAULT_TARGET, load_target
-from nla.train.loop import TrainConfig, TrainResult, fit
+from nla.train.loop import CHECKPOINT, TrainConfig, TrainResult, fit
 
 log = logging.getLogger(__name__)
+
+INITIAL_EVAL = "initial_eval.json"  # in out_dir: the held-out eval of the untrained AV, for a resumed run
 
 
 @dataclass
@@ -329,8 +333,15 @@ def train_av(cfg: AVTrainConfig) -> tuple[ActivationVerbalizer, TrainResult]:
                 out["cjk_failure"] = float(injection_failed(texts))
             return out
 
-        av.model.eval()
-        initial = evaluate(av.model)
+        first = Path(cfg.out_dir) / INITIAL_EVAL  # a resumed run does not evaluate the untrained AV again
+        if first.exists() and (Path(cfg.out_dir) / CHECKPOINT).exists():
+            initial = json.loads(first.read_text(encoding="utf-8"))
+            log.info("held-out NLL before training (first attempt): %s", initial)
+        else:
+            av.model.eval()
+            initial = evaluate(av.model)
+            first.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(first, json.dumps(initial) + "\n")
 
     def loss_fn(model: nn.Module, batch: AVBatch) -> torch.Tensor:
         return av.sft_loss(batch, model=model)
