@@ -158,7 +158,10 @@ def test_sigkill_in_two_stages_then_resume_gives_the_same_card(finished_run, tmp
         killed_in.append((stage, done_before))
     assert not (run / "ship" / "DONE").exists()
     assert killed_in[0] == ("av_sft", False)  # the first kill landed inside the stage
+    greedy = run / "selftext" / "greedy.parquet"
+    written = greedy.stat().st_mtime_ns
     resumed_stages = run_pipeline(_tiny(folder, run)).stages  # the same command, here in-process
+    assert greedy.stat().st_mtime_ns == written  # the AV's text is not written again by the resumed stage
     assert resumed_stages["corpora"] == "skipped" and resumed_stages["selftext"] == "ran"
     av_done = json.loads((run / "av_sft" / "DONE").read_text())  # its time counts the killed attempt too
     assert av_done["attempts"] == 2 and av_done["seconds"] >= av_done["seconds_last_attempt"]

@@ -284,6 +284,9 @@ class Stages:
         return {"steps": res.steps, "final_eval": res.final_eval, "last_step": last}
 
     def verbalize(self, section: str, out: Path, **fields: Any) -> Path:
+        if out.exists():  # a resumed stage: nla verbalize writes its table last and whole (after the sidecar)
+            log.info("%s: already written", out)
+            return out
         vc = fill_section(self.cfg, section, data=self.acts, out=out, seed=self.cfg.seed, device=_device(), **fields)
         return verbalize(vc)
 
