@@ -16,7 +16,7 @@ import yaml
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.data.documents import Document, write_jsonl
-from nla.explain.trust import find_lookup
+from nla.explain.trust import TokenLookup, find_lookup
 from nla.pipeline import (
     STAGES,
     PipelineConfig,
@@ -100,6 +100,7 @@ def test_the_whole_recipe_runs_end_to_end_on_another_architecture(finished_run, 
     ship = run / "ship" / "nla"
     assert sorted(p.name for p in ship.iterdir()) == ["ar", "av", "card.json", "token_lookup.safetensors"]
     assert find_lookup(ship / "av") == ship / "token_lookup.safetensors"  # the verdict's reference is found
+    assert TokenLookup.load(ship / "token_lookup.safetensors").meta["layer"] == "1"  # the layer of its data
     assert (ship / "ar" / "adapter_model.safetensors").exists() and (ship / "ar" / "value_head.safetensors").exists()
     assert not (ship / "ar" / "tokenizer.json").exists() and not (ship / "av" / "model.safetensors").exists()
     explain = ["explain", "fox dog", "--av", str(ship / "av"), "--ar", str(ship / "ar"), "--max-new-tokens", "4"]

@@ -133,12 +133,17 @@ def build_token_lookup(
     or a parquet of rows with their context text. Each row's final token id comes from its context, as the
     card's token lookup does (:func:`nla.evaluate.lookup.last_token_ids`); the ``top`` most frequent tokens
     seen at least ``min_count`` times keep their mean normalised vector, every other token gets the overall
-    mean. ``nla train pipeline`` writes it beside the NLA it ships; ``bench/verdict.py build`` for any data."""
+    mean. ``nla train pipeline`` writes it beside the NLA it ships; ``bench/verdict.py build`` for any data.
+    ``layer`` defaults to the one the data's sidecar states."""
+    from nla.common.meta import MODEL_SIDECAR, dataset_sidecar_path, layer_index, read_sidecar
     from nla.core.metrics import unit
     from nla.evaluate.lookup import last_token_ids, table_rows
     from nla.models.target import load_tokenizer
 
     rows = table_rows(data)
+    if layer is None:
+        side = next((s for s in (Path(data) / MODEL_SIDECAR, dataset_sidecar_path(Path(data))) if s.is_file()), None)
+        layer = layer_index(read_sidecar(side)) if side is not None else None
     ids = [t[-1] for t in last_token_ids(load_tokenizer(model), rows.contexts or [], k=1)]
     vecs = unit(rows.vectors.float())  # (N, d)
     sums: dict[int, torch.Tensor] = {}
