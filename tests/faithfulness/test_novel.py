@@ -116,6 +116,9 @@ def test_split_stats_count_hits_wrong_concepts_false_positives_and_recall() -> N
     assert (nov["topic_recall"]["k"], nov["topic_recall"]["n"]) == (1, 3)
     assert (nov["topic_recall_floor"]["k"], nov["topic_recall_floor"]["n"]) == (1, 3)  # y's text names x
     assert (cov["hit_floor"]["k"], cov["hit_floor"]["n"]) == (1, 10)
+    # claims: covered a names [a]x2, [a, x]; b names [b]x4 -> 6 of 7 right alone; novel: [a], [a], [x], [y], [b, y]
+    assert (cov["claim_precision"]["1"]["k"], cov["claim_precision"]["1"]["n"]) == (6, 7)
+    assert (nov["claim_precision"]["1"]["k"], nov["claim_precision"]["1"]["n"]) == (2, 5)
 
 
 def test_checks_on_a_handful_of_bases_say_too_few_instead_of_pass() -> None:

@@ -111,6 +111,10 @@ def _splits(by_split: dict[str, Any]) -> str:
         rows.append(["hit floor (concept named unplanted)", fmt_rate(st["hit_floor"])])
         rows += [[f"wrong-concept rate, alpha={a}", fmt_rate(r)] for a, r in st["wrong_concept_rate"].items()]
         rows += [
+            [f"claim precision (names the planted concept alone, of those naming any), alpha={a}", fmt_rate(r)]
+            for a, r in (st.get("claim_precision") or {}).items()
+        ]
+        rows += [
             ["false positives, any concept of the split", fmt_rate(st["false_positive_any"])],
             ["false positives, per concept and base", fmt_rate(st["false_positive_pairs"])],
             ["topic recall on held-out text", fmt_rate(st["topic_recall"])],

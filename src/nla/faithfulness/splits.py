@@ -9,6 +9,9 @@ the second, so every rate here is given per split, as a pooled count ``k/n`` wit
   concept; its floor is the share of unplanted bases whose explanation names that same concept.
 - **wrong-concept rate** at each alpha: planted explanations that name ANOTHER concept of the suite (any
   split); at alpha = 0 that is the false-positive rate. Its floor is the alpha = 0 rate.
+- **claim precision** at each alpha: of the planted explanations that name any concept of the suite, the
+  share that name the planted one and no other. What an auditor reads off a topic claim: an NLA that names
+  little but names it right scores high here and low on hit rate.
 - **false positives**: unplanted bases whose explanation names any concept of the split (and, finer, per
   concept-and-base pair).
 - **topic recall**: held-out on-topic texts of the split whose explanation names their concept, beside the
@@ -78,6 +81,7 @@ def split_stats(planting: dict[str, Any], topic: dict[str, Any], split_of: dict[
         fp_any = sum(any(c in nm for c in members) for nm in base_named)
         fp_pairs = sum(c in nm for nm in base_named for c in members)
         hit: dict[str, Any] = {}
+        precision: dict[str, Any] = {}
         wrong: dict[str, Any] = {"0": rate(fp_any, n_bases, bases=n_bases)}
         hit_floor = rate(sum(c in nm for nm in base_named for c in valid), n_bases * len(valid), bases=n_bases)
         for a in alphas:
@@ -86,6 +90,8 @@ def split_stats(planting: dict[str, Any], topic: dict[str, Any], split_of: dict[
             rows = [(c, nm) for c in valid for nm in named[c].get(a, [])]
             hit[a] = rate(sum(c in nm for c, nm in rows), len(rows), bases=n_planted)
             wrong[a] = rate(sum(any(o != c for o in nm) for c, nm in rows), len(rows), bases=n_planted)
+            claims = [(c, nm) for c, nm in rows if nm]
+            precision[a] = rate(sum(list(nm) == [c] for c, nm in claims), len(claims), bases=n_planted)
         texts = [e for e in topic.get("explanations", []) if e.get("concept") in members]
         right = sum(e["concept"] in e.get("named", []) for e in texts)
         others = [(e, o) for e in texts for o in members if o != e["concept"]]
@@ -96,6 +102,7 @@ def split_stats(planting: dict[str, Any], topic: dict[str, Any], split_of: dict[
             "hit_rate": hit,
             "hit_floor": hit_floor,
             "wrong_concept_rate": wrong,
+            "claim_precision": precision,
             "false_positive_any": rate(fp_any, n_bases, bases=n_bases),
             "false_positive_pairs": rate(fp_pairs, n_bases * len(members), bases=n_bases),
             "topic_recall": rate(right, len(texts), bases=len(texts)),
