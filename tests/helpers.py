@@ -173,3 +173,17 @@ def accelerate_cpu_command(script: str, *args: str) -> list[str]:
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     options = ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
     return [sys.executable, *launch, *options, script, *args]
+
+
+def random_av(arch: str = "llama", seed: int = 0):
+    """A tiny AV (:class:`nla.models.av.ActivationVerbalizer`) with large random weights: unlike the default
+    init (which repeats one token), its answers differ between vectors and end at different steps."""
+    from nla.models.av import ActivationVerbalizer
+
+    av = ActivationVerbalizer.from_target(tiny_target(arch, seed=seed), injection_scale=4.0, layer=1)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in av.model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    return av

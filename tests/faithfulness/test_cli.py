@@ -109,6 +109,15 @@ def test_best_of_and_no_plots(tiny: dict, tmp_path: Path) -> None:
     assert "Plots are off" in (out / "report.html").read_text()
 
 
+def test_distinct_items_is_its_own_decoding(tiny: dict, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    assert main(args(tiny, out, "--plots", "false", "--rows", "0")) == 0
+    assert main(args(tiny, out, "--plots", "false", "--rows", "0", "--distinct-items")) == 0
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["decoding"] == "greedy; distinct list items"
+    assert meta["explanations_from_cache"] == 0  # the greedy run's answers are not reused
+
+
 def test_bad_input_is_one_clear_error(tiny: dict, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("concepts: [{name: x, keywords: [x], prompts: [one]}]\n")

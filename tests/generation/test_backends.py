@@ -19,19 +19,8 @@ from nla.generation.vllm import VLLMBackend, prompt_embeds
 from nla.models.av import ActivationVerbalizer
 from nla.models.sequences import left_pad
 
+from helpers import random_av as _av
 from helpers import tiny_target
-
-
-def _av(arch: str = "llama", seed: int = 0) -> ActivationVerbalizer:
-    """A tiny AV with large random weights: unlike the default init (which repeats one token), its answers
-    differ between vectors and end at different steps."""
-    av = ActivationVerbalizer.from_target(tiny_target(arch, seed=seed), injection_scale=4.0, layer=1)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in av.model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
-    return av
 
 
 def _hf_generate(av: ActivationVerbalizer, v: torch.Tensor, n: int) -> list[list[int]]:

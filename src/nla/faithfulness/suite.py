@@ -80,6 +80,11 @@ class FaithfulnessConfig:
     temperature: float = option(0.7, "Temperature of the --best-of samples.")
     min_support: int = option(DEFAULT_MIN_SUPPORT, MIN_SUPPORT_HELP)
     max_new_tokens: int = option(120, "Cap of each explanation (tokens).")
+    distinct_items: bool = option(
+        False,
+        "Decode with the distinct-items rule (no repeated salient word or next token; opt-in: it raised greedy "
+        "hits and false positives alike, docs/faithfulness.md).",
+    )
     batch_size: int = option(32, "Generation / AR batch size.")
     seed: int = option(0, "Seed of perturbations, permutation floors and samples.")
     quick: bool = option(
@@ -305,6 +310,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         train = load_vectors(cfg.train_data, cfg.train_split)
     table = table_rows(cfg.lookup_data) if cfg.lookup_data else train
     nla = NLA.from_pretrained(cfg.av or None, cfg.ar or None)
+    nla.av.distinct_items = cfg.distinct_items
     baseline = mean_baseline(train.vectors) if train is not None else nla.baseline
     baseline_source = (
         f"mean of the normalised vectors of {cfg.train_data}"
@@ -315,11 +321,15 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
     support = filtering_support(cfg.best_of, cfg.min_support)
     if support > 1:
         decoding += f"; only topics and salient words that {support} of the {cfg.best_of} answers name"
+    if cfg.distinct_items:
+        decoding += "; distinct list items"
     out = Path(cfg.out)
     (out / "work").mkdir(parents=True, exist_ok=True)
     options = f"{cfg.av or 'shipped'}|{cfg.best_of}|{cfg.temperature}|{cfg.max_new_tokens}|{cfg.seed}"
     if support > 1:  # the cache key of best-of runs made before min_support stays
         options += f"|support {support}"
+    if cfg.distinct_items:
+        options += "|distinct items"
 
     def generate(vectors: torch.Tensor) -> list[str]:  # (N, d) -> N raw answers
         if cfg.best_of == 1:

@@ -53,6 +53,7 @@ class Request:
     stop_ids: tuple[int, ...]  # an answer ends at (and keeps) the first of these
     batch_size: int  # answers decoded together (a batch holds whole vectors where it can)
     seed: int | None  # sampling seed (None: drawn from torch's global RNG)
+    rule: Any = None  # a decoding rule (nla.generation.rules.DistinctItems) or None
 
     @property
     def rows(self) -> int:

@@ -248,11 +248,18 @@ class HFBackend:
         live = list(range(n * s))  # batch row -> answer index
         answers: list[list[int]] = [[] for _ in live]
         stops = set(request.stop_ids)
+        states = [request.rule.start() for _ in live] if request.rule is not None else None
         for step in range(request.max_new_tokens):
+            if states is not None:
+                for b, r in enumerate(live):
+                    if banned := states[r].banned:
+                        logits[b, banned] = float("-inf")
             tok = next_tokens(logits, [temps[r] for r in live], [top_ps[r] for r in live], [gens[r] for r in live])
             keep = []
             for b, (r, t) in enumerate(zip(live, tok.tolist(), strict=True)):
                 answers[r].append(t)
+                if states is not None:
+                    states[r].push(t)
                 if t not in stops:
                     keep.append(b)
             if not keep or step + 1 == request.max_new_tokens:

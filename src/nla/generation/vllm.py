@@ -86,6 +86,8 @@ class VLLMBackend:
         load((name, p.detach()) for name, p in av.model.named_parameters())
 
     def generate(self, av: Any, request: Request, on_rows: Callable[[int], None] | None = None) -> list[list[int]]:
+        if request.rule is not None:
+            raise NLAError("the vllm backend has no decoding rules (e.g. av.distinct_items); use the hf backend")
         if self.engine is None:
             self.engine = self.engine_factory(av)
         embeds = prompt_embeds(av, request.vectors).cpu()  # (N, P, d)

@@ -41,6 +41,7 @@ from nla.core.inject import Injector, Marker, chat_prompt_ids, choose_marker, fi
 from nla.core.modules import text_config
 from nla.core.text import cjk_fraction
 from nla.generation import GREEDY, Backend, Request, Slot, get_backend
+from nla.generation.rules import DistinctItems
 from nla.models.lora import ADAPTER_CONFIG, is_lora, load_adapter, merge_adapter, merged_copy, save_adapter
 from nla.models.sequences import (
     AVBatch,
@@ -109,6 +110,7 @@ class ActivationVerbalizer:
         self.eot_id = end_of_turn_id(tokenizer)
         self.eval_meta: dict[str, Any] = {}  # sidecar ``eval`` block (e.g. baseline_mse of the training split)
         self.backend: Backend = get_backend("hf")  # what generates (nla.generation); swap for vllm on a GPU
+        self.distinct_items = False  # decode with nla.generation.rules.DistinctItems
         self._prompt: list[int] | None = None
         self.prompt_ids()  # verify the marker now
 
@@ -236,7 +238,8 @@ class ActivationVerbalizer:
         if max_new_tokens < 1 or batch_size < 1:
             raise NLAError("max_new_tokens and batch_size must be >= 1")
         stops = self.stop_ids()
-        request = Request(vectors, check_slots(slots), max_new_tokens, stops, batch_size, seed)
+        rule = DistinctItems.for_tokenizer(self.tokenizer) if self.distinct_items else None
+        request = Request(vectors, check_slots(slots), max_new_tokens, stops, batch_size, seed, rule)
         with _eval_mode(self.model):
             rows = self.backend.generate(self, request, on_batch())
         out_ids: list[list[int]] = []
