@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from nla.models.av import ActivationVerbalizer
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -175,7 +179,7 @@ def accelerate_cpu_command(script: str, *args: str) -> list[str]:
     return [sys.executable, *launch, *options, script, *args]
 
 
-def random_av(arch: str = "llama", seed: int = 0):
+def random_av(arch: str = "llama", seed: int = 0) -> ActivationVerbalizer:
     """A tiny AV (:class:`nla.models.av.ActivationVerbalizer`) with large random weights: unlike the default
     init (which repeats one token), its answers differ between vectors and end at different steps."""
     from nla.models.av import ActivationVerbalizer
