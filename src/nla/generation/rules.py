@@ -78,7 +78,7 @@ class RowState:
         if quotes % 2:
             self.in_quote = not self.in_quote
             # an item starts right after an opening quote that ends the token (its content not merged into it)
-            self.at_item_start = self.in_quote and s.rstrip(" ").endswith('"') and s.count('"') == 1
+            self.at_item_start = self.in_quote and quotes == 1 and s.rstrip(" ").endswith('"')
 
 
 class DistinctItems:
