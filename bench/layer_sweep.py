@@ -12,7 +12,12 @@ document (after the first ``--skip`` tokens; offline prose passages of installed
   (:mod:`nla.evaluate.lookup`), documents split 80/20: how much of the vector the final token(s) alone
   predict. An explanation has to beat these to show it carries context;
 - ``pos``: the same lookup keyed by the position (buckets of 16 tokens) instead of the token: a vector that
-  the position predicts is one no explanation of the text can reconstruct.
+  the position predicts is one no explanation of the text can reconstruct;
+- ``doc``: the share of the normalised vectors' variance that lies between documents (one-way ANOVA estimate
+  of the between-document component, unbiased for the few positions per document), i.e. what the document
+  as a whole (its topic, register, language) could explain at most; ``doc|tok``: the same share of what is
+  left after the last-token lookup (fitted on the other 4 of 5 document folds) is subtracted, i.e. document
+  information beyond the final token.
 
 Only the decoder blocks run (no LM head: Gemma's 262k-token head would cost more than the blocks).
 
@@ -30,8 +35,33 @@ import torch
 
 from nla.core.metrics import fve_nrm, mean_baseline, unit
 from nla.data.prose import web_passages
-from nla.evaluate.lookup import token_lookup_rows
+from nla.evaluate.lookup import lookup_predict, token_lookup_rows
 from nla.models.target import load_target
+
+
+def between_share(x: torch.Tensor, owner: list[int]) -> float:  # (N, d), group of each row
+    """Between-group share of the variance of ``x`` (trace over coordinates; one-way ANOVA estimator)."""
+    groups = torch.tensor(owner)
+    ids, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    n, g = x.shape[0], len(ids)
+    means = torch.zeros(g, x.shape[1]).index_add_(0, inv, x) / counts[:, None].float()  # (G, d)
+    within = float((x - means[inv]).pow(2).sum()) / (n - g)
+    between = float((counts[:, None] * (means - x.mean(0)).pow(2)).sum()) / (g - 1)
+    n0 = (n - float(counts.pow(2).sum()) / n) / (g - 1)
+    component = max(0.0, (between - within) / n0)
+    return component / (component + within)
+
+
+def lookup_residual(v: torch.Tensor, keys: list, owner: list[int], folds: int = 5) -> torch.Tensor:  # (N, d)
+    """unit(v) minus its last-token lookup prediction, each document's rows predicted from the other folds."""
+    u, out = unit(v), torch.zeros_like(v)
+    fold = [o % folds for o in owner]
+    for f in range(folds):
+        train = [i for i, k in enumerate(fold) if k != f]
+        test = [i for i, k in enumerate(fold) if k == f]
+        pred, _ = lookup_predict([[keys[i][-1:]] for i in train], v[train], [[keys[i][-1:]] for i in test])
+        out[test] = u[test] - pred
+    return out
 
 
 @torch.no_grad()
@@ -84,7 +114,7 @@ def main() -> None:
         f"# {args.model}: {n} blocks, d={t.d_model}; {n_rows} vectors from {len(set(owner))} docs "
         f"({int(held.sum())} held out); {secs:.0f} s for the backbone passes (1 thread)"
     )
-    head = ("layer", "depth", "norm", "p99/med", "top1", "var1", "B", "lookup", "lookup2", "pos")
+    head = ("layer", "depth", "norm", "p99/med", "top1", "var1", "B", "lookup", "lookup2", "pos", "doc", "doc|tok")
     print(" ".join(f"{h:>7}" for h in head))
     train_keys = [k for k, h in zip(keys, held.tolist(), strict=True) if not h]
     held_keys = [k for k, h in zip(keys, held.tolist(), strict=True) if h]
@@ -103,7 +133,8 @@ def main() -> None:
         u = unit(v[~held])
         var = u.var(0)  # (d,)
         var1 = float(var[u.mean(0).abs().argmax()] / var.sum())
-        cells = (layer, (layer + 1) / n, float(norms.mean()), spread, top1, var1, b, f1, f2, fp)
+        doc, doc_tok = between_share(unit(v), owner), between_share(lookup_residual(v, keys, owner), owner)
+        cells = (layer, (layer + 1) / n, float(norms.mean()), spread, top1, var1, b, f1, f2, fp, doc, doc_tok)
         print(f"{cells[0]:>7} {cells[1]:>7.2f} {cells[2]:>7.0f}" + "".join(f" {c:>7.3f}" for c in cells[3:]))
 
 
