@@ -421,7 +421,7 @@ def _produce(
         followups = _followups()
         made: dict[tuple[str, int], Document] = {}
         total = sum(len(wanted[k]) for k in wanted)
-        bar = tqdm(total=total, desc="default corpus chunks", unit="chunk", disable=not progress)
+        bar = tqdm(total=total, desc=f"{out.name} chunks", unit="chunk", disable=not progress)
         for kind, jobs in (("chat", chats), ("gen", articles)):
             for c in wanted[kind]:
                 chunk = jobs[c * cfg.chunk_size : (c + 1) * cfg.chunk_size]
