@@ -33,23 +33,10 @@ import time
 
 import torch
 
-from nla.core.metrics import fve_nrm, mean_baseline, unit
+from nla.core.metrics import between_group_share, fve_nrm, mean_baseline, unit
 from nla.data.prose import web_passages
 from nla.evaluate.lookup import lookup_predict, token_lookup_rows
 from nla.models.target import load_target
-
-
-def between_share(x: torch.Tensor, owner: list[int]) -> float:  # (N, d), group of each row
-    """Between-group share of the variance of ``x`` (trace over coordinates; one-way ANOVA estimator)."""
-    groups = torch.tensor(owner)
-    ids, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    n, g = x.shape[0], len(ids)
-    means = torch.zeros(g, x.shape[1]).index_add_(0, inv, x) / counts[:, None].float()  # (G, d)
-    within = float((x - means[inv]).pow(2).sum()) / (n - g)
-    between = float((counts[:, None] * (means - x.mean(0)).pow(2)).sum()) / (g - 1)
-    n0 = (n - float(counts.pow(2).sum()) / n) / (g - 1)
-    component = max(0.0, (between - within) / n0)
-    return component / (component + within)
 
 
 def lookup_residual(v: torch.Tensor, keys: list, owner: list[int], folds: int = 5) -> torch.Tensor:  # (N, d)
@@ -133,7 +120,11 @@ def main() -> None:
         u = unit(v[~held])
         var = u.var(0)  # (d,)
         var1 = float(var[u.mean(0).abs().argmax()] / var.sum())
-        doc, doc_tok = between_share(unit(v), owner), between_share(lookup_residual(v, keys, owner), owner)
+        groups = torch.tensor(owner)
+        doc, doc_tok = (
+            between_group_share(unit(v), groups),
+            between_group_share(lookup_residual(v, keys, owner), groups),
+        )
         cells = (layer, (layer + 1) / n, float(norms.mean()), spread, top1, var1, b, f1, f2, fp, doc, doc_tok)
         print(f"{cells[0]:>7} {cells[1]:>7.2f} {cells[2]:>7.0f}" + "".join(f" {c:>7.3f}" for c in cells[3:]))
 

@@ -89,3 +89,20 @@ def shuffled(gold: torch.Tensor, *, generator: torch.Generator | None = None) ->
     fixed = perm == torch.arange(n)
     perm[fixed] = (perm[fixed] + 1) % n  # move fixed points
     return gold[perm]
+
+
+def between_group_share(x: torch.Tensor, groups: torch.Tensor) -> float:  # (N, d), (N,) group id per row
+    """Share of the variance of ``x`` (trace over coordinates) that lies between groups: the one-way ANOVA
+    estimate ``s_b / (s_b + s_w)`` of the between-group component, unbiased for few rows per group (the naive
+    share of the group means' variance counts the within-group noise of each mean as between-group). Clipped at 0."""
+    ids, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    n, g = x.shape[0], ids.numel()
+    if g < 2 or n <= g:
+        raise ValueError(f"need at least 2 groups and more rows than groups, got {n} rows in {g} groups")
+    x = x.double()
+    means = torch.zeros(g, x.shape[1], dtype=x.dtype).index_add_(0, inv, x) / counts[:, None]  # (G, d)
+    within = float((x - means[inv]).pow(2).sum()) / (n - g)
+    between = float((counts[:, None] * (means - x.mean(0)).pow(2)).sum()) / (g - 1)
+    n0 = (n - float(counts.double().pow(2).sum()) / n) / (g - 1)
+    component = max(0.0, (between - within) / n0)
+    return component / (component + within)
