@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from nla.common.config import fill_section
-from nla.common.meta import dataset_sidecar_path, read_sidecar, write_sidecar
+from nla.common.meta import dataset_sidecar_path, layer_index, read_sidecar, write_sidecar
 from nla.data.activations import vectors
 from nla.data.corpus import load_corpus
 from nla.data.extract import extract_chunk
@@ -114,7 +114,7 @@ def main() -> None:
     sources = {"train": stages.teach_out("ar_sft"), "eval": stages.eval_data}
     tables = {k: pq.read_table(p) for k, p in sources.items()}
     target = load_target(cfg.model)
-    run_layer = int(read_sidecar(dataset_sidecar_path(sources["train"]))["extraction"]["layer_index"])
+    run_layer = layer_index(read_sidecar(dataset_sidecar_path(sources["train"])))
     docs = {d.doc_id: d for d in load_corpus(str(stages.dir("corpora") / "main.jsonl"))}
     ex = fill_section(cfg, "extract", out="-", model=cfg.model, layer=None, seed=cfg.seed)
     for layer in [int(x) for x in args.layers.split(",")]:
@@ -123,8 +123,8 @@ def main() -> None:
         t0 = time.perf_counter()
         vecs = {k: rows_at(target, t, docs, ex, layer) for k, t in tables.items()}
         if layer == run_layer:  # the same rows: the re-extracted vectors must be the run's
-            diff = float((vecs["train"] - vectors(tables["train"])).abs().max())
-            scale = float(vectors(tables["train"]).abs().max())
+            stored = vectors(tables["train"])  # (N, d)
+            diff, scale = float((vecs["train"] - stored).abs().max()), float(stored.abs().max())
             if diff > 1e-3 * scale:
                 raise SystemExit(f"layer {layer}: re-extracted vectors differ from the run's by {diff:.3g}")
         paths = {k: at_layer(tables[k], sources[k], vecs[k], layer, out / f"L{layer}" / f"{k}.parquet")
