@@ -307,6 +307,18 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     assert "command" in compute and compute["corpora_sha256"]["main"]
 
 
+def test_the_lexicon_corpus_and_its_prose_are_built_from_their_own_chats(tmp_path, fake_stages) -> None:
+    cfg = load_pipeline_config("smollm2", run_dir=str(tmp_path / "r"), corpora={"lexicon_chats": 12,
+                                                                                "lexicon_prose": True})  # fmt: skip
+    assert cfg.corpora.wanted()[-2:] == ["lexicon", "lexicon_prose"]
+    run_pipeline(cfg, stop_after="corpora")
+    calls = {c["name"]: c for c in fake_stages["corpus"]}
+    corpora = tmp_path / "r" / "corpora"
+    assert calls["lexicon"]["n_chat"] == 12 and calls["lexicon"]["max_new_tokens"] == cfg.corpora.max_new_tokens
+    assert calls["lexicon_prose"]["chats"] == corpora / "lexicon.jsonl"
+    assert calls["topic_prose"]["chats"] == corpora / "topics.jsonl" and calls["scenes"]["n_chat"] == 380
+
+
 @pytest.mark.parametrize("preset", ["smollm2", "gpu", "tiny"])
 def test_every_preset_configures_every_stage(preset, tmp_path, fake_stages) -> None:
     cfg = load_pipeline_config(preset, run_dir=str(tmp_path / "r"))

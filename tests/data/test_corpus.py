@@ -324,6 +324,21 @@ def test_supplementary_prompt_files_hold_enough_prompts_and_no_suite_sentence(na
     assert not [s for s in sentences if s.lower().rstrip(".?!") in text]
 
 
+def test_the_lexicon_prompts_are_many_balanced_and_name_no_suite_concept() -> None:
+    """The lexicon corpus's prompts (everyday nouns from WordNet): 1,500 distinct chats spread over WordNet's
+    classes, none naming a concept of the faithfulness suite (covered or novel) by the suite's own matcher."""
+    from collections import Counter
+
+    from nla.data.supplementary import prompt_file
+
+    chosen = cd.chat_prompts(1500, prompt_file("lexicon"))
+    assert len({p for _, p in chosen}) == 1500
+    classes = Counter(c for c, _ in chosen)
+    assert len(classes) >= 15 and max(classes.values()) <= 1500 / len(classes) * 1.5
+    suite = load_concepts()
+    assert not [p for _, p in cd.chat_prompts(2000, prompt_file("lexicon")) if suite.named(p)]
+
+
 def test_supplementary_corpora_chat_answers_locale_and_hash(tmp_path, monkeypatch) -> None:
     """topic_prose is the chats' answers as documents; locale passages come from installed catalogues; the
     corpus hash is order-sensitive and is what extract records."""

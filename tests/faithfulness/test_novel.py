@@ -36,6 +36,7 @@ def test_the_novel_split_shares_no_cue_topic_name_or_prompt_with_any_training_re
         "prompt_templates.yaml",
         "corpora/topic_prompts.yaml",
         "corpora/scene_prompts.yaml",
+        "corpora/lexicon_prompts.yaml",
     } <= set(tr.files)
     assert overlaps(load_concepts(splits=["novel"]), tr) == []
     # and the covered split does share them (that is what "covered" means)

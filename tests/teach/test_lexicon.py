@@ -131,3 +131,35 @@ def test_the_open_style_names_the_field_or_unclear_and_keeps_the_rich_lines(tiny
     assert "-open-open-v1-wn" in opened.version and opened.version != rich.version  # its own cache key
     assert opened.answer([ctx]) == opened.answer([ctx])  # deterministic
     assert opened.lexicon_seconds > 0
+
+
+def _lexicon_script():  # scripts/lexicon_prompts.py, which writes the lexicon corpus's prompt file
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "lexicon_prompts.py"
+    spec = importlib.util.spec_from_file_location("lexicon_prompts", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_lexicon_prompt_rules_pick_common_specific_nouns_by_class(tiny_wordnet: Path) -> None:
+    script = _lexicon_script()
+    wn = load_wordnet()
+    by_class = script.candidates(wn, lambda w: {"hammer": 2.0}.get(w, 3.5))
+    # act (4): sport, tackle; animal (5): animal (specific enough in this tiny world) and mouse (an index entry);
+    # person (18): referee. Out: the time nouns (a class that is never a topic), entity and object (too generic,
+    # and noun.Tops), cat and dog (3 letters), domestic_dog (two words), hammer (too rare)
+    assert by_class == {4: ["sport", "tackle"], 5: ["animal", "mouse"], 18: ["referee"]}
+    out = script.prompts(by_class, 1, banned=lambda p: "tackle" in p or "animal" in p)
+    assert out == {"act": [out["act"][0]], "animal": [out["animal"][0]], "person": [out["person"][0]]}
+    assert "sport" in out["act"][0] and "mouse" in out["animal"][0] and "referee" in out["person"][0]
+
+
+def test_the_shipped_lexicon_prompts_are_what_the_script_writes() -> None:
+    pytest.importorskip("wordfreq")
+    try:
+        load_wordnet()
+    except NLAError:
+        pytest.skip("no WordNet installed (pip install 'nla[lexicon]')")
+    assert _lexicon_script().main(["--check"]) == 0

@@ -10,10 +10,14 @@ software has no topic (docs/history.md, rounds 4-7). Four small corpora fill tho
   (``resources/corpora/topic_prompts.yaml``), answered by the target model;
 - ``topic_prose``: the assistant answers of the ``topics`` chats as plain documents (:func:`chat_answers`);
 - ``scenes``: chats that ask for plain narrative about ordinary places and moments
-  (``resources/corpora/scene_prompts.yaml``).
+  (``resources/corpora/scene_prompts.yaml``);
+- ``lexicon``: chats about everyday nouns drawn from all of WordNet by rules, balanced over WordNet's classes
+  (``resources/corpora/lexicon_prompts.yaml``, written by ``scripts/lexicon_prompts.py``): subjects no list of
+  the project anticipates, for an AV that must name what a context is about in open vocabulary (issue 35);
+- ``lexicon_prose``: the ``lexicon`` chats' answers as plain documents.
 
-``nla corpus build --prompts topics`` / ``--prompts scenes`` / ``--locale fr de`` / ``--answers-of FILE``
-build each one by hand; ``nla train pipeline`` builds them in its ``corpora`` stage
+``nla corpus build --prompts topics`` / ``--prompts scenes`` / ``--prompts lexicon`` / ``--locale fr de`` /
+``--answers-of FILE`` build each one by hand; ``nla train pipeline`` builds them in its ``corpora`` stage
 (:func:`build_supplementary`). A corpus's identity is :func:`nla.data.corpus.corpus_sha256` of its
 documents, the value ``nla extract`` records in its sidecar (``provenance.corpus_sha256``).
 """
@@ -31,12 +35,13 @@ from nla.resources import resource
 
 log = logging.getLogger(__name__)
 
-SUPPLEMENTARY: tuple[str, ...] = ("locale", "topics", "topic_prose", "scenes")
-BUNDLED_PROMPTS = {"topics": "topic_prompts.yaml", "scenes": "scene_prompts.yaml"}
+SUPPLEMENTARY: tuple[str, ...] = ("locale", "topics", "topic_prose", "scenes", "lexicon", "lexicon_prose")
+BUNDLED_PROMPTS = {"topics": "topic_prompts.yaml", "scenes": "scene_prompts.yaml", "lexicon": "lexicon_prompts.yaml"}
+PROSE_OF = {"topic_prose": "topics", "lexicon_prose": "lexicon"}  # a prose corpus -> the chat corpus it is made of
 
 
 def prompt_file(name_or_path: str) -> str:
-    """A bundled prompt file by name (``topics``, ``scenes``) or a path, as a path string."""
+    """A bundled prompt file by name (``topics``, ``scenes``, ``lexicon``) or a path, as a path string."""
     if name_or_path in BUNDLED_PROMPTS:
         return str(resource("corpora", BUNDLED_PROMPTS[name_or_path]))
     return name_or_path
@@ -80,16 +85,17 @@ def build_supplementary(
 ) -> Path:
     """Write supplementary corpus ``name`` (one of :data:`SUPPLEMENTARY`) as JSONL at ``out`` and return it.
 
-    ``topics``/``scenes`` answer ``n_chat`` bundled prompts with ``model`` (or the loaded ``target``;
-    resumable: chunks under ``<out>.parts/``); ``topic_prose`` needs ``chats``, the ``topics`` corpus file.
+    ``topics``/``scenes``/``lexicon`` answer ``n_chat`` bundled prompts with ``model`` (or the loaded ``target``;
+    resumable: chunks under ``<out>.parts/``); ``topic_prose``/``lexicon_prose`` need ``chats``, the corpus file
+    of the chats they are made of (:data:`PROSE_OF`).
     """
     from nla.data.corpus_default import build_default_corpus
 
     if name == "locale":
         return write_jsonl(locale_corpus(list(languages or []), per_language), out)
-    if name == "topic_prose":
+    if name in PROSE_OF:
         if chats is None:
-            raise NLAError("the topic_prose corpus is made of the topics corpus's answers: build topics first")
+            raise NLAError(f"the {name} corpus is made of the {PROSE_OF[name]} corpus's answers: build that first")
         return write_jsonl(chat_answers(load_corpus(str(chats))), out)
     if name in BUNDLED_PROMPTS:
         return build_default_corpus(
@@ -104,4 +110,4 @@ def build_supplementary(
     raise NLAError(f"unknown supplementary corpus {name!r}; known: {', '.join(SUPPLEMENTARY)}")
 
 
-__all__ = ["SUPPLEMENTARY", "build_supplementary", "chat_answers", "locale_corpus", "prompt_file"]
+__all__ = ["PROSE_OF", "SUPPLEMENTARY", "build_supplementary", "chat_answers", "locale_corpus", "prompt_file"]

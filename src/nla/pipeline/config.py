@@ -59,14 +59,18 @@ class CorporaConfig:
     topic_chats: int = option(0, "Chats of the `topics` corpus (prompts spread over the topic taxonomy); 0 = none.")
     topic_prose: bool = option(False, "Also the `topic_prose` corpus: the topics chats' answers as plain documents.")
     scene_chats: int = option(0, "Chats of the `scenes` corpus (plain narrative about ordinary places); 0 = none.")
-    max_new_tokens: int = option(96, "Answer length cap of the topics chats.")
+    lexicon_chats: int = option(
+        0, "Chats of the `lexicon` corpus (everyday nouns drawn from WordNet by rules, no hand list); 0 = none."
+    )
+    lexicon_prose: bool = option(False, "Also the `lexicon_prose` corpus: the lexicon chats' answers as documents.")
+    max_new_tokens: int = option(96, "Answer length cap of the topics and lexicon chats.")
     scene_max_new_tokens: int = option(128, "Answer length cap of the scenes chats.")
     copy_from: str = option(
         "", "The corpora/ folder of another run: its frozen corpora are copied in and pinned to the sha256 it "
         "recorded, so that this run extracts the same vectors on another machine."
     )  # fmt: skip
     pin: dict[str, str] = option(
-        {}, "Expected sha256 of corpora by name (main, locale, topics, topic_prose, scenes): a rebuild that differs "
+        {}, "Expected sha256 of corpora by name (main, locale, topics, ...): a rebuild that differs "
         "is an error instead of silently other vectors (the hashes of a run are in corpora/corpora.json)."
     )  # fmt: skip
 
@@ -75,7 +79,9 @@ class CorporaConfig:
         out = ["locale"] if self.locale else []
         out += ["topics"] if self.topic_chats > 0 else []
         out += ["topic_prose"] if self.topic_chats > 0 and self.topic_prose else []
-        return out + (["scenes"] if self.scene_chats > 0 else [])
+        out += ["scenes"] if self.scene_chats > 0 else []
+        out += ["lexicon"] if self.lexicon_chats > 0 else []
+        return out + (["lexicon_prose"] if self.lexicon_chats > 0 and self.lexicon_prose else [])
 
 
 @dataclass

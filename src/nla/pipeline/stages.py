@@ -23,7 +23,7 @@ from nla.common.paths import atomic_dir, atomic_write_text, dir_size_mib
 from nla.data.corpus import corpus_sha256, load_corpus
 from nla.data.documents import write_jsonl
 from nla.data.extract import extract
-from nla.data.supplementary import build_supplementary
+from nla.data.supplementary import PROSE_OF, build_supplementary
 from nla.evaluate.card import evaluation_card, format_card
 from nla.explain.trust import LOOKUP_FILE, build_token_lookup
 from nla.export import drop_tokenizer_files, export_nla
@@ -192,13 +192,13 @@ class Stages:
         for name in c.wanted():
             path = out_dir / f"{name}.jsonl"
             if not path.exists():
-                chats = name in ("topics", "scenes")
+                n_chat = {"topics": c.topic_chats, "scenes": c.scene_chats, "lexicon": c.lexicon_chats}.get(name, 0)
                 build_supplementary(
-                    name, path, model=self.cfg.model, languages=c.locale, per_language=c.per_language,
-                    n_chat=c.topic_chats if name == "topics" else c.scene_chats, chats=out_dir / "topics.jsonl",
+                    name, path, model=self.cfg.model, languages=c.locale, per_language=c.per_language, n_chat=n_chat,
+                    chats=out_dir / f"{PROSE_OF.get(name, 'topics')}.jsonl",
                     max_new_tokens=c.scene_max_new_tokens if name == "scenes" else c.max_new_tokens,
                 )  # fmt: skip
-                if chats:
+                if n_chat:
                     for extra in (Path(str(path) + ".info.json"), Path(str(path) + ".lock")):
                         extra.unlink(missing_ok=True)
             files[name] = path
