@@ -307,11 +307,14 @@ def test_the_smollm2_preset_gives_every_stage_its_recipe(tmp_path, fake_stages) 
     assert "command" in compute and compute["corpora_sha256"]["main"]
 
 
-def test_the_lexicon_corpus_and_its_prose_are_built_from_their_own_chats(tmp_path, fake_stages) -> None:
-    cfg = load_pipeline_config("smollm2", run_dir=str(tmp_path / "r"), corpora={"lexicon_chats": 12,
-                                                                                "lexicon_prose": True})  # fmt: skip
+def test_the_lexicon_corpora_are_built_from_their_own_chats_and_extracted_as_asked(tmp_path, fake_stages) -> None:
+    corpora = {"lexicon_chats": 12, "lexicon_prose": True, "positions": {"lexicon": 2}}
+    cfg = load_pipeline_config("smollm2", run_dir=str(tmp_path / "r"), corpora=corpora)
     assert cfg.corpora.wanted()[-2:] == ["lexicon", "lexicon_prose"]
-    run_pipeline(cfg, stop_after="corpora")
+    run_pipeline(cfg, stop_after="extract")
+    per_doc = {Path(e["out"]).name: e["positions_per_doc"] for e in fake_stages["extract"]}
+    assert per_doc == {"acts": 10, "locale": 10, "topics": 10, "topic_prose": 10, "scenes": 10, "lexicon": 2,
+                       "lexicon_prose": 10}  # fmt: skip
     calls = {c["name"]: c for c in fake_stages["corpus"]}
     corpora = tmp_path / "r" / "corpora"
     assert calls["lexicon"]["n_chat"] == 12 and calls["lexicon"]["max_new_tokens"] == cfg.corpora.max_new_tokens

@@ -63,6 +63,10 @@ class CorporaConfig:
         0, "Chats of the `lexicon` corpus (everyday nouns drawn from WordNet by rules, no hand list); 0 = none."
     )
     lexicon_prose: bool = option(False, "Also the `lexicon_prose` corpus: the lexicon chats' answers as documents.")
+    positions: dict[str, int] = option(
+        {}, "Positions per document of some supplementary corpora by name (e.g. lexicon: 2, for breadth: every chat "
+        "once among the taught rows); absent = extract.positions_per_doc."
+    )  # fmt: skip
     max_new_tokens: int = option(96, "Answer length cap of the topics and lexicon chats.")
     scene_max_new_tokens: int = option(128, "Answer length cap of the scenes chats.")
     copy_from: str = option(

@@ -231,6 +231,7 @@ class Stages:
             ec = dataclasses.replace(
                 main, corpus=str(corpora / f"{name}.jsonl"), out=str(self.dir("extract") / name), limit_docs=None,
                 split_fractions=[0.5, 0.5, 0.0, 0.0],
+                positions_per_doc=int(self.cfg.corpora.positions.get(name, main.positions_per_doc)),
             )  # fmt: skip
             r = extract(ec)
             out[name] = {"rows": r.n_rows, "rows_per_split": r.rows_per_split, "seconds": r.seconds}
