@@ -9,10 +9,12 @@ noun, for nouns drawn from all of WordNet 3.0 by rules, not picked by hand. A no
 
 - it is one lower-case word of 4+ letters, not a plural of another noun, with at most 3 noun senses, more
   than it has adjective senses and at least as many as verb senses (more, for a gerund: "blocking" fails);
-- its first sense is a common noun (no proper name or acronym: WordNet writes those capitalised), is not
-  marked vulgar, slang or disparaging (WordNet's usage-domain links), is specific (information content >= 0.5,
-  as the open teacher measures it) and names a thing, act, event, state, substance ... (not a time, quantity,
-  shape, relation, attribute, feeling or motive: the open teacher's NOT_A_TOPIC classes and two more);
+- it is the first word of its first sense, as WordNet writes it: WordNet's own name for the thing (so no
+  proper name or acronym, which WordNet writes capitalised, and no slang synonym such as "arse" for
+  buttocks); that sense's gloss does not call it obscene, vulgar, slang or offensive; it is specific
+  (information content >= 0.5, as the open teacher measures it) and names a thing, act, event, state,
+  substance ... (not a time, quantity, shape, relation, attribute, feeling or motive: the open teacher's
+  NOT_A_TOPIC classes and two more);
 - it is in everyday use: a Zipf frequency between 2.8 and 4.8 in ``wordfreq``'s English list (about 0.6 to
   60 uses per million words; the upper bound drops "thing" and "way");
 - no prompt naming it mentions any concept of the faithfulness suite (``nla/resources/concepts/*.yaml``, by the
@@ -49,25 +51,22 @@ TASKS = (
     "Where would someone come across {w}, and why does it matter?",
 )
 SKIP_CLASSES = NOT_A_TOPIC | {12, 16}  # and noun.feeling, noun.motive: moods and reasons, not subjects
-USAGE_SKIP = ("obscenity", "vulgarism", "slang", "ethnic slur", "disparagement")
+RUDE = re.compile(r"\b(obscene|vulgar|slang|offensive|derogatory|disparaging|contemptuous)", re.IGNORECASE)
 WORD = re.compile(r"[a-z]{4,}")
 CLASS_NAMES = {4: "act", 5: "animal", 6: "artifact", 8: "body", 9: "cognition", 10: "communication", 11: "event",
                13: "food", 14: "group", 15: "location", 17: "object", 18: "person", 19: "phenomenon", 20: "plant",
                21: "possession", 22: "process", 26: "state", 27: "substance"}  # fmt: skip
 
 
-def raw_synsets(folder: Path) -> dict[int, tuple[str, tuple[int, ...]]]:
-    """data.noun's synsets as written: offset -> (first lemma in its own case, usage-domain offsets)."""
+def raw_synsets(folder: Path) -> dict[int, tuple[str, str]]:
+    """data.noun's synsets as written: offset -> (first lemma in its own case, gloss)."""
     out = {}
     with (folder / "data.noun").open(encoding="utf-8", errors="replace") as f:
         for line in f:
-            if line.startswith(" ") or "|" not in line:
-                continue
-            head = line.split("|", 1)[0].split()
-            n_words = int(head[3], 16)
-            i = 4 + 2 * n_words
-            usage = tuple(int(head[j + 1]) for j in range(i + 1, i + 1 + 4 * int(head[i]), 4) if head[j] == ";u")
-            out[int(head[0])] = (re.sub(r"\(.*\)$", "", head[4]), usage)
+            if not line.startswith(" ") and "|" in line:
+                head, gloss = line.split("|", 1)
+                parts = head.split()
+                out[int(parts[0])] = (re.sub(r"\(.*\)$", "", parts[4]), gloss.strip())
     return out
 
 
@@ -90,7 +89,6 @@ def mostly_a_noun(wn: WordNet, lemma: str, adjectives: dict[str, int]) -> bool:
 def candidates(wn: WordNet, zipf: Callable[[str], float], lo: float = 2.8, hi: float = 4.8) -> dict[int, list[str]]:
     """Qualifying nouns by lexicographer class (the rules of the module docstring, less the concept check)."""
     raw, adjectives = raw_synsets(wn.folder), adjective_senses(wn.folder)
-    skip_usage = {o for name in USAGE_SKIP for o in wn.senses(name)}
     out: dict[int, list[str]] = {}
     for lemma, offs in wn.index["noun"].items():
         if not WORD.fullmatch(lemma) or len(offs) > 3 or offs[0] not in wn.synsets:
@@ -101,10 +99,10 @@ def candidates(wn: WordNet, zipf: Callable[[str], float], lo: float = 2.8, hi: f
         if not mostly_a_noun(wn, lemma, adjectives):
             continue
         first, syn = offs[0], wn.synsets[offs[0]]
-        written, usage = raw.get(first, ("", ()))
-        if syn.lexfile in SKIP_CLASSES or syn.lexfile not in CLASS_NAMES or not written.islower():
+        written, gloss = raw.get(first, ("", ""))
+        if syn.lexfile in SKIP_CLASSES or syn.lexfile not in CLASS_NAMES or written != lemma or RUDE.search(gloss):
             continue
-        if set(usage) & skip_usage or wn.ic.get(first, 0.0) < 0.5 or not lo <= zipf(lemma) <= hi:
+        if wn.ic.get(first, 0.0) < 0.5 or not lo <= zipf(lemma) <= hi:
             continue
         out.setdefault(syn.lexfile, []).append(lemma)
     return out
