@@ -78,14 +78,18 @@ class CorporaConfig:
         "is an error instead of silently other vectors (the hashes of a run are in corpora/corpora.json)."
     )  # fmt: skip
 
+    def chats(self, name: str) -> int:
+        """How many chats the supplementary corpus ``name`` asks the target for (0: it is not a chat corpus)."""
+        return {"topics": self.topic_chats, "scenes": self.scene_chats, "lexicon": self.lexicon_chats}.get(name, 0)
+
     def wanted(self) -> list[str]:
         """The supplementary corpora this config builds, in build order."""
         out = ["locale"] if self.locale else []
-        out += ["topics"] if self.topic_chats > 0 else []
-        out += ["topic_prose"] if self.topic_chats > 0 and self.topic_prose else []
-        out += ["scenes"] if self.scene_chats > 0 else []
-        out += ["lexicon"] if self.lexicon_chats > 0 else []
-        return out + (["lexicon_prose"] if self.lexicon_chats > 0 and self.lexicon_prose else [])
+        out += ["topics"] if self.chats("topics") > 0 else []
+        out += ["topic_prose"] if self.chats("topics") > 0 and self.topic_prose else []
+        out += ["scenes"] if self.chats("scenes") > 0 else []
+        out += ["lexicon"] if self.chats("lexicon") > 0 else []
+        return out + (["lexicon_prose"] if self.chats("lexicon") > 0 and self.lexicon_prose else [])
 
 
 @dataclass

@@ -192,10 +192,10 @@ class Stages:
         for name in c.wanted():
             path = out_dir / f"{name}.jsonl"
             if not path.exists():
-                n_chat = {"topics": c.topic_chats, "scenes": c.scene_chats, "lexicon": c.lexicon_chats}.get(name, 0)
+                n_chat = c.chats(name)
                 build_supplementary(
                     name, path, model=self.cfg.model, languages=c.locale, per_language=c.per_language, n_chat=n_chat,
-                    chats=out_dir / f"{PROSE_OF.get(name, 'topics')}.jsonl",
+                    chats=out_dir / f"{PROSE_OF[name]}.jsonl" if name in PROSE_OF else None,
                     max_new_tokens=c.scene_max_new_tokens if name == "scenes" else c.max_new_tokens,
                 )  # fmt: skip
                 if n_chat:
