@@ -10,8 +10,9 @@ explanations are.
 With ``--teacher`` (the teacher parquet of the same split: ``nla verbalize --limit N`` explains the first
 N rows of the split, which the teacher file holds in the same order) it also prints, for the rich style,
 how often the AV's ``Topic:`` label, ``Language:`` and the first clause of ``Setting:`` equal the teacher's,
-the share of "unclear" topics on both sides, and how many AV explanations list a salient word twice (a
-greedy-decoding degeneracy: "words: chicken, chicken"). Teacher rows are matched to the AV's by
+the share of "unclear" topics on both sides, how many AV explanations list a salient word twice (a
+greedy-decoding degeneracy: "words: chicken, chicken"), and the precision and recall of the AV's distinct
+salient words against the teacher's. Teacher rows are matched to the AV's by
 ``(doc_id, position)``, so ``nla verbalize --every N`` output compares as well as ``--limit N``.
 
 For explanations with a ``Before it: "..."`` quote (the text before the final token, compact and rich styles
@@ -78,6 +79,10 @@ def compare(av: list[str], teacher: list[str]) -> dict[str, float]:
     res["topic unclear (teacher)"] = sum(t.get("topic") == "unclear" for _, t in pairs) / n
     repeated = [len(w) != len(set(w)) for w in (a.get("words") or [] for a, _ in pairs)]
     res["a salient word listed twice (AV)"] = sum(repeated) / n
+    own = [(set(a.get("words") or []), set(t.get("words") or [])) for a, t in pairs]  # distinct words, as written
+    hits = sum(len(a & t) for a, t in own)
+    res["salient words: AV's found among the teacher's (precision)"] = hits / max(1, sum(len(a) for a, _ in own))
+    res["salient words: teacher's found among the AV's (recall)"] = hits / max(1, sum(len(t) for _, t in own))
     return res
 
 
