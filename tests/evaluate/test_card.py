@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import nla.evaluate.card
+import nla.models.target
 from nla.cli import main
 from nla.common.errors import NLAError
 from nla.core.text import quote_grounding
@@ -134,7 +134,7 @@ def test_quote_grounding_counts_quotes_found_in_the_context() -> None:
 
 
 def test_shipped_card_is_printed_by_nla_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(nla.evaluate.card, "default_nla_dir", lambda: tmp_path)
+    monkeypatch.setattr(nla.models.target, "default_nla_dir", lambda: tmp_path)
     with pytest.raises(NLAError, match="no NLA is shipped"):
         shipped_card()
     assert main(["eval"]) == 2
@@ -143,3 +143,17 @@ def test_shipped_card_is_printed_by_nla_eval(tmp_path: Path, monkeypatch: pytest
     assert "AR-SFT reading teacher text" in capsys.readouterr().out
     assert main(["eval", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["shipped"]["fve_nrm"] == 0.25
+    # --model: the card of the NLA shipped for another embedded model, found by its name or an alias
+    monkeypatch.setattr(nla.models.target, "shipped_nla_dir", lambda name: tmp_path / "nla" / name)
+    assert main(["eval", "--model", "gemma3"]) == 2
+    assert "no NLA is shipped for gemma3-270m" in capsys.readouterr().err
+    (tmp_path / "nla" / "gemma3-270m").mkdir(parents=True)
+    (tmp_path / "nla" / "gemma3-270m" / "card.json").write_text(json.dumps({**_card(), "rows": 7}))
+    assert main(["eval", "--model", "gemma3-270m", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 7
+    assert main(["eval", "--model", "smollm2", "--json"]) == 0  # the default target's alias: default_nla
+    assert json.loads(capsys.readouterr().out)["rows"] != 7
+    assert main(["eval", "--model", "Qwen/Qwen2.5-0.5B"]) == 2
+    assert "NLAs ship only for the embedded models" in capsys.readouterr().err
+    assert main(["eval", "--model", "gemma3-270m", "--av", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err

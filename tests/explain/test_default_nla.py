@@ -69,6 +69,7 @@ def test_default_explains_offline_and_differs_across_inputs(tmp_path, smollm2, c
 
 def test_the_nla_shipped_for_the_target_is_found_by_its_name(tmp_path, monkeypatch, capsys) -> None:
     import nla.explain.api as api
+    import nla.models.target
     from nla.common.errors import NLAError
 
     default = str(default_nla_dir() / "av")
@@ -76,7 +77,7 @@ def test_the_nla_shipped_for_the_target_is_found_by_its_name(tmp_path, monkeypat
     assert api.resolve_nla_paths(None, None, "smollm2")[0] == default  # an alias of the default target
     assert api.resolve_nla_paths(None, None, "Qwen/Qwen2.5-0.5B")[0] == default  # any other: d_model decides
     assert api.resolve_nla_paths("my/av", "my/ar", "gemma3-270m") == ("my/av", "my/ar")
-    monkeypatch.setattr(api, "shipped_nla_dir", lambda name: tmp_path / name)
+    monkeypatch.setattr(nla.models.target, "shipped_nla_dir", lambda name: tmp_path / name)
     with pytest.raises(NLAError, match="no NLA is shipped for gemma3-270m yet.*--preset gemma3-270m"):
         api.resolve_nla_paths(None, None, "gemma-3-270m")
     assert main(["explain", "--model", "gemma3-270m", "hi"]) == 2  # --model is --target

@@ -127,6 +127,27 @@ def test_bad_input_is_one_clear_error(tiny: dict, tmp_path: Path, capsys) -> Non
     assert "unknown concept" in capsys.readouterr().err
 
 
+def test_model_picks_the_nla_shipped_for_it(tiny: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    import shutil
+
+    import nla.models.target
+
+    assert main([*args(tiny, tmp_path / "o"), "--model", "gemma3-270m"]) == 2  # --av given too
+    assert "not both" in capsys.readouterr().err
+    without_av = [a for a in args(tiny, tmp_path / "o") if a not in (tiny["av"], tiny["ar"], "--av", "--ar")]
+    assert main([*without_av, "--model", "Qwen/Qwen2.5-0.5B"]) == 2
+    assert "NLAs ship only for the embedded models" in capsys.readouterr().err
+    monkeypatch.setattr(nla.models.target, "shipped_nla_dir", lambda name: tmp_path / "nla" / name)
+    assert main([*without_av, "--model", "gemma3"]) == 2
+    assert "no NLA is shipped for gemma3-270m" in capsys.readouterr().err
+    for role in ("av", "ar"):
+        shutil.copytree(tiny[role], tmp_path / "nla" / "gemma3-270m" / role)
+    out = tmp_path / "g"
+    assert main([*without_av, "--model", "gemma3-270m", "--rows", "0", "--plots", "false", "--out", str(out)]) == 0
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["av"] == f"shipped ({(tmp_path / 'nla' / 'gemma3-270m').resolve()}/av)" and meta["ar"].endswith("/ar)")
+
+
 def test_command_line_lists_the_options_that_differ() -> None:
     cfg = FaithfulnessConfig(quick=True, alphas=[0.0, 1.0], data="a b.parquet")
     assert command_line(cfg) == "nla faithfulness --data 'a b.parquet' --alphas 0 1 --quick"

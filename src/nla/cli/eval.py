@@ -1,6 +1,8 @@
 """``nla eval``: the evaluation card of an NLA (stage ladder, controls, retrieval, format health).
 
     nla eval                      # the card of the NLA shipped with the package (measured when it was built)
+    nla eval --model gemma3-270m  # the card of the NLA shipped for another embedded model
+    nla eval --model gemma3-270m --data runs/g/teach/eval.parquet --train-data runs/g/teach/ar_sft.parquet
 
     nla eval --av runs/rl/final/av --ar runs/rl/final/ar --sft-av runs/av/final --sft-ar runs/ar/final \\
         --data runs/teach/eval.parquet --train-data runs/teach/ar_sft.parquet --out card.json
@@ -69,8 +71,17 @@ def check(cfg: EvalConfig) -> int:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(EvalConfig, args)
-    if not cfg.data and not cfg.av and not cfg.ar and not cfg.sft_av and not cfg.sft_ar:
-        card = shipped_card()
+    checkpoints = cfg.av or cfg.ar or cfg.sft_av or cfg.sft_ar or cfg.stage
+    if cfg.model and checkpoints:
+        raise NLAError("--model picks the NLA shipped for that model: give it or checkpoints (--av, ...), not both")
+    if cfg.model and cfg.data:  # evaluate the NLA shipped for --model on --data
+        from nla.explain.api import resolve_nla_paths
+        from nla.models.target import shipped_model
+
+        cfg.av, ar = resolve_nla_paths(None, None, shipped_model(cfg.model))
+        cfg.ar = ar or ""
+    if not cfg.data and not checkpoints:
+        card = shipped_card(cfg.model)
     else:
         from nla.explain.progress import progress_bar
 

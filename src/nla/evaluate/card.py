@@ -34,8 +34,7 @@ from nla.evaluate.rerank import DEFAULT_MIN_SUPPORT, DEFAULT_TEMPERATURE
 from nla.evaluate.roundtrip import Baseline, evaluate_ar, grounding, round_trip
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import ActivationVerbalizer
-from nla.models.target import load_tokenizer
-from nla.resources import default_nla_dir
+from nla.models.target import DEFAULT_TARGET, load_tokenizer, shipped_model, shipped_nla_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,11 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     """Options of ``nla eval`` (the evaluation card)."""
 
+    model: str = option(
+        "",
+        "Embedded model whose shipped NLA to show when no checkpoint is given: its card, or with --data its "
+        "evaluation (default: smollm2-135m).",
+    )
     av: str = option("", "Final AV checkpoint (e.g. runs/rl/final/av).")
     ar: str = option("", "Final AR checkpoint (e.g. runs/rl/final/ar).")
     sft_av: str = option("", "SFT AV checkpoint, for the AV-SFT round trip (optional).")
@@ -237,12 +241,15 @@ def lookup_controls(
     return {**out, "token_lookup_source": cfg.lookup_data or cfg.train_data}
 
 
-def shipped_card() -> dict[str, Any]:
-    """The evaluation card of the NLA shipped with the package (``nla/resources/default_nla/card.json``)."""
-    path = default_nla_dir() / "card.json"
+def shipped_card(model: str = "") -> dict[str, Any]:
+    """The evaluation card of the NLA shipped for embedded model ``model`` (default: the default target's,
+    ``nla/resources/default_nla/card.json``), measured when that NLA was built."""
+    name = shipped_model(model) if model else DEFAULT_TARGET
+    path = shipped_nla_folder(name) / "card.json"
     if not path.exists():
         raise NLAError(
-            "no NLA is shipped with this installation; evaluate one with `nla eval --av AV --ar AR --data HELD_OUT`"
+            f"no NLA is shipped for {name} in this installation; evaluate one with "
+            "`nla eval --av AV --ar AR --data HELD_OUT`"
         )
     return json.loads(path.read_text(encoding="utf-8"))
 

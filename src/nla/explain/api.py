@@ -42,8 +42,15 @@ from nla.explain.inputs import Encoded, as_vectors, encode_input, select_tokens
 from nla.explain.trust import TokenLookup, beats_control, control_fve, find_lookup, lookup_scores, worth_reading
 from nla.models.ar import ActivationReconstructor
 from nla.models.av import CJK_FAILURE_THRESHOLD, ActivationVerbalizer
-from nla.models.target import DEFAULT_TARGET, Target, embedded_name, hub_offline, is_hub_id, load_target
-from nla.resources import default_nla_dir, shipped_nla_dir
+from nla.models.target import (
+    DEFAULT_TARGET,
+    Target,
+    embedded_name,
+    hub_offline,
+    is_hub_id,
+    load_target,
+    shipped_nla_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +132,7 @@ def resolve_nla_paths(av: str | None, ar: str | None, target: str | None = None)
     if av is not None:
         return av, ar
     name = embedded_name(target) if target else None
-    shipped = shipped_nla_dir(name) if name not in (None, DEFAULT_TARGET) else default_nla_dir()
+    shipped = shipped_nla_folder(target)
     if (shipped / "av" / MODEL_SIDECAR).exists():
         shipped_ar = shipped / "ar"
         return str(shipped / "av"), ar or (str(shipped_ar) if (shipped_ar / MODEL_SIDECAR).exists() else None)

@@ -38,7 +38,7 @@ from nla.faithfulness.directions import POOLS, Context, activations, build_direc
 from nla.faithfulness.heldout import heldout_rows
 from nla.faithfulness.planting import Explain, Reconstruct, planting, topic_recall
 from nla.faithfulness.splits import split_stats
-from nla.models.target import Target
+from nla.models.target import Target, shipped_model
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
 class FaithfulnessConfig:
     """Options of ``nla faithfulness``."""
 
-    av: str = option("", "AV checkpoint (default: the NLA shipped with the package).")
+    model: str = option("", "Embedded model whose shipped NLA to check when --av is not given (default: smollm2-135m).")
+    av: str = option("", "AV checkpoint (default: the NLA shipped with the package for --model).")
     ar: str = option("", "AR checkpoint (default: the shipped one, or none with --av).")
     concepts: str = option("", "Concept file, YAML or JSONL (prompts + keywords); default: the shipped set.")
     only: list[str] = option([], "Only these concepts of the set (names).")
@@ -280,17 +281,29 @@ def planned_explanations(concepts: ConceptSet, cfg: FaithfulnessConfig, n_rows: 
     return bases + k * nonzero * min(cfg.planted_bases, bases) + k + topic + n_rows
 
 
+def _package_path(folder: Path) -> str:
+    """``nla/resources/...`` for a folder inside the installed package, else the folder as given."""
+    package = Path(__file__).resolve().parents[1]
+    folder = folder.resolve()
+    return f"nla/{folder.relative_to(package).as_posix()}" if folder.is_relative_to(package) else str(folder)
+
+
 def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str, Any]:
     """Load the NLA and the data, run :func:`evaluate`, write ``report.json`` and ``report.html`` to ``cfg.out``."""
     from tqdm.auto import tqdm
 
-    from nla.explain.api import NLA
+    from nla.explain.api import NLA, resolve_nla_paths
     from nla.faithfulness.page import write_report
 
     if cfg.quick:
         cfg = quick_config(cfg)
     if cfg.best_of < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.rows < 0:
         raise NLAError("--best-of, --max-new-tokens and --batch-size must be >= 1, --rows >= 0")
+    if cfg.model and cfg.av:
+        raise NLAError("--model picks the NLA shipped for that model: give it or --av, not both")
+    model = shipped_model(cfg.model) if cfg.model else None
+    av, ar = resolve_nla_paths(cfg.av or None, cfg.ar or None, model)  # before the long work
+    shipped = _package_path(Path(av).parent)  # for the report: which shipped NLA, when no --av
     started = time.time()
     concepts = load_concepts(cfg.concepts) if cfg.concepts else load_concepts(splits=cfg.splits)
     concepts = concepts.subset(cfg.only or None)
@@ -309,7 +322,7 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
     if cfg.train_data:
         train = load_vectors(cfg.train_data, cfg.train_split)
     table = table_rows(cfg.lookup_data) if cfg.lookup_data else train
-    nla = NLA.from_pretrained(cfg.av or None, cfg.ar or None)
+    nla = NLA.from_pretrained(av, ar)
     nla.av.distinct_items = cfg.distinct_items
     baseline = mean_baseline(train.vectors) if train is not None else nla.baseline
     baseline_source = (
@@ -325,7 +338,8 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         decoding += "; distinct list items"
     out = Path(cfg.out)
     (out / "work").mkdir(parents=True, exist_ok=True)
-    options = f"{cfg.av or 'shipped'}|{cfg.best_of}|{cfg.temperature}|{cfg.max_new_tokens}|{cfg.seed}"
+    key = cfg.av or (f"shipped {model}" if model else "shipped")  # the default NLA's key as before --model
+    options = f"{key}|{cfg.best_of}|{cfg.temperature}|{cfg.max_new_tokens}|{cfg.seed}"
     if support > 1:  # the cache key of best-of runs made before min_support stays
         options += f"|support {support}"
     if cfg.distinct_items:
@@ -361,8 +375,8 @@ def run_faithfulness(cfg: FaithfulnessConfig, *, command: str = "") -> dict[str,
         bar.total = bar.n  # AUC-skipped directions made the plan an upper bound
         bar.refresh()
     report["meta"] = {
-        "av": cfg.av or "shipped (nla/resources/default_nla/av)",
-        "ar": cfg.ar or ("shipped (nla/resources/default_nla/ar)" if not cfg.av else ""),
+        "av": cfg.av or f"shipped ({shipped}/av)",
+        "ar": cfg.ar or (f"shipped ({shipped}/ar)" if not cfg.av and ar else ""),
         "target": nla.target.name,
         "layer": nla.layer,
         "decoding": decoding,

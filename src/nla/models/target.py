@@ -37,6 +37,7 @@ from torch import nn
 from nla.common.errors import NLAError
 from nla.common.paths import atomic_dir, cache_dir
 from nla.core.modules import find_decoder_layers, text_config
+from nla.resources import default_nla_dir, shipped_nla_dir
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,26 @@ def embedded_name(name_or_path: str) -> str | None:
     """The registry name of an embedded model (aliases resolved, case ignored), or None for anything else."""
     key = _ALIASES.get(name_or_path.lower(), name_or_path.lower())
     return key if key in EMBEDDED else None
+
+
+def shipped_model(model: str) -> str:
+    """The embedded name of ``model`` where a command takes the NLA shipped for it (``--model`` of ``nla eval``
+    and ``nla faithfulness``); one clear error for any other model, which ships none."""
+    name = embedded_name(model)
+    if name is None:
+        raise NLAError(
+            f"--model {model}: NLAs ship only for the embedded models ({', '.join(EMBEDDED)}); "
+            "for another model pass the checkpoints (--av, --ar)"
+        )
+    return name
+
+
+def shipped_nla_folder(target: str | None = None) -> Path:
+    """Where the NLA shipped for ``target`` lives (the folder may not exist): ``nla/resources/nla/<name>`` for
+    an embedded model other than the default one; ``nla/resources/default_nla`` for the default target, any
+    other model (which can use it only if it shares the default's d_model), or none."""
+    name = embedded_name(target) if target else None
+    return shipped_nla_dir(name) if name not in (None, DEFAULT_TARGET) else default_nla_dir()
 
 
 def _missing_package(name: str, spec: EmbeddedModel) -> NLAError:
@@ -470,5 +491,7 @@ __all__ = [
     "load_tokenizer",
     "model_context_limit",
     "run_to_layer",
+    "shipped_model",
+    "shipped_nla_folder",
     "target_from_model",
 ]

@@ -47,6 +47,7 @@ def _verbalizer(**other: str) -> dict[str, str]:
 
 
 _DATA = "the stage's data is its mix (mix.<stage>)"
+_OWN_NLA = "the run checks its own NLA, not a shipped one"
 
 
 @dataclass
@@ -165,7 +166,9 @@ class FaithStageConfig:
     best_of: list[int] = option([1], "One report per value: 1 = greedy, K = best of K by the AR. Empty = no report.")
     suite: FaithfulnessConfig = section(
         FaithfulnessConfig, "The suite's options (nla faithfulness).",
-        managed=_managed("av ar data train_data lookup_data out", "seed", best_of="it is faithfulness.best_of"),
+        managed=_managed(
+            "av ar data train_data lookup_data out", "seed", best_of="it is faithfulness.best_of", model=_OWN_NLA
+        ),
     )  # fmt: skip
 
 
@@ -218,12 +221,13 @@ class PipelineConfig:
     selftext: SelfTextConfig = section(SelfTextConfig, "The self-text refit of the AR (off unless greedy_rows > 0).")
     card: EvalConfig = section(
         EvalConfig, "The evaluation card (nla eval) of every stage's pair on the same held-out rows.",
-        managed=_managed("av ar sft_av sft_ar data train_data lookup_data out compute stage", "seed"),
+        managed=_managed("av ar sft_av sft_ar data train_data lookup_data out compute stage", "seed", model=_OWN_NLA),
     )  # fmt: skip
     keep_shipped_rows: bool = option(
         False,
-        "Keep the package's shipped NLA's card rows on the card for comparison, when that card was scored on "
-        "the same held-out rows (same corpus, extraction and B); else a warning and a card without them.",
+        "Keep the card rows of the NLA the package ships for this model on the card for comparison, when that "
+        "card was scored on the same held-out rows (same corpus, extraction and B); else a warning and a card "
+        "without them.",
     )
     keep_checkpoints: bool = option(
         False,

@@ -28,8 +28,8 @@ from nla.evaluate.card import evaluation_card, format_card
 from nla.explain.trust import LOOKUP_FILE, build_token_lookup
 from nla.export import drop_tokenizer_files, export_nla
 from nla.faithfulness.suite import run_faithfulness
+from nla.models.target import shipped_nla_folder
 from nla.pipeline.config import GENERATED, PipelineConfig, parse_mix, parse_schedule, source_kind
-from nla.resources import default_nla_dir
 from nla.teach.run import teach
 from nla.train.ar import train_ar
 from nla.train.av import train_av
@@ -345,9 +345,9 @@ class Stages:
             self.cfg, "card", av=rl / "av" if rl_ran else "", ar=rl / "ar" if rl_ran else "",
             sft_av=self.dir("av_sft") / "final", sft_ar=self.dir("ar_sft") / "final",
             stage=[f"shipped={self.av()},{self.ar()}"], data=self.eval_data, train_data=self.acts,
-            lookup_data=self.acts, out=card_path, compute=compute, seed=self.cfg.seed,
+            lookup_data=self.acts, out=card_path, compute=compute, seed=self.cfg.seed, model="",
         )  # fmt: skip
-        shipped_card = default_nla_dir() / "card.json"
+        shipped_card = shipped_nla_folder(self.cfg.model) / "card.json"  # the card shipped for this model
         if self.cfg.keep_shipped_rows and not ec.earlier and shipped_card.exists():
             try:  # refused before the long work when the rows differ
                 card = evaluation_card(dataclasses.replace(ec, earlier=f"shipped-before={shipped_card}"))
@@ -369,7 +369,7 @@ class Stages:
             if not report.exists():
                 fc = fill_section(
                     self.cfg, "faithfulness.suite", av=self.av(), ar=self.ar(), data=self.eval_data,
-                    train_data=self.acts, lookup_data=self.acts, out=folder, seed=self.cfg.seed, best_of=k,
+                    train_data=self.acts, lookup_data=self.acts, out=folder, seed=self.cfg.seed, best_of=k, model="",
                 )  # fmt: skip
                 run_faithfulness(fc, command=self.command)
             out["greedy" if k == 1 else f"best_of_{k}"] = str(report)
