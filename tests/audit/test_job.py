@@ -168,3 +168,21 @@ def test_sigkill_and_rerun_loses_and_repeats_nothing(tiny: NLA, tiny_nla_dirs: d
     assert rows(killed) == ref  # nothing lost, nothing repeated, the same explanations and scores
     with sqlite3.connect(killed) as c:
         assert c.execute("SELECT COUNT(*) FROM explanations_fts").fetchone()[0] == len(ref)
+
+
+def test_without_av_the_nla_shipped_for_the_target_is_audited(
+    tiny_nla_dirs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import nla.models.target
+    from nla.audit.job import AuditConfig, nla_identity
+
+    monkeypatch.setattr(nla.models.target, "shipped_nla_dir", lambda name: tmp_path / "nla" / name)
+    cfg = AuditConfig(out=str(tmp_path / "a.db"), target="gemma3-270m")
+    with pytest.raises(NLAError, match="no NLA is shipped for gemma3-270m"):
+        nla_identity(cfg)
+    for role in ("av", "ar"):
+        shutil.copytree(tiny_nla_dirs[role], tmp_path / "nla" / "gemma3-270m" / role)
+    _, desc = nla_identity(cfg)
+    assert desc["av"] == str((tmp_path / "nla" / "gemma3-270m" / "av").resolve()) and desc["ar"].endswith("ar")

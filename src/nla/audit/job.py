@@ -62,7 +62,7 @@ def _file_digest(path: Path, h: Any, chunk: int = 1 << 20) -> None:
 
 def nla_identity(cfg: AuditConfig) -> tuple[str, dict[str, Any]]:
     """(fingerprint, description) of the NLA ``cfg`` names: hashes of both sidecars and weight files."""
-    av, ar = resolve_nla_paths(cfg.av, cfg.ar)
+    av, ar = resolve_nla_paths(cfg.av, cfg.ar, cfg.target)  # no --av: the NLA shipped for --target
     h = hashlib.sha256()
     desc: dict[str, Any] = {"av": str(Path(av).resolve()), "ar": str(Path(ar).resolve()) if ar else None}
     metas = []

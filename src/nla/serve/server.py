@@ -74,7 +74,7 @@ def nla_loader(cfg: ServeConfig) -> Any:
             if runs:
                 desc = runs[-1]["nla"]
                 av, ar, target = desc["av"], desc["ar"], target or desc["target"]
-        av, ar = resolve_nla_paths(av, ar)
+        av, ar = resolve_nla_paths(av, ar, target)
         log.info("loading the NLA for live calls: %s", av)
         return NLA.from_pretrained(av, ar, target=target, device=cfg.device, dtype=cfg.dtype)
 
