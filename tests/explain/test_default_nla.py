@@ -10,20 +10,24 @@ import yaml
 from nla.cli import main
 from nla.evaluate.rerank import DEFAULT_BEST_OF
 from nla.explain.api import NLA
+from nla.models.target import DEFAULT_TARGET, shipped_nla_folder
 from nla.resources import default_nla_dir
 
 pytestmark = pytest.mark.slow
 
 
-def test_shipped_files_are_compact_adapters_with_sidecars_and_a_card() -> None:
-    root = default_nla_dir()
+@pytest.mark.parametrize(("model", "layer"), [("smollm2-135m", 20), ("gemma3-270m", 12)])
+def test_shipped_files_are_compact_adapters_with_sidecars_and_a_card(model: str, layer: int) -> None:
+    root = shipped_nla_folder(model)
+    if model != DEFAULT_TARGET and not root.exists():
+        pytest.skip(f"no NLA is shipped for {model} in this tree")
     files = [f for f in root.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) <= 25 * 2**20
     assert not any(f.suffix in (".bin", ".pt", ".pkl") or f.name == "model.safetensors" for f in files)
     for role in ("av", "ar"):
         meta = yaml.safe_load((root / role / "nla_meta.yaml").read_text())
         assert meta["kind"] == "nla_model" and meta["role"] == role and meta["adapter"] is True
-        assert meta["extraction"]["base_model"] == "smollm2-135m" and meta["extraction"]["layer_index"] == 20
+        assert meta["extraction"]["base_model"] == model and meta["extraction"]["layer_index"] == layer
         assert (root / role / "adapter_model.safetensors").exists()
     assert (root / "ar" / "value_head.safetensors").exists()
     card = json.loads((root / "card.json").read_text())
