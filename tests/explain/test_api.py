@@ -278,10 +278,10 @@ def test_cli_bad_positions_exit_2(ckpt: dict, capsys: pytest.CaptureFixture, arg
 
 
 def test_cli_without_default_nla(monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture) -> None:
-    import nla.explain.api
+    import nla.models.target
     from nla.cli import main
 
-    monkeypatch.setattr(nla.explain.api, "default_nla_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(nla.models.target, "default_nla_dir", lambda: tmp_path / "none")
     assert main(["explain", "hello"]) == 2
     assert "nla train pipeline" in capsys.readouterr().err
 
